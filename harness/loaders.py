@@ -1,0 +1,386 @@
+"""Batch loaders: GPU-resident tensors for in-memory datasets, a worker pool for ImageFolder trees.
+
+Both loaders yield `Batch(x, y, clean, index)` and keep the labels trained on (`.labels`, settable:
+relabelling is assignment, as in airbench) beside the true labels (`.clean_labels`), so an engine can
+measure memorization of flipped samples. Iteration order and augmentation depend only on
+(seed, epoch): `set_epoch(e)` picks the epoch of the next pass; without it each pass advances by one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from harness.data import ImageData
+
+# TensorLoader prepares (augments and normalises) this many bytes of batches at a time.
+CHUNK_BYTES = 128 * 2**20
+
+
+class Batch(NamedTuple):
+    """One batch. x: float32 (B, C, H, W), normalised; y: labels trained on (long, (B,));
+    clean: true labels (long, (B,)); index: positions of the samples in the loader's dataset (long, (B,))."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    clean: torch.Tensor
+    index: torch.Tensor
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator determined by (seed, epoch, stream); independent streams for order and augmentation."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+class _LabelsMixin:
+    """`.labels` (trained on) and `.clean_labels` (true) as long tensors on the loader's device."""
+
+    device: torch.device
+    num_samples: int
+    _labels: torch.Tensor
+
+    def _as_labels(self, values: Any, what: str) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values)
+        if t.shape != (self.num_samples,):
+            raise ValueError(f"{what} must have shape ({self.num_samples},), got {tuple(t.shape)}")
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"{what} must be integer class indices, got {t.dtype}")
+        return t.to(device=self.device, dtype=torch.long)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self._labels
+
+    @labels.setter
+    def labels(self, values: Any) -> None:
+        self._labels = self._as_labels(values, "labels")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch `epoch` (its order and augmentation are fixed by (seed, epoch))."""
+        self.epoch = int(epoch)
+
+
+class TensorLoader(_LabelsMixin):
+    """Loader over uint8 images (N, C, H, W) that live on `device` for the whole run.
+
+    Images and both label sets are copied to the device once. Per pass, the permutation and the
+    augmentation draws (crop offsets, flips) are made on the CPU from a generator seeded with
+    (seed, epoch) and moved to the device in one copy, so the order is the same on every device.
+    Augmentation (random crop with `pad` pixels of zero padding, random horizontal flip) is a
+    vectorised gather on the device; then x = (pixel / 255 - mean) / std in float32. Batches are
+    prepared `batches_per_chunk` at a time (about CHUNK_BYTES of float32) and yielded as views, because
+    per-step kernel launches would cost as much as a small model's step. Assigning `.labels` takes
+    effect at the next chunk; relabel between passes.
+    """
+
+    def __init__(
+        self,
+        images_uint8: torch.Tensor | np.ndarray,
+        labels: Any,
+        clean_labels: Any,
+        *,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: bool,
+        pad: int,
+        flip: bool,
+        shuffle: bool,
+        drop_last: bool,
+        device: str | torch.device,
+        seed: int = 0,
+        channels_last: bool = False,
+    ) -> None:
+        images = torch.as_tensor(images_uint8)
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        n, c = images.shape[:2]
+        if len(mean) != c or len(std) != c:
+            raise ValueError(f"mean and std need one value per channel ({c}), got {len(mean)} and {len(std)}")
+        if pad < 0:
+            raise ValueError(f"pad must be >= 0, got {pad}")
+        self.device = torch.device(device)
+        self.num_samples = int(n)
+        self.batch_size = _check_batch_size(batch_size)
+        self.augment, self.pad, self.flip = bool(augment), int(pad), bool(flip)
+        self.shuffle, self.drop_last, self.seed = bool(shuffle), bool(drop_last), int(seed)
+        self.channels_last = bool(channels_last)
+        self.epoch = 0
+        self.images = images.to(self.device)
+        self.clean_labels = self._as_labels(clean_labels, "clean_labels")
+        self.labels = labels
+        # x * scale + shift == (x / 255 - mean) / std
+        std_t = torch.tensor(std, dtype=torch.float32)
+        mean_t = torch.tensor(mean, dtype=torch.float32)
+        self._scale = (1.0 / (255.0 * std_t)).view(1, c, 1, 1).to(self.device)
+        self._shift = (-mean_t / std_t).view(1, c, 1, 1).to(self.device)
+        # Batches are prepared in chunks of about CHUNK_BYTES of float32 images.
+        sample_bytes = 4 * images[0].numel()
+        self.batches_per_chunk = max(1, CHUNK_BYTES // (sample_bytes * self.batch_size))
+
+    def __len__(self) -> int:
+        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        self.epoch += 1
+        n, bs = self.num_samples, self.batch_size
+        order, draws = self._plan(epoch)
+        num_batches = len(self)
+        for first in range(0, num_batches, self.batches_per_chunk):
+            last = min(first + self.batches_per_chunk, num_batches)
+            lo, hi = first * bs, min(last * bs, n)
+            idx = order[lo:hi]
+            x = self._prepare(idx, None if draws is None else draws[lo:hi])
+            y, clean = self._labels[idx], self.clean_labels[idx]
+            for b in range(last - first):
+                s = slice(b * bs, (b + 1) * bs)
+                yield Batch(x[s], y[s], clean[s], idx[s])
+
+    def _plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The pass's order (N,) and augmentation draws (N, 3) = (row offset, column offset, flip), on the device.
+
+        Drawn on the CPU, so they do not depend on the device, and sent in one copy: there is no
+        host-to-device traffic inside the loop.
+        """
+        n = self.num_samples
+        gen = epoch_generator(self.seed, epoch)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        if not (self.augment and (self.pad > 0 or self.flip)):
+            return order.to(self.device, non_blocking=True), None
+        draws = torch.zeros(n, 3, dtype=torch.long)
+        if self.pad > 0:
+            draws[:, :2] = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=gen)
+        if self.flip:
+            draws[:, 2] = torch.randint(0, 2, (n,), generator=gen)
+        packed = torch.cat([order[:, None], draws], 1).to(self.device, non_blocking=True)
+        return packed[:, 0], packed[:, 1:]
+
+    def _prepare(self, idx: torch.Tensor, draws: torch.Tensor | None) -> torch.Tensor:
+        """Augmented, normalised float32 images for positions `idx` (a chunk of batches at once:
+        a dozen kernel launches per chunk instead of per step, since small steps are launch-bound)."""
+        x = self.images[idx]
+        if draws is not None:
+            x = self._crop_flip(x, draws)
+        x = x.float().mul_(self._scale).add_(self._shift)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _crop_flip(self, x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """Crop (H, W) windows at offsets d[:, 0], d[:, 1] of the zero-padded images; mirror where d[:, 2]."""
+        bsz, c, h, w = x.shape
+        p = self.pad
+        arange_h = torch.arange(h, device=x.device)
+        arange_w = torch.arange(w, device=x.device)
+        if p > 0:
+            x = torch.nn.functional.pad(x, (p, p, p, p))
+            rows = d[:, 0, None] + arange_h  # (B, H) rows of the padded image
+            x = x.gather(2, rows.view(bsz, 1, h, 1).expand(bsz, c, h, x.shape[3]))
+        # A flip is a reversed column index, so crop and flip share one gather.
+        cols = torch.where(d[:, 2, None].bool(), w - 1 - arange_w, arange_w) + d[:, 1, None]
+        return x.gather(3, cols.view(bsz, 1, 1, w).expand(bsz, c, h, w))
+
+
+class _FolderDataset(torch.utils.data.Dataset):
+    """Decodes image files with PIL and returns (uint8 tensor (3, S, S), position).
+
+    Random transforms draw from the torch RNG reseeded per sample with (seed, epoch, position), in a
+    forked RNG state, so results do not depend on num_workers and the caller's RNG is untouched.
+    """
+
+    def __init__(self, paths: list[str], transform: Any, seed: int) -> None:
+        self.paths, self.transform, self.seed, self.epoch = paths, transform, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.paths[i]) as im:
+            img = im.convert("RGB")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + i) % 2**63)
+            img = self.transform(img)
+        return img, i
+
+
+class FolderLoader(_LabelsMixin):
+    """Loader over image files decoded by a torch DataLoader (PIL workers, pinned memory).
+
+    Training (augment=True): RandomResizedCrop(image_size) + random horizontal flip. Evaluation:
+    resize the short side to image_size * 256 / 224, then center-crop image_size (ImageNet style).
+    Workers send uint8 images; normalisation happens on `device` after a non-blocking copy.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str] | Sequence[tuple[str, int]],
+        labels: Any,
+        clean_labels: Any,
+        *,
+        batch_size: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: bool,
+        shuffle: bool,
+        drop_last: bool,
+        num_workers: int,
+        device: str | torch.device,
+        seed: int = 0,
+        channels_last: bool = False,
+    ) -> None:
+        from torchvision.transforms import v2
+
+        paths = [f if isinstance(f, str | bytes) or not isinstance(f, Sequence) else f[0] for f in files]
+        self.device = torch.device(device)
+        self.num_samples = len(paths)
+        self.batch_size = _check_batch_size(batch_size)
+        self.image_size, self.augment = int(image_size), bool(augment)
+        self.shuffle, self.drop_last, self.seed = bool(shuffle), bool(drop_last), int(seed)
+        self.num_workers, self.channels_last = int(num_workers), bool(channels_last)
+        self.epoch = 0
+        self.clean_labels = self._as_labels(clean_labels, "clean_labels")
+        self.labels = labels
+        if augment:
+            ops = [v2.RandomResizedCrop(self.image_size, antialias=True), v2.RandomHorizontalFlip()]
+        else:
+            ops = [
+                v2.Resize(round(self.image_size * 256 / 224), antialias=True),
+                v2.CenterCrop(self.image_size),
+            ]
+        self.dataset = _FolderDataset(
+            [str(p) for p in paths], v2.Compose([v2.PILToTensor(), *ops]), self.seed
+        )
+        std_t = torch.tensor(std, dtype=torch.float32)
+        self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
+        self._shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1).to(self.device)
+
+    def __len__(self) -> int:
+        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        self.epoch += 1
+        self.dataset.epoch = epoch  # workers are started per pass, so they see this epoch
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=epoch_generator(self.seed, epoch),
+            persistent_workers=False,
+        )
+        for images, idx in loader:
+            x = images.to(self.device, non_blocking=True)
+            idx = idx.to(self.device, non_blocking=True)
+            x = x.float().mul_(self._scale).add_(self._shift)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield Batch(x, self._labels[idx], self.clean_labels[idx], idx)
+
+
+Loader = TensorLoader | FolderLoader
+
+
+def make_loaders(
+    data: ImageData,
+    train_labels: Any,
+    *,
+    batch_size: int,
+    augment: bool,
+    device: str | torch.device,
+    seed: int,
+    num_workers: int = 4,
+    channels_last: bool = False,
+    eval_batch_size: int | None = None,
+) -> tuple[Loader, dict[str, Loader]]:
+    """Train loader (shuffled, augmented if `augment`, trained on `train_labels`) and eval loaders.
+
+    Eval loaders are `{"test": ..., "val": ...}` ("val" only when the data has a validation split),
+    neither shuffled nor augmented, with the clean labels as `.labels`. The train loader drops the last
+    partial batch when there is more than one batch (fixed shapes for CUDA graphs / compiled steps,
+    and no batch of one for BatchNorm).
+    """
+    train_labels = np.asarray(train_labels) if not isinstance(train_labels, torch.Tensor) else train_labels
+    if tuple(train_labels.shape) != (data.num_train,):
+        raise ValueError(f"train_labels must have shape ({data.num_train},), got {tuple(train_labels.shape)}")
+    eval_bs = eval_batch_size or batch_size
+    drop_last = data.num_train > batch_size
+    splits = {"test": (data.test_x, data.test_files, data.test_y)}
+    if data.val_y is not None:
+        splits["val"] = (data.val_x, data.val_files, data.val_y)
+
+    if data.in_memory:
+        common = dict(
+            mean=data.mean,
+            std=data.std,
+            pad=data.pad,
+            flip=data.flip,
+            device=device,
+            seed=seed,
+            channels_last=channels_last,
+        )
+        train = TensorLoader(
+            data.train_x,
+            train_labels,
+            data.train_y,
+            batch_size=batch_size,
+            augment=augment,
+            shuffle=True,
+            drop_last=drop_last,
+            **common,
+        )
+        evals = {
+            k: TensorLoader(
+                x, y, y, batch_size=eval_bs, augment=False, shuffle=False, drop_last=False, **common
+            )
+            for k, (x, _, y) in splits.items()
+        }
+    else:
+        common = dict(
+            image_size=data.image_size,
+            mean=data.mean,
+            std=data.std,
+            num_workers=num_workers,
+            device=device,
+            seed=seed,
+            channels_last=channels_last,
+        )
+        train = FolderLoader(
+            data.train_files,
+            train_labels,
+            data.train_y,
+            batch_size=batch_size,
+            augment=augment,
+            shuffle=True,
+            drop_last=drop_last,
+            **common,
+        )
+        evals = {
+            k: FolderLoader(
+                f, y, y, batch_size=eval_bs, augment=False, shuffle=False, drop_last=False, **common
+            )
+            for k, (_, f, y) in splits.items()
+        }
+    return train, evals
