@@ -1,0 +1,394 @@
+"""The collaborative training graph and objective of Song & Chai, "Collaborative Learning for Deep
+Neural Networks" (NeurIPS 2018).
+
+A training graph holds H classifier heads of one backbone architecture. Heads may share their low
+layers (intermediate-level representation, ILR, sharing); the graph is a tree of segments, each a run
+of consecutive backbone parts (``stem``, ``stage1`` .. ``stageS``, ``classifier``, see
+:mod:`harness.models`). Topologies:
+
+- ``individual``: one plain network (H = 1).
+- ``instances``: H independent full copies; nothing is shared.
+- ``simple``: one shared trunk (stem + the first ``split`` stages), H branches with the rest.
+- ``hierarchical``: a binary tree, H = 2^L heads and ``split`` = L increasing stage boundaries; at
+  each boundary every path forks in two. H=4 on a three-stage net with split [1, 2]: stem + stage 1
+  shared by all four heads, stage 2 by pairs (heads 0-1, 2-3), stage 3 + classifier per head.
+
+A split boundary s means "stem and the first s stages lie above the fork"; s ranges over 0..S for an
+S-stage backbone (s = 0 forks right after the stem, s = S leaves only the classifier per branch).
+
+Backpropagation rescaling: where a tensor feeds B branches, :class:`GradScale` (identity forward,
+gradient times 1/B backward) keeps the gradient reaching the shared layers at the scale of a single
+network, whatever the number of heads (section 3.2 of the paper).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.models import ARCHS, Backbone, build_backbone, count_parameters
+
+__all__ = [
+    "DEFAULT_SPLITS",
+    "TOPOLOGIES",
+    "BackpropRescale",
+    "GradScale",
+    "Segment",
+    "TrainingGraph",
+    "build_training_graph",
+    "collaborative_loss",
+    "count_parameters",
+    "default_split",
+    "grad_scale",
+]
+
+TOPOLOGIES = ("individual", "instances", "simple", "hierarchical")
+
+_THREE_STAGE_SPLITS = {"simple": 1, "hierarchical": {2: (1,), 4: (1, 2), 8: (0, 1, 2)}}
+_FOUR_STAGE_SPLITS = {"simple": 2, "hierarchical": {2: (2,), 4: (2, 3), 8: (1, 2, 3)}}
+
+# Default split boundaries per arch and topology (the number of stages above the fork, see the
+# module docstring). The paper shares the low layers and lets the heads own the high ones: on the
+# three-stage CIFAR nets the trunk is stem + stage 1 and each head owns stages 2-3 (simple); the
+# four-head tree forks after stage 1 and again after stage 2. ResNet-50 (four stages) shares
+# stem + layer1 + layer2 and forks again after layer3. "hierarchical" maps heads -> boundaries; other
+# head counts need an explicit ``split``.
+DEFAULT_SPLITS: dict[str, dict[str, int | dict[int, tuple[int, ...]]]] = {
+    "cnn_small": _THREE_STAGE_SPLITS,
+    "resnet20": _THREE_STAGE_SPLITS,
+    "resnet32": _THREE_STAGE_SPLITS,
+    "resnet56": _THREE_STAGE_SPLITS,
+    "resnet110": _THREE_STAGE_SPLITS,
+    "wrn28_10": _THREE_STAGE_SPLITS,
+    "densenet40": _THREE_STAGE_SPLITS,
+    "resnet50": _FOUR_STAGE_SPLITS,
+}
+
+
+# --- backpropagation rescaling -----------------------------------------------------------------
+
+
+class GradScale(torch.autograd.Function):
+    """Identity in the forward pass; multiplies the incoming gradient by ``scale`` in the backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        # A view, not x itself: returning an input unchanged from a Function confuses autograd.
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged, with its gradient multiplied by ``scale`` on the way back."""
+    return GradScale.apply(x, scale)
+
+
+class BackpropRescale(nn.Module):
+    """Module form of :class:`GradScale`, placed where a tensor fans out to ``1 / scale`` branches."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return grad_scale(x, self.scale)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:g}"
+
+
+# --- the training graph ------------------------------------------------------------------------
+
+
+class Segment(nn.Module):
+    """One node of the head tree: ``body`` (consecutive backbone parts, keyed by part name) and
+    ``branches`` (child segments; empty for a leaf, which ends with the classifier).
+
+    ``forward(x)`` returns the list of logits of every head below this node, in head order.
+    """
+
+    def __init__(self, body: nn.Sequential, branches: list[Segment], rescale_grad: bool) -> None:
+        super().__init__()
+        self.body = body
+        self.branches = nn.ModuleList(branches)
+        fanout = len(branches)
+        # An empty body (the root of "instances") has no layers above the fork to rescale.
+        needed = rescale_grad and fanout > 1 and len(body) > 0
+        self.fanout = BackpropRescale(1.0 / fanout) if needed else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        y = self.body(x)
+        if not self.branches:
+            return [y]
+        y = self.fanout(y)
+        out: list[torch.Tensor] = []
+        for branch in self.branches:
+            out.extend(branch(y))
+        return out
+
+
+class TrainingGraph(nn.Module):
+    """H classifier heads of one architecture, sharing low layers as the topology says.
+
+    ``forward(x)`` takes (N, C, H, W) images and returns a list of H logit tensors of shape
+    (N, num_classes). ``root`` is the tree of :class:`Segment` s; state_dict keys read like
+    ``root.body.stem.conv.weight`` and ``root.branches.1.body.stage3.0.conv1.weight``.
+
+    Attributes: ``arch``, ``num_classes``, ``in_channels``, ``topology``, ``heads``, ``rescale``,
+    ``split`` (resolved boundaries: None, an int or a tuple) and ``loss_scale`` (1/H when
+    ``rescale == "loss"``, for the engine to multiply the summed loss by; 1.0 otherwise).
+    """
+
+    def __init__(
+        self,
+        root: Segment,
+        *,
+        arch: str,
+        num_classes: int,
+        in_channels: int,
+        topology: str,
+        heads: int,
+        rescale: bool | str,
+        split: int | tuple[int, ...] | None,
+        num_stages: int,
+    ) -> None:
+        super().__init__()
+        self.root = root
+        self.arch = arch
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.topology = topology
+        self.heads = heads
+        self.rescale = rescale
+        self.split = split
+        self.num_stages = num_stages
+        self.loss_scale = 1.0 / heads if rescale == "loss" else 1.0
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.root(x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"arch={self.arch!r}, topology={self.topology!r}, heads={self.heads}, "
+            f"split={self.split}, rescale={self.rescale!r}"
+        )
+
+    def _check_head(self, h: int) -> None:
+        if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < self.heads:
+            raise ValueError(f"head must be an integer in [0, {self.heads - 1}], got {h!r}")
+
+    def head_path(self, h: int) -> list[Segment]:
+        """The segments head h's input passes through, root first."""
+        self._check_head(h)
+        path, node, first, count = [], self.root, 0, self.heads
+        while True:
+            path.append(node)
+            if not node.branches:
+                return path
+            count //= len(node.branches)
+            index = (h - first) // count
+            first += index * count
+            node = node.branches[index]
+
+    def head_parameters(self, h: int) -> list[nn.Parameter]:
+        """Parameters on head h's path (shared segments included), root first."""
+        return [p for segment in self.head_path(h) for p in segment.body.parameters()]
+
+    def export_head(self, h: int) -> Backbone:
+        """A plain :class:`Backbone` of the original architecture computing head h's output.
+
+        It holds deep copies of head h's shared segments and its own branch (parameters and BN
+        buffers), so later training of the graph leaves it unchanged. Its parameter count equals
+        ``count_parameters(build_backbone(arch, num_classes, in_channels=...))``.
+        """
+        parts: dict[str, nn.Module] = {}
+        for segment in self.head_path(h):
+            parts.update(segment.body.named_children())
+        stages = [copy.deepcopy(parts[f"stage{i + 1}"]) for i in range(self.num_stages)]
+        return Backbone(
+            copy.deepcopy(parts["stem"]),
+            stages,
+            copy.deepcopy(parts["classifier"]),
+            arch=self.arch,
+            num_classes=self.num_classes,
+            in_channels=self.in_channels,
+        )
+
+
+def default_split(arch: str, topology: str, heads: int) -> int | tuple[int, ...] | None:
+    """The split used when none is given: None for individual/instances, else ``DEFAULT_SPLITS``."""
+    if topology in ("individual", "instances"):
+        return None
+    default = DEFAULT_SPLITS.get(arch, {}).get(topology)
+    if isinstance(default, dict):
+        default = default.get(heads)
+    if default is None:
+        raise ValueError(
+            f"no default split for arch {arch!r}, topology {topology!r}, heads {heads}; give split explicitly"
+        )
+    return default
+
+
+def _validate(arch: str, topology: str, heads: int, rescale: bool | str) -> None:
+    if arch not in ARCHS:
+        build_backbone(arch, 1)  # raises the registry's "Unknown arch ..." error
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"Unknown topology {topology!r}; choose from {', '.join(TOPOLOGIES)}")
+    if isinstance(heads, bool) or not isinstance(heads, int):
+        raise ValueError(f"heads must be an integer, got {heads!r}")
+    if topology == "individual" and heads != 1:
+        raise ValueError(f"topology 'individual' needs heads=1, got heads={heads}")
+    if topology != "individual" and heads < 2:
+        raise ValueError(f"topology {topology!r} is collaborative and needs heads >= 2, got heads={heads}")
+    if topology == "hierarchical" and heads & (heads - 1):
+        raise ValueError(f"topology 'hierarchical' needs heads to be a power of two >= 2, got heads={heads}")
+    if not (rescale is True or rescale is False or rescale == "loss"):
+        raise ValueError(f"rescale must be true, false or 'loss', got {rescale!r}")
+
+
+def _resolve_split(
+    arch: str, topology: str, heads: int, split: int | Sequence[int] | None, num_stages: int
+) -> int | tuple[int, ...] | None:
+    if split is None:
+        return default_split(arch, topology, heads)
+    if topology in ("individual", "instances"):
+        raise ValueError(
+            f"split is not used by topology {topology!r} (nothing is shared); got split={split!r}"
+        )
+    values = [split] if isinstance(split, int) else list(split) if isinstance(split, Sequence) else None
+    if values is None or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise ValueError(f"split must be an integer or a list of integers, got {split!r}")
+    want = 1 if topology == "simple" else int(math.log2(heads))
+    if len(values) != want:
+        detail = (
+            "one boundary" if topology == "simple" else f"log2(heads) = {want} boundaries for heads={heads}"
+        )
+        raise ValueError(f"split for topology {topology!r} needs {detail}, got {split!r}")
+    for v in values:
+        if not 0 <= v <= num_stages:
+            raise ValueError(
+                f"split boundary {v} is out of range for arch {arch!r}: allowed 0..{num_stages} "
+                f"(stages above the fork), got split={split!r}"
+            )
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"split boundaries must be strictly increasing, got {split!r}")
+    return values[0] if topology == "simple" else tuple(values)
+
+
+def build_training_graph(
+    arch: str,
+    num_classes: int,
+    topology: str,
+    heads: int,
+    *,
+    rescale: bool | str = True,
+    split: int | Sequence[int] | None = None,
+    in_channels: int = 3,
+) -> TrainingGraph:
+    """Build the collaborative training graph (see the module docstring for topologies and splits).
+
+    ``rescale``: True applies backpropagation rescaling (the paper's method); False none; "loss" none
+    in the graph but ``graph.loss_scale = 1/H`` for the engine (the paper's rejected alternative).
+    Each head's own segments come from an independently initialised backbone; a shared segment is
+    taken from the backbone of the first head below it.
+    """
+    _validate(arch, topology, heads, rescale)
+    first = build_backbone(arch, num_classes, in_channels=in_channels)
+    num_stages = len(first.stages)
+    # Resolve the split before building the other H - 1 backbones, so bad input fails fast.
+    resolved = _resolve_split(arch, topology, heads, split, num_stages)
+    others = [build_backbone(arch, num_classes, in_channels=in_channels) for _ in range(heads - 1)]
+    parts = [b.parts() for b in [first, *others]]
+
+    # Forks as (position in the parts list, branching factor); position p means parts[:p] lie above.
+    if topology == "individual":
+        forks: list[tuple[int, int]] = []
+    elif topology == "instances":
+        forks = [(0, heads)]
+    elif topology == "simple":
+        forks = [(resolved + 1, heads)]
+    else:
+        forks = [(s + 1, 2) for s in resolved]
+
+    def segment(depth: int, first_head: int, span: int) -> Segment:
+        start = forks[depth - 1][0] if depth > 0 else 0
+        end = forks[depth][0] if depth < len(forks) else len(parts[0])
+        body = nn.Sequential(OrderedDict(parts[first_head][start:end]))
+        children: list[Segment] = []
+        if depth < len(forks):
+            fanout = forks[depth][1]
+            child_span = span // fanout
+            children = [segment(depth + 1, first_head + i * child_span, child_span) for i in range(fanout)]
+        return Segment(body, children, rescale_grad=rescale is True)
+
+    return TrainingGraph(
+        segment(0, 0, heads),
+        arch=arch,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        topology=topology,
+        heads=heads,
+        rescale=rescale,
+        split=resolved,
+        num_stages=num_stages,
+    )
+
+
+# --- the collaborative objective ---------------------------------------------------------------
+
+
+def collaborative_loss(
+    logits: Sequence[torch.Tensor],
+    target: torch.Tensor,
+    *,
+    T: float,
+    beta: float,
+    per_head: bool = False,
+) -> torch.Tensor:
+    """Song & Chai's objective summed over heads (eq. 3 of the paper).
+
+    ``logits``: H tensors of shape (N, K); ``target``: (N,) int64 class indices. For head h,
+    ``loss_h = beta * CE(z_h, y) + (1 - beta) * T^2 * mean_n(-sum_k q_h[n, k] * log_softmax(z_h / T)[n, k])``
+    with the soft target ``q_h = softmax(mean_{j != h} z_j / T)`` computed from detached logits (no
+    gradient flows through it). With H = 1 it is plain ``CE(z_0, y)`` (beta is not applied).
+    Computed in float32 whatever the logits' dtype. Returns a scalar, or the (H,) per-head losses
+    when ``per_head``.
+    """
+    if not isinstance(T, numbers.Real) or isinstance(T, bool) or not T > 0:
+        raise ValueError(f"T (temperature) must be > 0, got {T!r}")
+    if not isinstance(beta, numbers.Real) or isinstance(beta, bool) or not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
+    if len(logits) == 0:
+        raise ValueError("logits must hold at least one head's (N, K) tensor, got an empty list")
+    shapes = {tuple(z.shape) for z in logits}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(
+            f"logits must all have the same shape (N, K), got {[tuple(z.shape) for z in logits]}"
+        )
+    z = [zh.float() for zh in logits]
+    heads = len(z)
+    if heads == 1:
+        loss = F.cross_entropy(z[0], target)
+        return loss.reshape(1) if per_head else loss
+
+    frozen = [zh.detach() for zh in z]
+    losses = []
+    for h in range(heads):
+        others = torch.stack([frozen[j] for j in range(heads) if j != h]).mean(dim=0)
+        q = F.softmax(others / T, dim=1)
+        soft = -(q * F.log_softmax(z[h] / T, dim=1)).sum(dim=1).mean()
+        hard = F.cross_entropy(z[h], target)
+        losses.append(beta * hard + (1.0 - beta) * T**2 * soft)
+    per = torch.stack(losses)
+    return per if per_head else per.sum()
