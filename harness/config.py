@@ -1,0 +1,365 @@
+"""The trial config: one typed tree, strict.
+
+A trial config is a nested mapping with the sections below; sweep files and
+`harness train --set a.b=v` address it with the same dotted keys. Unknown keys and
+wrong types are errors that name the key (with a did-you-mean); range checks name the
+value and what is allowed. Every problem is collected, so a user sees all of them at once.
+
+This module needs only the standard library, PyYAML and (for the lists of valid names)
+the project's registries, so it runs where only torch is installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str | None = None  # folder holding the data set in its usual layout
+    download: bool = False  # CIFAR only: let torchvision fetch the archive into root
+    train_subset: int | None = None  # images per class kept from the training set
+    val_fraction: float = 0.0
+    augment: bool = True
+    num_workers: int = 4  # DataLoader workers for ImageFolder data
+
+
+@dataclass
+class NoiseConfig:
+    kind: str = "none"
+    rate: float = 0.0
+    label_set: str | None = None  # human noise: aggre|worse|random1..3 (CIFAR-10N), noisy (CIFAR-100N)
+    label_file: str | None = None  # human noise: the official CIFAR-N .pt file
+    matrix: list | None = None  # matrix noise: K x K row-stochastic, row = true class
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "cnn_small"
+
+
+@dataclass
+class CollabConfig:
+    topology: str = "individual"
+    heads: int = 1
+    rescale: bool | str = True  # True: backprop rescaling, False: none, "loss": scale the loss instead
+    split: int | list | None = None  # None: the arch's default split points
+    T: float = 2.0
+    beta: float = 0.5
+    kept_head: int = 0
+    update: str = "simultaneous"
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: list | None = None  # epochs at which a step schedule multiplies lr by gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
+    cuda_graph: bool = True  # capture the training step in a CUDA graph on CUDA
+    channels_last: bool = True  # on CUDA
+    checkpoint_every: int = 1
+
+
+@dataclass
+class TrialConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    collab: CollabConfig = field(default_factory=CollabConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(TrialConfig)
+
+
+class ConfigError(ValueError):
+    """Bad config; `problems` lists every one as 'place: message'."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        super().__init__(f"{len(problems)} problem(s){where}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def all_keys() -> list[str]:
+    """Every dotted key of a trial config, e.g. 'noise.rate'."""
+    return [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def did_you_mean(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    if not close and "." in key:  # 'grid.noise.rte' -> compare the last part too
+        tails = {c.split(".")[-1]: c for c in choices}
+        close = [tails[m] for m in difflib.get_close_matches(key.split(".")[-1], list(tails), n=1)]
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _field_type(key: str) -> Any:
+    section, name = key.split(".", 1)
+    return typing.get_type_hints(SECTIONS[section])[name]
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is list or origin is list:
+        return isinstance(value, list)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def check_key(key: str) -> str | None:
+    """None when `key` is a known dotted key, else the message (with a did-you-mean)."""
+    if key in all_keys():
+        return None
+    return f"unknown key{did_you_mean(key, all_keys())}"
+
+
+def _choice(value: Any, allowed: typing.Iterable[str], what: str) -> str | None:
+    allowed = list(allowed)
+    if value in allowed:
+        return None
+    hint = did_you_mean(str(value), allowed)
+    return f"unknown {what} {value!r}; choose from {', '.join(allowed)}{hint}"
+
+
+def _in_range(
+    value: float, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
+) -> str | None:
+    below = value <= lo if lo_open else value < lo
+    above = value >= hi if hi_open else value > hi
+    if below or above or (isinstance(value, float) and math.isnan(value)):
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        return f"must be in {left}{lo}, {hi}{right}, got {value}"
+    return None
+
+
+def _registries() -> dict[str, list[str]]:
+    # Imported lazily: the registries pull in torch, which plain YAML checks do not need.
+    from harness.collab import TOPOLOGIES
+    from harness.data import DATASETS
+    from harness.models import ARCHS
+    from noise import KINDS
+
+    return {"arch": list(ARCHS), "dataset": list(DATASETS), "kind": list(KINDS), "topology": list(TOPOLOGIES)}
+
+
+def check_value(key: str, value: Any) -> str | None:
+    """Type and range check of one value; None when fine, else a message naming what is allowed."""
+    if (problem := check_key(key)) is not None:
+        return problem
+    tp = _field_type(key)
+    if not _type_ok(value, tp):
+        return f"must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+    if value is None:
+        return None
+    names = _registries()
+    checks: dict[str, typing.Callable[[Any], str | None]] = {
+        "data.name": lambda v: _choice(v, names["dataset"], "dataset"),
+        "data.train_subset": lambda v: None if v >= 1 else f"must be >= 1 images per class, got {v}",
+        "data.val_fraction": lambda v: _in_range(v, 0, 1, hi_open=True),
+        "data.num_workers": lambda v: None if v >= 0 else f"must be >= 0, got {v}",
+        "noise.kind": lambda v: _choice(v, names["kind"], "noise kind"),
+        "noise.rate": lambda v: _in_range(v, 0, 1),
+        "model.arch": lambda v: _choice(v, names["arch"], "arch"),
+        "collab.topology": lambda v: _choice(v, names["topology"], "topology"),
+        "collab.heads": lambda v: None if v >= 1 else f"must be >= 1, got {v}",
+        "collab.rescale": lambda v: (
+            None if isinstance(v, bool) or v == "loss" else f"must be true, false or 'loss', got {v!r}"
+        ),
+        "collab.T": lambda v: _in_range(v, 0, math.inf, lo_open=True),
+        "collab.beta": lambda v: _in_range(v, 0, 1),
+        "collab.kept_head": lambda v: None if v >= 0 else f"must be >= 0, got {v}",
+        "collab.update": lambda v: _choice(v, ["simultaneous", "alternating"], "update mode"),
+        "optim.epochs": lambda v: None if v >= 1 else f"must be >= 1, got {v}",
+        "optim.batch_size": lambda v: None if v >= 1 else f"must be >= 1, got {v}",
+        "optim.lr": lambda v: _in_range(v, 0, math.inf, lo_open=True),
+        "optim.momentum": lambda v: _in_range(v, 0, 1, hi_open=True),
+        "optim.weight_decay": lambda v: None if v >= 0 else f"must be >= 0, got {v}",
+        "optim.schedule": lambda v: _choice(v, ["cosine", "step"], "schedule"),
+        "optim.gamma": lambda v: _in_range(v, 0, 1, lo_open=True),
+        "optim.warmup_epochs": lambda v: None if v >= 0 else f"must be >= 0, got {v}",
+        "optim.milestones": lambda v: (
+            None
+            if all(isinstance(m, int) and m >= 1 for m in v)
+            else f"must be a list of epochs >= 1, got {v!r}"
+        ),
+        "run.device": lambda v: (
+            None
+            if v in ("auto", "cpu", "cuda") or v.startswith("cuda:")
+            else f"must be auto, cpu, cuda or cuda:N, got {v!r}"
+        ),
+        "run.checkpoint_every": lambda v: None if v >= 0 else f"must be >= 0 (0: never), got {v}",
+    }
+    check = checks.get(key)
+    return check(value) if check else None
+
+
+def check_config(cfg: TrialConfig) -> list[tuple[str, str]]:
+    """Checks that involve several keys; returns (key, message) pairs."""
+    problems: list[tuple[str, str]] = []
+    c, d, n = cfg.collab, cfg.data, cfg.noise
+    if c.topology == "individual" and c.heads != 1:
+        problems.append(("collab.heads", f"topology individual trains one head, got heads={c.heads}"))
+    if c.topology != "individual" and c.heads < 2:
+        problems.append(("collab.heads", f"topology {c.topology} needs at least 2 heads, got {c.heads}"))
+    if c.topology == "hierarchical" and c.heads >= 2 and c.heads & (c.heads - 1):
+        problems.append(("collab.heads", f"hierarchical sharing needs a power of two heads, got {c.heads}"))
+    if c.kept_head >= c.heads:
+        problems.append(("collab.kept_head", f"must be < heads ({c.heads}), got {c.kept_head}"))
+    if d.name in ("cifar10", "cifar100", "imagefolder"):
+        if not d.root:
+            problems.append(("data.root", f"data set {d.name} needs data.root (the folder holding it)"))
+        elif not d.download and not Path(os.path.expanduser(d.root)).exists():
+            problems.append(("data.root", f"folder does not exist: {d.root}"))
+    if d.download and d.name not in ("cifar10", "cifar100"):
+        problems.append(("data.download", f"only cifar10/cifar100 can be downloaded, not {d.name}"))
+    if n.kind == "human":
+        if not n.label_file:
+            problems.append(("noise.label_file", "human noise needs the CIFAR-N .pt file"))
+        elif not Path(os.path.expanduser(n.label_file)).exists():
+            problems.append(("noise.label_file", f"file does not exist: {n.label_file}"))
+        if not n.label_set:
+            problems.append(
+                ("noise.label_set", "human noise needs a label set (aggre, worse, random1..3, noisy)")
+            )
+    if n.kind == "matrix" and n.matrix is None:
+        problems.append(("noise.matrix", "matrix noise needs noise.matrix (K x K, rows sum to 1)"))
+    if n.kind == "asymmetric" and d.name not in ("cifar10", "cifar100"):
+        problems.append(("noise.kind", f"asymmetric noise is defined for cifar10 and cifar100, not {d.name}"))
+    if cfg.optim.schedule == "step" and not cfg.optim.milestones:
+        problems.append(("optim.milestones", "a step schedule needs milestones (epochs)"))
+    if cfg.optim.warmup_epochs >= cfg.optim.epochs:
+        problems.append(
+            ("optim.warmup_epochs", f"must be < epochs ({cfg.optim.epochs}), got {cfg.optim.warmup_epochs}")
+        )
+    return problems
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    node = tree
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError([f"{key}: {part} is not a section"])
+    node[last] = value
+
+
+def build_config(
+    tree: dict | None = None, overrides: dict[str, Any] | None = None, *, source: str | None = None
+) -> TrialConfig:
+    """A checked TrialConfig from a nested mapping plus dotted overrides; ConfigError lists every problem."""
+    flat = flatten(tree or {})
+    flat.update(overrides or {})
+    problems = []
+    for key, value in flat.items():
+        if key.split(".")[0] not in SECTIONS:
+            hint = did_you_mean(key, all_keys())
+            problems.append(f"{key}: unknown section {key.split('.')[0]!r}{hint}")
+        elif (msg := check_value(key, value)) is not None:
+            problems.append(f"{key}: {msg}")
+    if problems:
+        raise ConfigError(problems, source)
+    sections = {name: {} for name in SECTIONS}
+    for key, value in flat.items():
+        section, name = key.split(".", 1)
+        # ints are fine where floats are expected; store them as floats so params read the same
+        if _field_type(key) is float and isinstance(value, int):
+            value = float(value)
+        sections[section][name] = value
+    cfg = TrialConfig(**{name: SECTIONS[name](**values) for name, values in sections.items()})
+    cross = check_config(cfg)
+    if cross:
+        raise ConfigError([f"{key}: {msg}" for key, msg in cross], source)
+    return cfg
+
+
+def to_dict(cfg: TrialConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_flat(cfg: TrialConfig) -> dict[str, Any]:
+    """The resolved config flattened with dots (the MLflow params)."""
+    return flatten(to_dict(cfg))
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from exc
+    if not isinstance(tree, dict):
+        raise ConfigError([f"top level must be a mapping, got {type(tree).__name__}"], str(path))
+    return tree
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['optim.lr=0.05', 'collab.split=[1,2]'] -> {'optim.lr': 0.05, 'collab.split': [1, 2]} (values read as YAML)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError([f"--set {item!r}: expected key=value, e.g. optim.lr=0.05"])
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def dump_yaml(cfg: TrialConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

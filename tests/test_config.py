@@ -1,0 +1,83 @@
+import pytest
+
+from harness import config as C
+
+
+def test_defaults_build_and_flatten_with_dots():
+    cfg = C.build_config()
+    flat = C.to_flat(cfg)
+    assert flat["noise.kind"] == "none" and flat["collab.topology"] == "individual"
+    assert set(flat) == set(C.all_keys())
+
+
+def test_overrides_set_dotted_keys_and_ints_become_floats():
+    cfg = C.build_config(
+        {"noise": {"kind": "symmetric"}},
+        {"noise.rate": 0, "collab.topology": "hierarchical", "collab.heads": 4},
+    )
+    assert cfg.noise.rate == 0.0 and isinstance(cfg.noise.rate, float)
+    assert cfg.collab.heads == 4
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(C.ConfigError, match=r"noise\.rte: unknown key; did you mean noise\.rate\?"):
+        C.build_config({"noise": {"rte": 0.2}})
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(C.ConfigError) as info:
+        C.build_config(
+            {
+                "noise": {"rate": 1.5, "kind": "symetric"},
+                "optim": {"lr": "fast"},
+                "model": {"arch": "resnet33"},
+            }
+        )
+    text = "\n".join(info.value.problems)
+    assert "noise.rate: must be in [0, 1], got 1.5" in text
+    assert "unknown noise kind 'symetric'" in text and "did you mean symmetric?" in text
+    assert "optim.lr: must be float, got str 'fast'" in text
+    assert "Unknown arch" in text or "unknown arch 'resnet33'" in text
+    assert len(info.value.problems) == 4
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"collab.topology": "hierarchical", "collab.heads": 1}, "needs at least 2 heads"),
+        ({"collab.topology": "hierarchical", "collab.heads": 3}, "power of two"),
+        ({"collab.topology": "individual", "collab.heads": 2}, "trains one head"),
+        ({"collab.kept_head": 1}, "must be < heads"),
+        ({"data.name": "cifar10", "data.root": "/no/such/folder"}, "folder does not exist: /no/such/folder"),
+        ({"noise.kind": "human"}, "needs the CIFAR-N .pt file"),
+        ({"optim.schedule": "step"}, "needs milestones"),
+        ({"collab.rescale": "grad"}, "must be true, false or 'loss'"),
+        ({"run.device": "tpu"}, "must be auto, cpu, cuda or cuda:N"),
+        ({"optim.batch_size": True}, "must be int, got bool"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(overrides, message):
+    with pytest.raises(C.ConfigError, match=message):
+        C.build_config({}, overrides)
+
+
+def test_parse_overrides_reads_values_as_yaml():
+    assert C.parse_overrides(
+        ["optim.lr=0.05", "collab.split=[1, 2]", "data.root=~/data", "collab.rescale=loss"]
+    ) == {
+        "optim.lr": 0.05,
+        "collab.split": [1, 2],
+        "data.root": "~/data",
+        "collab.rescale": "loss",
+    }
+    with pytest.raises(C.ConfigError, match="expected key=value"):
+        C.parse_overrides(["optim.lr"])
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = C.build_config({}, {"noise.kind": "pairflip", "noise.rate": 0.3})
+    path = tmp_path / "c.yaml"
+    path.write_text(C.dump_yaml(cfg))
+    assert C.build_config(C.load_yaml(path)) == cfg
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        C.load_yaml(tmp_path / "missing.yaml")
