@@ -1,0 +1,278 @@
+"""`harness bench`: time the training step of each topology on synthetic data.
+
+The timed step is the engine's own: a batch from the GPU-resident loader (random crop and
+flip on the device), forward of every head, the collaborative loss, backward and the SGD
+update, captured in a CUDA graph where the engine would capture it. Needs torch only.
+
+--concurrent N starts N independent processes on the same device, all timing the same
+topology at once, and reports their total throughput: the number to pick `resources.gpu`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from harness.collab import TOPOLOGIES, build_training_graph, count_parameters
+from harness.engine import resolve_device
+from harness.loaders import TensorLoader
+from harness.optim import SGD
+from harness.step import make_loss_fn, make_train_step
+
+# (channels, image size) of the synthetic batch by arch family
+INPUT_SHAPES = {"cnn_small": (1, 8), "resnet50": (3, 224)}
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto [auto]")
+    parser.add_argument("--arch", default="resnet32", help="backbone [resnet32]")
+    parser.add_argument(
+        "--batch-size", type=int, nargs="+", default=[128], help="one or more batch sizes [128]"
+    )
+    parser.add_argument("--heads", type=int, default=4, help="heads of the collaborative topologies [4]")
+    parser.add_argument(
+        "--topologies", default=",".join(TOPOLOGIES), help=f"comma-separated subset of {','.join(TOPOLOGIES)}"
+    )
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per measurement [50]")
+    parser.add_argument(
+        "--warmup", type=int, default=10, help="untimed steps first (CUDA graph capture, autotuning) [10]"
+    )
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast on CUDA")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="eager steps on CUDA")
+    parser.add_argument(
+        "--concurrent", type=int, default=1, help="N processes at once on the device, total throughput"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the records (a JSON list) here")
+    parser.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)  # worker: start time
+
+
+def bench_one(
+    topology: str,
+    *,
+    arch: str,
+    heads: int,
+    batch_size: int,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    num_classes: int = 10,
+    amp: bool = True,
+    cuda_graph: bool = True,
+    start_at: float | None = None,
+) -> dict:
+    """Time `steps` training steps of one topology; a record of the JSON schema in the README."""
+    heads = 1 if topology == "individual" else heads
+    channels, size = INPUT_SHAPES.get(arch, (3, 32))
+    torch.manual_seed(0)
+    graph = build_training_graph(arch, num_classes, topology, heads, in_channels=channels)
+    channels_last = device.type == "cuda"
+    graph = graph.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    # enough synthetic images for a few batches; the loader keeps them on the device
+    n = batch_size * 4
+    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8)
+    labels = torch.randint(0, num_classes, (n,))
+    loader = TensorLoader(
+        images,
+        labels,
+        labels,
+        batch_size=batch_size,
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+        augment=True,
+        pad=4 if size >= 32 else 1,
+        flip=True,
+        shuffle=True,
+        drop_last=True,
+        device=device,
+        seed=0,
+        channels_last=channels_last,
+    )
+    optimizer = SGD(graph.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    step = make_train_step(
+        graph,
+        optimizer,
+        make_loss_fn(T=2.0, beta=0.5, loss_scale=graph.loss_scale),
+        device=device,
+        amp=amp,
+        cuda_graph=cuda_graph,
+        batch_size=batch_size,
+    )
+
+    def batches():
+        epoch = 0
+        while True:
+            loader.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    stream = batches()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        b = next(stream)
+        step(b.x, b.y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    if start_at is not None:  # concurrent workers start their timed steps together
+        time.sleep(max(0.0, start_at - time.time()))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        b = next(stream)
+        loss, _ = step(b.x, b.y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - t0
+    if not torch.isfinite(loss).item():
+        raise RuntimeError(f"{topology}: the loss is not finite; the benchmark step is broken")
+    return {
+        "topology": topology,
+        "heads": heads,
+        "arch": arch,
+        "batch_size": batch_size,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "ms_per_step": 1000 * elapsed / steps,
+        "img_per_s": batch_size * steps / elapsed,
+        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "params": count_parameters(graph),
+        "amp": amp and device.type == "cuda",
+        "cuda_graph": cuda_graph and device.type == "cuda",
+        "concurrent": 1,
+        "t_start": time.time() - elapsed,
+        "t_end": time.time(),
+    }
+
+
+def run_concurrent(args: argparse.Namespace, topology: str, batch_size: int) -> dict:
+    """N worker processes timing the same step at once; total images over the common wall time."""
+    start_at = time.time() + 20.0 + 5.0 * args.concurrent  # room for every worker to build and warm up
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = []
+        for i in range(args.concurrent):
+            out = Path(tmp) / f"w{i}.json"
+            cmd = (
+                [
+                    sys.executable,
+                    "-m",
+                    "harness.cli",
+                    "bench",
+                    "--device",
+                    args.device,
+                    "--arch",
+                    args.arch,
+                    "--batch-size",
+                    str(batch_size),
+                    "--heads",
+                    str(args.heads),
+                    "--topologies",
+                    topology,
+                    "--steps",
+                    str(args.steps),
+                    "--warmup",
+                    str(args.warmup),
+                    "--num-classes",
+                    str(args.num_classes),
+                    "--start-at",
+                    str(start_at),
+                    "--json",
+                    str(out),
+                ]
+                + (["--no-amp"] if args.no_amp else [])
+                + (["--no-cuda-graph"] if args.no_cuda_graph else [])
+            )
+            procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL), out))
+        records = []
+        for proc, out in procs:
+            if proc.wait() != 0:
+                raise RuntimeError(f"a concurrent bench worker failed (exit {proc.returncode})")
+            records.extend(json.loads(out.read_text()))
+    wall = max(r["t_end"] for r in records) - min(r["t_start"] for r in records)
+    if min(r["t_end"] for r in records) < max(r["t_start"] for r in records):
+        print("warning: the workers' timed windows did not overlap; raise --steps", file=sys.stderr)
+    total = sum(r["batch_size"] * args.steps for r in records)
+    merged = dict(records[0])
+    merged.update(
+        concurrent=args.concurrent,
+        img_per_s=total / wall,
+        ms_per_step=1000 * wall / args.steps,
+        peak_mem_mb=sum(r["peak_mem_mb"] for r in records) if records[0]["peak_mem_mb"] is not None else None,
+        per_process_img_per_s=[r["img_per_s"] for r in records],
+    )
+    return merged
+
+
+def format_table(records: list[dict]) -> str:
+    head = f"{'topology':<13} {'heads':>5} {'batch':>5} {'conc':>4} {'ms/step':>9} {'img/s':>10} {'peak MB':>9} {'params':>11}"
+    lines = [head, "-" * len(head)]
+    for r in records:
+        mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "n/a"
+        lines.append(
+            f"{r['topology']:<13} {r['heads']:>5} {r['batch_size']:>5} {r['concurrent']:>4} {r['ms_per_step']:>9.2f} "
+            f"{r['img_per_s']:>10,.0f} {mem:>9} {r['params']:>11,}"
+        )
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
+    unknown = [t for t in topologies if t not in TOPOLOGIES]
+    if unknown:
+        print(
+            f"harness bench: unknown topology {unknown[0]!r}; choose from {', '.join(TOPOLOGIES)}",
+            file=sys.stderr,
+        )
+        return 2
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, args.concurrent)))
+    worker = args.start_at is not None
+    records = []
+    if not worker:
+        name = (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+        )
+        print(
+            f"harness bench: {args.arch} on {name}, torch {torch.__version__}, "
+            f"amp={'off' if args.no_amp or device.type != 'cuda' else 'bf16'}, "
+            f"cuda_graph={'off' if args.no_cuda_graph or device.type != 'cuda' else 'on'}, {args.steps} steps",
+            flush=True,
+        )
+    for batch_size in args.batch_size:
+        for topology in topologies:
+            if args.concurrent > 1 and not worker:
+                record = run_concurrent(args, topology, batch_size)
+            else:
+                record = bench_one(
+                    topology,
+                    arch=args.arch,
+                    heads=args.heads,
+                    batch_size=batch_size,
+                    device=device,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    num_classes=args.num_classes,
+                    amp=not args.no_amp,
+                    cuda_graph=not args.no_cuda_graph,
+                    start_at=args.start_at,
+                )
+            records.append(record)
+            if not worker:
+                print(
+                    format_table([record]).splitlines()[-1] if len(records) > 1 else format_table([record]),
+                    flush=True,
+                )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(records, indent=2))
+        if not worker:
+            print(f"records written to {args.json}")
+    return 0

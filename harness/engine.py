@@ -1,0 +1,282 @@
+"""The training engine: train_one_epoch, evaluate, fit.
+
+Reads top to bottom like a training script. `fit` runs epochs of SGD on a collaborative
+training graph, evaluates every head, the kept head and the heads' ensemble, measures how
+much of the label noise the kept head has memorized, and hands a metrics dict per epoch to
+a callback (which logs, reports to Ray Tune and checkpoints). Accuracies are fractions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.optim import SGD, build_scheduler
+from harness.step import EagerStep, autocast, make_loss_fn, make_train_step
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run's numbers would be garbage."""
+
+
+@dataclass
+class FitOptions:
+    """Everything `fit` needs besides the graph and the data (the engine's view of a config)."""
+
+    epochs: int
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: list[int] | None = None
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    T: float = 2.0
+    beta: float = 0.5
+    kept_head: int = 0
+    update: str = "simultaneous"  # or "alternating": one head's loss (and parameters) per step
+    amp: bool = True
+    cuda_graph: bool = True
+    checkpoint_every: int = 1
+    extra: dict = field(default_factory=dict)  # saved in checkpoints as they are
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"run.device is {name!r} but CUDA is not available here; use cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)  # seeds CUDA too
+    np.random.seed(seed)  # only for third-party code; ours passes Generators explicitly
+
+
+def train_one_epoch(step, loader, scheduler, *, kept_head: int, device) -> dict[str, float]:
+    """One pass over the training loader. Counters stay on the device: no sync per step."""
+    zeros = lambda: torch.zeros((), device=device, dtype=torch.float64)  # noqa: E731
+    loss_sum, n, hit_noisy, hit_clean, flipped, memorized = (zeros() for _ in range(6))
+    steps = 0
+    for batch in loader:
+        loss, logits = step(batch.x, batch.y)
+        scheduler.step()
+        pred = logits[kept_head].argmax(1)
+        is_flipped = batch.y != batch.clean
+        loss_sum += loss.double() * batch.y.shape[0]
+        n += batch.y.shape[0]
+        hit_noisy += (pred == batch.y).sum()
+        hit_clean += (pred == batch.clean).sum()
+        flipped += is_flipped.sum()
+        memorized += (is_flipped & (pred == batch.y)).sum()
+        steps += 1
+    # one sync per epoch: this is where a diverged loss is caught
+    loss_mean = (loss_sum / n).item()
+    if not math.isfinite(loss_mean):
+        raise TrainingDiverged(
+            f"training loss became {loss_mean} (lr too high, or data not normalized?); stopping instead of "
+            "training on garbage"
+        )
+    count = n.item()
+    return {
+        "train/loss": loss_mean,
+        "train/acc_noisy": hit_noisy.item() / count,
+        "train/acc_clean": hit_clean.item() / count,
+        # share of flipped samples the kept head predicts as their wrong label; 0 without noise
+        "train/memorized": memorized.item() / flipped.item() if flipped.item() else 0.0,
+        "train/images": count,
+        "train/steps": steps,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, loader, *, kept_head: int, device, amp: bool, prefix: str = "test"
+) -> dict[str, float]:
+    """Accuracy of every head, of the kept head and of the ensemble (mean of the heads' softmax)."""
+    model.eval()
+    hits, hit_ens, n = None, torch.zeros((), device=device), 0
+    for batch in loader:
+        with autocast(torch.device(device), amp):
+            logits = model(batch.x)
+        heads = torch.stack([z.float() for z in logits])  # (H, B, K)
+        hits_batch = (heads.argmax(2) == batch.clean).sum(1)  # evaluation uses the true labels
+        hits = hits_batch if hits is None else hits + hits_batch
+        hit_ens += (heads.softmax(2).mean(0).argmax(1) == batch.clean).sum()
+        n += batch.clean.shape[0]
+    model.train()
+    per_head = (hits.double() / n).tolist()
+    metrics = {f"{prefix}/acc": per_head[kept_head], f"{prefix}/acc_ensemble": hit_ens.item() / n}
+    metrics.update({f"{prefix}/acc_head{h}": acc for h, acc in enumerate(per_head)})
+    return metrics
+
+
+EpochCallback = Callable[[int, dict[str, float], dict], None]
+
+
+def fit(
+    model: torch.nn.Module,
+    train_loader,
+    eval_loaders: dict,
+    opts: FitOptions,
+    *,
+    device: torch.device,
+    loss_scale: float = 1.0,
+    resume: dict | None = None,
+    on_epoch: EpochCallback | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Train for opts.epochs; return the last epoch's metrics.
+
+    on_epoch(epoch, metrics, state) is called after every epoch (1-based) with the state a
+    checkpoint needs (see `checkpoint_state`); `resume` is such a state, to continue from.
+    """
+    device = torch.device(device)
+    heads = model.heads
+    optimizer = SGD(
+        model.parameters(),
+        lr=opts.lr,
+        momentum=opts.momentum,
+        nesterov=opts.nesterov,
+        weight_decay=opts.weight_decay,
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        steps_per_epoch=len(train_loader),
+        epochs=opts.epochs,
+        schedule=opts.schedule,
+        milestones=opts.milestones,
+        gamma=opts.gamma,
+        warmup_epochs=opts.warmup_epochs,
+    )
+    start_epoch, history = 1, []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        if device.type == "cuda" and resume["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
+        start_epoch, history = resume["epoch"] + 1, list(resume["history"])
+        log(f"resuming at epoch {start_epoch} of {opts.epochs}")
+
+    if opts.update == "alternating":
+        # one step per head in turn; each head's loss only, so only its path is updated
+        steps = [
+            EagerStep(
+                model,
+                optimizer,
+                make_loss_fn(T=opts.T, beta=opts.beta, loss_scale=loss_scale, head=h),
+                device=device,
+                amp=opts.amp,
+            )
+            for h in range(heads)
+        ]
+        step = _alternate(steps)
+    else:
+        step = make_train_step(
+            model,
+            optimizer,
+            make_loss_fn(T=opts.T, beta=opts.beta, loss_scale=loss_scale),
+            device=device,
+            amp=opts.amp,
+            cuda_graph=opts.cuda_graph,
+            batch_size=train_loader.batch_size,
+            log=log,
+        )
+
+    model.train()
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, opts.epochs + 1):
+        train_loader.set_epoch(epoch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        metrics = train_one_epoch(step, train_loader, scheduler, kept_head=opts.kept_head, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_s = time.perf_counter() - t0
+        for name, loader in eval_loaders.items():
+            metrics.update(
+                evaluate(model, loader, kept_head=opts.kept_head, device=device, amp=opts.amp, prefix=name)
+            )
+        metrics.update(
+            {
+                "epoch": epoch,
+                "lr": optimizer.param_groups[0]["lr"],
+                "time/epoch_s": time.perf_counter() - t0,
+                "time/train_s": train_s,
+                "perf/img_per_s": metrics["train/images"] / train_s,
+            }
+        )
+        if device.type == "cuda":
+            metrics["gpu/peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        history.append(metrics)
+        log(format_epoch(epoch, opts.epochs, metrics))
+        if on_epoch is not None:
+            on_epoch(
+                epoch,
+                metrics,
+                checkpoint_state(model, optimizer, scheduler, epoch, history, device, opts.extra),
+            )
+    return metrics
+
+
+def _alternate(steps: list[EagerStep]):
+    counter = {"i": 0}
+
+    def step(x, y):
+        out = steps[counter["i"] % len(steps)](x, y)
+        counter["i"] += 1
+        return out
+
+    return step
+
+
+def checkpoint_state(
+    model, optimizer, scheduler, epoch: int, history: list[dict], device, extra: dict
+) -> dict:
+    """What a resumed run needs to reach the same result: weights, SGD buffers, schedule, RNG, epoch."""
+    rng = {"torch": torch.get_rng_state()}
+    rng["cuda"] = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "history": history,
+        "rng": rng,
+        "extra": extra,
+    }
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write atomically: a killed process leaves the previous checkpoint, never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    # our own file: it holds numpy/py objects (history, RNG), so weights_only=False
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def format_epoch(epoch: int, epochs: int, m: dict[str, float]) -> str:
+    mem = f"  mem {m['gpu/peak_mem_mb']:.0f} MB" if "gpu/peak_mem_mb" in m else ""
+    return (
+        f"epoch {epoch:>3}/{epochs}  loss {m['train/loss']:.4f}  train {m['train/acc_noisy']:.3f} "
+        f"(clean {m['train/acc_clean']:.3f}, memorized {m['train/memorized']:.3f})  "
+        f"test {m['test/acc']:.4f} (ens {m['test/acc_ensemble']:.4f})  "
+        f"{m['time/epoch_s']:.1f}s  {m['perf/img_per_s']:.0f} img/s{mem}"
+    )

@@ -1,0 +1,89 @@
+"""`harness train`: one trial from a config file and/or --set overrides, without Ray."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from harness import config as C
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument(
+        "config", nargs="?", help="trial config YAML (sections data, noise, model, collab, optim, run)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dotted key, e.g. --set noise.rate=0.4 (repeatable; values read as YAML)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="folder for checkpoints and artifacts [runs/train-<time>]"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the final metrics to this JSON file")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    parser.add_argument("--experiment", default="harness-train", help="MLflow experiment [harness-train]")
+    parser.add_argument(
+        "--no-mlflow", action="store_true", help="do not log to MLflow even where it is installed"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        tree = C.load_yaml(args.config) if args.config else {}
+        cfg = C.build_config(tree, C.parse_overrides(args.overrides), source=args.config)
+    except (C.ConfigError, FileNotFoundError) as exc:
+        print(f"harness train: {exc}", file=sys.stderr)
+        return 2
+    if args.resume and args.out is None:
+        print("harness train: --resume needs --out (the folder of the run to continue)", file=sys.stderr)
+        return 2
+    out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    out = out.resolve()
+
+    from harness.trial import CHECKPOINT_FILE, run_trial
+
+    logger = None if args.no_mlflow else _mlflow_logger(cfg, args.experiment)
+    on_epoch = (lambda epoch, metrics, ckpt: logger.log_epoch(epoch, metrics)) if logger else None
+    resume_from = out / "checkpoint" if args.resume else None
+    if resume_from is not None and not (resume_from / CHECKPOINT_FILE).exists():
+        print(f"harness train: no checkpoint to resume at {resume_from / CHECKPOINT_FILE}", file=sys.stderr)
+        return 2
+    try:
+        final = run_trial(cfg, out_dir=out, on_epoch=on_epoch, resume_from=resume_from)
+    except BaseException as exc:
+        if logger:
+            logger.finish(
+                {}, None, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=repr(exc)
+            )
+        raise
+    if logger:
+        logger.finish(final, out / "checkpoint" / "artifacts", status="FINISHED")
+    print("final metrics:")
+    for key in sorted(final):
+        value = final[key]
+        print(f"  {key:<24} {value:.4f}" if isinstance(value, float) else f"  {key:<24} {value}")
+    print(f"artifacts: {out / 'checkpoint' / 'artifacts'}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(final, indent=2, sort_keys=True))
+        print(f"metrics written to {args.json}")
+    return 0
+
+
+def _mlflow_logger(cfg: C.TrialConfig, experiment: str):
+    """A TrialLogger where MLflow is installed, None where it is not (e.g. a bare GPU box)."""
+    try:
+        from harness.tracking import TrialLogger
+    except ImportError:
+        print("MLflow is not installed: metrics go to the console and --json only")
+        return None
+    logger = TrialLogger.start_single(cfg, experiment=experiment)
+    print(f"MLflow: experiment {experiment!r}, run {logger.run_id} ({logger.tracking_uri})")
+    return logger

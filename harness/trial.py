@@ -1,0 +1,192 @@
+"""A trial: one configuration end to end, as a function that returns metrics.
+
+data -> noise.corrupt -> training graph -> engine -> metrics, checkpoints and artifacts.
+Ray Tune wraps `run_trial` in a few lines (harness.tune_runner) and `harness train` calls
+it directly; neither needs anything here but torch, numpy and PyYAML.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import noise
+from harness import config as C
+from harness.collab import build_training_graph, count_parameters
+from harness.data import ImageData, load_dataset
+from harness.engine import FitOptions, fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
+from harness.loaders import make_loaders
+
+# on_epoch(epoch, metrics, checkpoint_dir or None)
+TrialCallback = Callable[[int, dict[str, float], Path | None], None]
+
+CHECKPOINT_FILE = "state.pt"
+
+# For failure-handling tests and drills: a trial whose config has this run.seed raises at
+# this epoch. Set by the environment, so it reaches Ray workers; never set it otherwise.
+FAIL_ENV = "HARNESS_FAIL_AT_EPOCH"
+
+
+def corrupt_labels(data: ImageData, spec: C.NoiseConfig, *, seed: int) -> noise.NoisyLabels:
+    """The trial's training labels: the clean ones corrupted as the noise config says."""
+    ns = noise.NoiseSpec(
+        spec.kind,
+        spec.rate,
+        dataset=data.name,
+        label_set=spec.label_set,
+        label_file=os.path.expanduser(spec.label_file) if spec.label_file else None,
+        matrix=spec.matrix,
+    )
+    if spec.kind == "human":
+        # CIFAR-N labels follow the official training order: corrupt the full set, then take our subset
+        _, clean_full = noise.load_human_labels(ns.label_file, ns.label_set)
+        if not np.array_equal(clean_full[data.train_indices], data.train_y):
+            raise ValueError(
+                f"noise.label_file {spec.label_file}: its clean labels disagree with {data.name}'s training labels; "
+                "is the data set in the official order?"
+            )
+        full = noise.corrupt(clean_full, ns, num_classes=data.num_classes, seed=seed)
+        return noise.NoisyLabels.from_pair(data.train_y, full.labels[data.train_indices], data.num_classes)
+    features = None
+    if spec.kind == "instance":
+        features = data.train_x.reshape(len(data.train_y), -1).float().numpy() / 255.0
+    return noise.corrupt(data.train_y, ns, num_classes=data.num_classes, seed=seed, features=features)
+
+
+def fit_options(cfg: C.TrialConfig) -> FitOptions:
+    o, c, r = cfg.optim, cfg.collab, cfg.run
+    return FitOptions(
+        epochs=o.epochs,
+        lr=o.lr,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        weight_decay=o.weight_decay,
+        schedule=o.schedule,
+        milestones=o.milestones,
+        gamma=o.gamma,
+        warmup_epochs=o.warmup_epochs,
+        T=c.T,
+        beta=c.beta,
+        kept_head=c.kept_head,
+        update=c.update,
+        amp=r.amp,
+        cuda_graph=r.cuda_graph,
+        checkpoint_every=r.checkpoint_every,
+    )
+
+
+def run_trial(
+    cfg: C.TrialConfig,
+    *,
+    out_dir: Path,
+    on_epoch: TrialCallback | None = None,
+    resume_from: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
+    """Train one config; return the final metrics (DESIGN.md names, accuracies as fractions).
+
+    Writes `out_dir/checkpoint/state.pt` every `run.checkpoint_every` epochs and, after the
+    last epoch, `out_dir/checkpoint/artifacts/` (config.yaml, noise_transition.csv,
+    metrics.json, inference_head.pt). `resume_from` is a checkpoint directory to go on from.
+    """
+    out_dir = Path(out_dir)
+    device = resolve_device(cfg.run.device)
+    seed_everything(cfg.run.seed)
+
+    data = load_dataset(
+        cfg.data.name,
+        root=os.path.expanduser(cfg.data.root) if cfg.data.root else None,
+        download=cfg.data.download,
+        train_subset=cfg.data.train_subset,
+        val_fraction=cfg.data.val_fraction,
+    )
+    noisy = corrupt_labels(data, cfg.noise, seed=cfg.run.seed)
+    log(
+        f"{data.name}: {len(data.train_y)} training images, {data.num_classes} classes; "
+        f"noise {cfg.noise.kind} {cfg.noise.rate}: {noisy.rate:.2%} of labels flipped; device {device}"
+    )
+
+    graph = build_training_graph(
+        cfg.model.arch,
+        data.num_classes,
+        cfg.collab.topology,
+        cfg.collab.heads,
+        rescale=cfg.collab.rescale,
+        split=cfg.collab.split,
+        in_channels=data.channels,
+    )
+    channels_last = cfg.run.channels_last and device.type == "cuda"
+    graph = graph.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    train_loader, eval_loaders = make_loaders(
+        data,
+        noisy.labels,
+        batch_size=cfg.optim.batch_size,
+        augment=cfg.data.augment,
+        device=device,
+        seed=cfg.run.seed,
+        num_workers=cfg.data.num_workers,
+        channels_last=channels_last,
+    )
+    sizes = {
+        "model/train_params": count_parameters(graph),
+        "model/inference_params": count_parameters(graph.export_head(cfg.collab.kept_head)),
+        "noise/realized_rate": noisy.rate,
+    }
+
+    resume = None
+    if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
+        resume = load_checkpoint(Path(resume_from) / CHECKPOINT_FILE)
+    ckpt_dir = out_dir / "checkpoint"
+    opts = fit_options(cfg)
+    fail_at = int(os.environ.get(FAIL_ENV, "0") or 0)
+
+    def epoch_done(epoch: int, metrics: dict[str, float], state: dict) -> None:
+        if fail_at and cfg.run.seed == fail_at and epoch == 1:
+            raise RuntimeError(f"{FAIL_ENV}={fail_at}: deliberate failure after epoch {epoch}")
+        if epoch == 1 or (resume is not None and epoch == resume["epoch"] + 1):
+            metrics = {**sizes, **metrics}
+        last = epoch == opts.epochs
+        written = None
+        if last or (opts.checkpoint_every and epoch % opts.checkpoint_every == 0):
+            save_checkpoint(state, ckpt_dir / CHECKPOINT_FILE)
+            written = ckpt_dir
+        if last:
+            write_artifacts(ckpt_dir / "artifacts", cfg, graph, noisy, {**sizes, **metrics})
+        if on_epoch is not None:
+            on_epoch(epoch, metrics, written)
+
+    final = fit(
+        graph,
+        train_loader,
+        eval_loaders,
+        opts,
+        device=device,
+        loss_scale=graph.loss_scale,
+        resume=resume,
+        on_epoch=epoch_done,
+        log=log,
+    )
+    return {**sizes, **final}
+
+
+def write_artifacts(folder: Path, cfg: C.TrialConfig, graph, noisy: noise.NoisyLabels, metrics: dict) -> None:
+    """What a person checks after a run: the config, the realized noise, the numbers, the kept network."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "config.yaml").write_text(C.dump_yaml(cfg))
+    k = noisy.transition.shape[0]
+    header = "true\\observed," + ",".join(str(j) for j in range(k))
+    rows = [f"{i}," + ",".join(f"{v:.6f}" for v in noisy.transition[i]) for i in range(k)]
+    (tmp / "noise_transition.csv").write_text("\n".join([header, *rows]) + "\n")
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    head = graph.export_head(cfg.collab.kept_head).cpu()
+    torch.save({"arch": cfg.model.arch, "state_dict": head.state_dict()}, tmp / "inference_head.pt")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.replace(folder)

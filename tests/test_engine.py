@@ -1,0 +1,145 @@
+"""The engine end to end on the CPU: it learns, it is deterministic, it resumes exactly, it stops on NaN."""
+
+import json
+
+import pytest
+import torch
+
+from harness import config as C
+from harness.engine import TrainingDiverged
+from harness.trial import CHECKPOINT_FILE, run_trial
+
+QUICK = {"optim.epochs": 3, "optim.batch_size": 64, "optim.lr": 0.05, "run.device": "cpu"}
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def trial(tmp_path, name, **overrides):
+    cfg = C.build_config({}, {**QUICK, **overrides})
+    return run_trial(cfg, out_dir=tmp_path / name, log=quiet)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_digits_learns_without_noise(tmp_path):
+    final = trial(tmp_path, "clean", **{"optim.epochs": 15})
+    assert final["test/acc"] >= 0.9, final
+    assert final["train/memorized"] == 0.0  # nothing is flipped
+    assert final["model/train_params"] == final["model/inference_params"]
+
+
+def test_hierarchical_heads_all_learn_and_metrics_are_complete(tmp_path):
+    final = trial(
+        tmp_path,
+        "hier",
+        **{
+            "collab.topology": "hierarchical",
+            "collab.heads": 4,
+            "noise.kind": "symmetric",
+            "noise.rate": 0.4,
+            "optim.epochs": 6,
+        },
+    )
+    for key in [
+        "test/acc",
+        "test/acc_ensemble",
+        "train/loss",
+        "train/acc_noisy",
+        "train/acc_clean",
+        "train/memorized",
+        "time/epoch_s",
+        "perf/img_per_s",
+    ] + [f"test/acc_head{h}" for h in range(4)]:
+        assert key in final, key
+        if key.startswith(("test/", "train/acc", "train/mem")):
+            assert 0.0 <= final[key] <= 1.0
+    assert min(final[f"test/acc_head{h}"] for h in range(4)) > 0.5
+    assert final["test/acc"] == final["test/acc_head0"]
+    # the inference network is the original one, however many heads were trained
+    assert final["model/train_params"] > 2 * final["model/inference_params"]
+    assert abs(final["noise/realized_rate"] - 0.4) < 0.01
+
+
+def test_same_seed_same_result_other_seed_differs(tmp_path):
+    a = trial(tmp_path, "a", **{"noise.kind": "symmetric", "noise.rate": 0.2})
+    b = trial(tmp_path, "b", **{"noise.kind": "symmetric", "noise.rate": 0.2})
+    c = trial(tmp_path, "c", **{"noise.kind": "symmetric", "noise.rate": 0.2, "run.seed": 1})
+    assert a["train/loss"] == b["train/loss"] and a["test/acc"] == b["test/acc"]
+    assert a["train/loss"] != c["train/loss"]
+
+
+def test_resume_from_checkpoint_reaches_the_same_result(tmp_path):
+    overrides = {
+        "collab.topology": "simple",
+        "collab.heads": 2,
+        "noise.kind": "pairflip",
+        "noise.rate": 0.3,
+        "optim.epochs": 4,
+    }
+    straight = trial(tmp_path, "straight", **overrides)
+
+    cfg2 = C.build_config({}, {**QUICK, **overrides, "optim.epochs": 4})
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(epoch, metrics, ckpt):
+        seen.append(epoch)
+        if epoch == 2:
+            raise Stop  # an interrupted run: the checkpoint of epoch 2 is on disk
+
+    with pytest.raises(Stop):
+        run_trial(cfg2, out_dir=tmp_path / "resumed", on_epoch=stop_after_two, log=quiet)
+    assert (tmp_path / "resumed" / "checkpoint" / CHECKPOINT_FILE).exists()
+    epochs = []
+    resumed = run_trial(
+        cfg2,
+        out_dir=tmp_path / "resumed",
+        resume_from=tmp_path / "resumed" / "checkpoint",
+        on_epoch=lambda e, m, c: epochs.append(e),
+        log=quiet,
+    )
+    assert epochs == [3, 4]
+    for key in ["train/loss", "test/acc", "test/acc_head1", "train/memorized"]:
+        assert resumed[key] == straight[key], key
+
+
+def test_final_epoch_writes_checkable_artifacts(tmp_path):
+    final = trial(tmp_path, "art", **{"noise.kind": "symmetric", "noise.rate": 0.2, "optim.epochs": 1})
+    art = tmp_path / "art" / "checkpoint" / "artifacts"
+    assert C.load_yaml(art / "config.yaml")["noise"]["rate"] == 0.2
+    rows = (art / "noise_transition.csv").read_text().splitlines()
+    assert len(rows) == 11 and abs(float(rows[1].split(",")[1]) - 0.8) < 0.02  # P(observed 0 | true 0)
+    assert json.loads((art / "metrics.json").read_text())["test/acc"] == final["test/acc"]
+    head = torch.load(art / "inference_head.pt", weights_only=True)
+    assert (
+        sum(v.numel() for k, v in head["state_dict"].items() if "running" not in k and "num_batches" not in k)
+        == final["model/inference_params"]
+    )
+
+
+def test_divergence_stops_with_a_clear_error(tmp_path):
+    with pytest.raises(TrainingDiverged, match="loss became nan|loss became inf"):
+        trial(
+            tmp_path,
+            "nan",
+            **{"optim.lr": 1e6, "optim.epochs": 2, "optim.nesterov": False, "optim.momentum": 0.0},
+        )
+
+
+def test_alternating_update_trains_every_head(tmp_path):
+    final = trial(
+        tmp_path,
+        "alt",
+        **{"collab.topology": "simple", "collab.heads": 2, "collab.update": "alternating", "optim.epochs": 6},
+    )
+    assert min(final["test/acc_head0"], final["test/acc_head1"]) > 0.5
