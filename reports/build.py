@@ -1,0 +1,322 @@
+"""``harness report``: one sweep's MLflow runs -> tables (CSV, Markdown, HTML) and plots (PNG).
+
+``build_report`` does the work; ``add_report_arguments`` and ``run_report`` are the CLI adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from reports import plots, render, tables
+from reports.runs import HISTORY_KEYS, load_histories, select_sweep
+from reports.store import default_tracking_uri, sqlite_path
+from reports.tables import is_fraction_metric
+
+
+@dataclass
+class ReportResult:
+    """What ``build_report`` wrote and computed.
+
+    ``files``: file name (``report.html``, ``accuracy.csv``, ``accuracy_vs_noise.png``, ...) -> path.
+    ``tables``: ``accuracy``, ``gains``, ``cost``, ``memorization``, ``failed`` as long-form
+    DataFrames, exactly as written to the CSVs (columns documented in ``reports.tables``).
+    """
+
+    out_dir: Path
+    files: dict[str, Path]
+    tables: dict[str, pd.DataFrame]
+    experiment: str
+    sweep_name: str
+    sweep_run_id: str | None
+    logged_to_mlflow: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "experiment"
+
+
+def _curve_conditions(acc: pd.DataFrame, limit: int = 4) -> list[str]:
+    """The highest rate of each noise kind (the hardest setting), or the clean one if that is all."""
+    conds = acc.drop_duplicates("condition")
+    chosen = []
+    for kind, here in conds.groupby("noise_kind", sort=False):
+        if kind == "none":
+            continue
+        if kind == "human":
+            worse = here[here.noise_label_set.isin(["worse", "noisy"])]
+            chosen.append((worse if len(worse) else here).condition.iloc[-1])
+        else:
+            chosen.append(here.sort_values("noise_rate").condition.iloc[-1])
+    return chosen[:limit] or list(conds.condition[:1])
+
+
+def build_report(
+    *,
+    experiment: str | None = None,
+    sweep_run_id: str | None = None,
+    out_dir: Path | None = None,
+    metric: str = "test/acc",
+    mode: str = "final",
+    tracking_uri: str | None = None,
+    log_to_mlflow: bool = True,
+) -> ReportResult:
+    """Write the comparison report of one sweep into ``out_dir`` and return what was written.
+
+    Selects the sweep by ``sweep_run_id`` (its parent run) or the latest sweep parent run of
+    ``experiment`` (of any experiment when both are None). ``metric`` is compared at the final epoch
+    (``mode="final"``) or at its best epoch (``mode="best"``: max, min for losses). ``out_dir``
+    defaults to ``reports/out/<experiment>/``. When ``log_to_mlflow``, the files are logged on the
+    sweep's parent run under the artifact path ``report/`` (skipped, with a note, without a parent).
+
+    Raises ValueError for an unknown experiment or run id, a store without runs, a ``metric`` that no
+    run logged, or a bad ``mode``.
+    """
+    if mode not in ("final", "best"):
+        raise ValueError(f"mode must be 'final' or 'best', got {mode!r}")
+    uri = tracking_uri or default_tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        # Opening a missing SQLite store would silently create an empty one.
+        raise ValueError(
+            f"no MLflow store at {db} (tracking URI {uri}); run a sweep first or set MLFLOW_TRACKING_URI"
+        )
+    client = MlflowClient(tracking_uri=uri)
+    sweep = select_sweep(client, experiment=experiment, sweep_run_id=sweep_run_id)
+    known = sorted({k for t in sweep.trials for k in t.metrics})
+    if metric not in known and any(t.status == "FINISHED" for t in sweep.trials):
+        raise ValueError(
+            f"metric {metric!r} was not logged by any run of sweep {sweep.name!r}; metrics: {', '.join(known)}"
+        )
+    load_histories(client, sweep.trials, (metric, *HISTORY_KEYS))
+    notes = list(sweep.notes)
+    if sweep.planned_trials is not None and sweep.planned_trials != len(sweep.trials):
+        notes.append(f"the sweep planned {sweep.planned_trials} trials; {len(sweep.trials)} runs were logged")
+
+    frame, frame_notes = tables.trial_frame(sweep.trials, metric=metric, mode=mode)
+    notes += frame_notes
+    if not frame.usable.any():
+        notes.append(f"no finished run logged {metric!r}; every aggregate below is empty")
+    keys = tables.method_keys(sweep.trials)
+    methods = list(frame.sort_values("method_order").method.unique())
+    pairs = tables.baselines(frame, keys)
+    acc = tables.accuracy_table(frame, metric=metric)
+    gains = tables.gains_table(frame, metric=metric, pairs=pairs)
+    cost = tables.cost_table(frame, pairs=pairs)
+    mem = tables.memorization_table(frame)
+    failed = tables.failed_table(frame, metric=metric)
+    curve_conds = _curve_conditions(acc)
+    curves = tables.curves(sweep.trials, frame, (metric, "train/memorized"))
+
+    out = Path(out_dir) if out_dir is not None else Path("reports/out") / _safe_name(sweep.experiment_name)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    table_map = {"accuracy": acc, "gains": gains, "cost": cost, "memorization": mem, "failed": failed}
+    for name, table in table_map.items():
+        files[f"{name}.csv"] = out / f"{name}.csv"
+        table.to_csv(files[f"{name}.csv"], index=False)
+    for png in (
+        plots.accuracy_vs_noise(
+            acc, metric=metric, mode=mode, methods=methods, path=out / "accuracy_vs_noise.png"
+        ),
+        plots.learning_curves(
+            curves, metric=metric, conditions=curve_conds, methods=methods, path=out / "learning_curves.png"
+        ),
+        plots.cost_bars(cost, methods=methods, path=out / "cost.png"),
+    ):
+        files[png.name] = png
+
+    sections = _sections(
+        acc,
+        gains,
+        cost,
+        mem,
+        failed,
+        files,
+        metric=metric,
+        mode=mode,
+        methods=methods,
+        keys=keys,
+        curve_conds=curve_conds,
+        notes=notes,
+    )
+    n_usable = int(frame.usable.sum())
+    meta = [
+        ("Experiment", sweep.experiment_name),
+        (
+            "Sweep",
+            f"{sweep.name} (run {sweep.parent_run_id})"
+            if sweep.parent_run_id
+            else f"{sweep.name} (no parent run)",
+        ),
+        ("Tracking URI", uri),
+        ("Metric", f"{metric}, {'final epoch' if mode == 'final' else 'best over epochs'}"),
+        ("Methods vary in", ", ".join(keys) or "nothing (one method)"),
+        ("Trials", f"{len(sweep.trials)} runs, {n_usable} aggregated, {len(failed)} missing or failed"),
+        ("Generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+    ]
+    title = f"Collaborative learning under label noise: {sweep.name}"
+    files["report.md"] = render.write_markdown(out / "report.md", title=title, meta=meta, sections=sections)
+    files["report.html"] = render.write_html(out / "report.html", title=title, meta=meta, sections=sections)
+
+    logged = False
+    if log_to_mlflow and sweep.parent_run_id is None:
+        notes.append("no sweep parent run to attach the report to; not logged to MLflow")
+    elif log_to_mlflow:
+        try:
+            client.log_artifacts(sweep.parent_run_id, str(out), artifact_path="report")
+            logged = True
+        except (MlflowException, OSError) as err:
+            # The files are on disk already; a store that refuses artifacts should not lose them.
+            notes.append(f"could not log the report to MLflow run {sweep.parent_run_id}: {err}")
+    return ReportResult(
+        out_dir=out,
+        files=files,
+        tables=table_map,
+        experiment=sweep.experiment_name,
+        sweep_name=sweep.name,
+        sweep_run_id=sweep.parent_run_id,
+        logged_to_mlflow=logged,
+        notes=notes,
+    )
+
+
+def _sections(acc, gains, cost, mem, failed, files, *, metric, mode, methods, keys, curve_conds, notes):
+    what = f"{metric} ({'%' if is_fraction_metric(metric) else 'as logged'}) at the " + (
+        "final epoch" if mode == "final" else "best epoch"
+    )
+    s_acc = render.Section(
+        f"{metric} by noise condition and method",
+        *render.accuracy_rows(acc, methods),
+        notes=[
+            f"{what}: mean ± standard deviation (ddof=1) over seeds (number of seeds). "
+            "Failed and missing runs are not averaged in."
+        ],
+        images=[files["accuracy_vs_noise.png"]],
+    )
+    s_gain = render.Section("Gain over individual training (paired by seed)")
+    if len(gains):
+        s_gain.headers, s_gain.rows = render.gains_rows(gains)
+        s_gain.notes.append(
+            "Difference method − baseline over the seeds both finished in the same noise condition; "
+            "95% confidence interval from the t distribution with n−1 degrees of freedom "
+            "(n/a for fewer than 2 pairs)."
+            + (" Units: percentage points." if is_fraction_metric(metric) else "")
+        )
+    else:
+        s_gain.notes.append(
+            "Skipped: no method trains individually (collab.topology = individual), "
+            "so there is no baseline to pair with."
+        )
+    s_cost = render.Section("Cost per method", *render.cost_rows(cost), images=[files["cost.png"]])
+    s_cost.notes.append(
+        "Mean over each method's finished runs (all noise conditions and seeds). Peak GPU memory: "
+        "maximum over epochs (n/a for CPU-only runs); time per epoch and images/s: median over "
+        "epochs. Last column: whether the exported inference network has the same parameter "
+        "count as individual training's."
+    )
+    mismatch = cost[cost.inference_matches_individual == "no"]
+    if len(mismatch):
+        s_cost.notes.append(
+            "Inference parameter count differs from individual training for: " + ", ".join(mismatch.method)
+        )
+    s_mem = render.Section(
+        "Memorization of flipped labels (final epoch)",
+        *render.memorization_rows(mem),
+        notes=[
+            "Memorized: share of flipped training samples predicted as their wrong label. "
+            "Train acc. vs clean labels: accuracy on the training set against the true labels. "
+            "n/a where the condition has no flipped labels or the run did not log them."
+        ],
+    )
+    s_curves = render.Section(
+        "Learning curves",
+        images=[files["learning_curves.png"]],
+        notes=[f"Mean over seeds per epoch (band: ±1 std) for: {', '.join(curve_conds)}."],
+    )
+    s_failed = render.Section("Missing and failed runs")
+    if len(failed):
+        s_failed.headers, s_failed.rows = render.failed_rows(failed)
+    else:
+        s_failed.notes.append("None: every run finished and logged the metric.")
+    sections = [s_acc, s_gain, s_cost, s_mem, s_curves, s_failed]
+    if notes:
+        sections.append(render.Section("Notes", notes=list(notes)))
+    return sections
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``harness report`` options to ``parser`` (a subcommand parser) and return it."""
+    parser.add_argument(
+        "--experiment", metavar="NAME", help="MLflow experiment (default: that of the latest sweep)"
+    )
+    parser.add_argument(
+        "--sweep",
+        metavar="RUN_ID",
+        dest="sweep_run_id",
+        help="the sweep's parent run id (default: the latest sweep parent run)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        dest="out_dir",
+        help="output folder (default: reports/out/<experiment>/)",
+    )
+    parser.add_argument("--metric", default="test/acc", help="metric to compare (default: test/acc)")
+    parser.add_argument(
+        "--mode",
+        choices=("final", "best"),
+        default="final",
+        help="metric at the final epoch or best over epochs (default: final)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        dest="tracking_uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)",
+    )
+    parser.add_argument(
+        "--no-log",
+        action="store_false",
+        dest="log_to_mlflow",
+        help="do not log the report as artifacts on the sweep's parent run",
+    )
+    return parser
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Build the report from parsed ``add_report_arguments`` options, print where it is, return 0.
+
+    ValueError (unknown experiment or run, no runs) propagates for the CLI to turn into exit status 2.
+    """
+    result = build_report(
+        experiment=args.experiment,
+        sweep_run_id=args.sweep_run_id,
+        out_dir=args.out_dir,
+        metric=args.metric,
+        mode=args.mode,
+        tracking_uri=getattr(args, "tracking_uri", None),
+        log_to_mlflow=getattr(args, "log_to_mlflow", True),
+    )
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(
+        f"Report for sweep {result.sweep_name} (experiment {result.experiment}) in {result.out_dir.resolve()}/"
+    )
+    for name in ("report.html", "report.md"):
+        print(f"  {result.files[name].resolve()}")
+    print("  tables: " + ", ".join(n for n in result.files if n.endswith(".csv")))
+    print("  plots:  " + ", ".join(n for n in result.files if n.endswith(".png")))
+    if result.logged_to_mlflow:
+        print(f"  logged to MLflow run {result.sweep_run_id} under artifacts report/")
+    return 0

@@ -1,0 +1,182 @@
+"""Report figures (matplotlib, Agg backend, PNG): accuracy vs noise, learning curves, cost bars.
+
+Every function takes the tables from ``reports.tables``, writes one PNG and returns its path. A method
+keeps the same colour in every figure. Figures are built with ``matplotlib.figure.Figure`` (rendered
+by Agg when saved as PNG) rather than pyplot, so no display and no global backend switch are needed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from reports.tables import is_fraction_metric
+
+DPI = 110
+
+
+def method_colors(methods: list[str]) -> dict[str, tuple]:
+    cmap = matplotlib.colormaps["tab10"]
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def _metric_label(metric: str) -> str:
+    return f"{metric} (%)" if is_fraction_metric(metric) else metric
+
+
+def _figure(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    # tight_layout already placed everything; bbox_inches="tight" would measure it all again.
+    fig.savefig(path, dpi=DPI, facecolor="white")
+    return path
+
+
+def accuracy_vs_noise(acc: pd.DataFrame, *, metric: str, mode: str, methods: list[str], path: Path) -> Path:
+    """Mean metric vs noise rate, one line per method with +-1 std error bars, one panel per noise kind.
+
+    The clean condition (kind ``none``) is drawn at rate 0 in every rate-based panel; human noise,
+    which has label sets instead of rates, gets a categorical axis.
+    """
+    colors = method_colors(methods)
+    kinds = [k for k in acc.noise_kind.unique() if k != "none"] or ["none"]
+    clean = acc[acc.noise_kind == "none"]
+    fig, axes = _figure(1, len(kinds), (5.2 * len(kinds), 4.2))
+    for ax, kind in zip(axes[0], kinds):
+        here = acc[acc.noise_kind == kind]
+        human = kind == "human"
+        if not human and kind != "none":
+            here = pd.concat([clean, here])
+        ticks = list(dict.fromkeys(here.condition)) if human else None
+        rates = sorted(set(here.noise_rate.dropna() * 100))
+        # Nudge methods apart horizontally so overlapping error bars stay readable.
+        step = 0.08 if human else 0.012 * max(max(rates, default=0) - min(rates, default=0), 1.0)
+        for i, method in enumerate(methods):
+            sel = here[(here.method == method) & (here.n > 0)]
+            if sel.empty:
+                continue
+            x = np.array(
+                [ticks.index(c) for c in sel.condition] if human else sel.noise_rate * 100, dtype=float
+            )
+            x += (i - (len(methods) - 1) / 2) * step
+            # Label sets are categories, not a scale: no connecting lines for human noise.
+            ax.errorbar(
+                x,
+                sel["mean"],
+                yerr=sel["std"].fillna(0.0),
+                marker="o",
+                capsize=3,
+                linestyle="none" if human else "-",
+                color=colors[method],
+                label=method,
+            )
+        if human:
+            ax.set_xticks(range(len(ticks)), [t.removeprefix("human ").strip() or "human" for t in ticks])
+            ax.set_xlim(-0.5, len(ticks) - 0.5)
+            ax.set_xlabel("Human label set")
+        else:
+            ax.set_xticks(rates, [f"{r:g}" for r in rates])
+            ax.set_xlabel("Noise rate (%)")
+        ax.set_ylabel(_metric_label(metric))
+        ax.set_title(
+            f"{metric} ({mode}) vs {kind} noise" if kind != "none" else f"{metric} ({mode}), clean labels"
+        )
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(title="method", fontsize=8)
+        else:
+            ax.text(
+                0.5,
+                0.5,
+                "n/a (no finished run logged it)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="gray",
+            )
+    fig.suptitle("Mean over seeds; error bars: ±1 std", fontsize=9, y=0.0, va="bottom")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _save(fig, path)
+
+
+def learning_curves(
+    curves: pd.DataFrame, *, metric: str, conditions: list[str], methods: list[str], path: Path
+) -> Path:
+    """Per-epoch mean over seeds (band: +-1 std) of ``metric`` and ``train/memorized``.
+
+    One row of panels per noise condition; fractions are drawn in percent.
+    """
+    colors = method_colors(methods)
+    panels = [(metric, _metric_label(metric)), ("train/memorized", "Memorized flipped labels (%)")]
+    fig, axes = _figure(len(conditions), 2, (11, 3.6 * len(conditions)))
+    for row, cond in zip(axes, conditions):
+        for ax, (key, ylabel) in zip(row, panels):
+            scale = 100.0 if is_fraction_metric(key) else 1.0
+            sel = curves[(curves.condition == cond) & (curves.key == key)]
+            for method in methods:
+                m = sel[sel.method == method].sort_values("step")
+                if m.empty:
+                    continue
+                mean, std = m["mean"].to_numpy() * scale, m["std"].fillna(0.0).to_numpy() * scale
+                ax.plot(m.step, mean, marker=".", color=colors[method], label=method)
+                ax.fill_between(m.step, mean - std, mean + std, color=colors[method], alpha=0.15, linewidth=0)
+            if sel.empty:
+                why = "no flipped labels" if key == "train/memorized" else "not logged"
+                ax.text(
+                    0.5, 0.5, f"n/a ({why})", ha="center", va="center", transform=ax.transAxes, color="gray"
+                )
+            else:
+                ax.legend(title="method", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(f"{key} per epoch, {cond}")
+            ax.set_xlabel("Epoch")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def cost_bars(cost: pd.DataFrame, *, methods: list[str], path: Path) -> Path:
+    """Bars per method: peak GPU memory (MB), time per epoch (s), training images per second."""
+    colors = method_colors(methods)
+    panels = [
+        ("peak_mem_mb", "Peak GPU memory (MB)", "n/a (no GPU runs)"),
+        ("time_epoch_s", "Time per epoch (s)", "n/a (not logged)"),
+        ("img_per_s", "Training throughput (images/s)", "n/a (not logged)"),
+    ]
+    fig, axes = _figure(1, 3, (4.4 * 3, 4.0))
+    x = np.arange(len(cost))
+    for ax, (col, label, missing) in zip(axes[0], panels):
+        values = cost[col].to_numpy(dtype=float)
+        shown = np.nan_to_num(values, nan=0.0)
+        bars = ax.bar(x, shown, color=[colors[m] for m in cost.method])
+        for bar, v in zip(bars, values):
+            text = "n/a" if math.isnan(v) else f"{v:.2f}" if v < 100 else f"{v:,.0f}"
+            ax.annotate(
+                text,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        if np.isnan(values).all():
+            ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes, color="gray")
+            ax.set_ylim(0, 1)
+            ax.set_yticks([])
+        ax.set_xticks(x, cost.method, rotation=20, ha="right")
+        ax.set_title(label)
+        ax.set_ylabel(label)
+        ax.set_xlabel("Method")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Cost per method (mean over runs)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,191 @@
+"""Format the tables for people and write ``report.md`` and a self-contained ``report.html``.
+
+The HTML embeds its PNGs as base64 data URIs and uses inline CSS, so it opens offline and survives
+being mailed or attached as an MLflow artifact; the Markdown references the PNGs next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass
+class Section:
+    """One report section: a heading, a table as strings (``headers`` + ``rows``), notes and images."""
+
+    title: str
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    images: list[Path] = field(default_factory=list)
+
+
+def _num(v: float, digits: int = 2) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def mean_std_n(mean: float, std: float, n: int, digits: int = 2) -> str:
+    """``85.20 ± 1.10 (3)``; ``85.20 (1)`` for one seed; ``n/a (0)`` when nothing finished."""
+    n = int(n)
+    if n == 0:
+        return "n/a (0)"
+    if n == 1 or math.isnan(std):
+        return f"{_num(mean, digits)} ({n})"
+    return f"{_num(mean, digits)} ± {_num(std, digits)} ({n})"
+
+
+def accuracy_rows(acc: pd.DataFrame, methods: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Noise condition x method, cells ``mean ± std (n)``."""
+    headers = ["Noise", *methods]
+    rows = []
+    for cond in dict.fromkeys(acc.condition):
+        here = acc[acc.condition == cond].set_index("method")
+        rows.append(
+            [
+                cond,
+                *[mean_std_n(*here.loc[m, ["mean", "std", "n"]]) if m in here.index else "" for m in methods],
+            ]
+        )
+    return headers, rows
+
+
+def gains_rows(gains: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    unit = f" ({gains.unit.iloc[0]})" if len(gains) and gains.unit.iloc[0] else ""
+    headers = ["Noise", "Method", "Baseline", f"Mean gain{unit}", f"95% CI{unit}", "Pairs"]
+    rows = []
+    for r in gains.itertuples():
+        ci = "n/a" if math.isnan(r.ci_low) else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+        mean = "n/a" if math.isnan(r.diff_mean) else f"{r.diff_mean:+.2f}"
+        rows.append([r.condition, r.method, r.baseline, mean, ci, str(r.n_pairs)])
+    return headers, rows
+
+
+def _count(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v:,.0f}"
+
+
+def cost_rows(cost: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    headers = [
+        "Method",
+        "Runs",
+        "Peak GPU memory (MB)",
+        "Time/epoch (s)",
+        "Images/s",
+        "Training params",
+        "Inference params",
+        "Inference params = individual",
+    ]
+    rows = [
+        [
+            r.method,
+            str(r.n_runs),
+            _num(r.peak_mem_mb, 0),
+            _num(r.time_epoch_s, 2),
+            _count(r.img_per_s),
+            _count(r.train_params),
+            _count(r.inference_params),
+            r.inference_matches_individual,
+        ]
+        for r in cost.itertuples()
+    ]
+    return headers, rows
+
+
+def memorization_rows(mem: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    headers = ["Noise", "Method", "Memorized flipped labels (%)", "Train acc. vs clean labels (%)"]
+    rows = [
+        [
+            r.condition,
+            r.method,
+            mean_std_n(r.memorized_mean, r.memorized_std, r.memorized_n),
+            mean_std_n(r.acc_clean_mean, r.acc_clean_std, r.acc_clean_n),
+        ]
+        for r in mem.itertuples()
+    ]
+    return headers, rows
+
+
+def failed_rows(failed: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    headers = ["Run", "Status", "Error", "Noise", "Method", "Seed", "Run id"]
+    rows = [
+        [
+            r.run_name,
+            r.status,
+            r.error,
+            r.condition,
+            r.method,
+            "" if pd.isna(r.seed) else str(r.seed),
+            r.run_id,
+        ]
+        for r in failed.itertuples()
+    ]
+    return headers, rows
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def write_markdown(path: Path, *, title: str, meta: list[tuple[str, str]], sections: list[Section]) -> Path:
+    lines = [f"# {title}", ""]
+    lines += [f"- **{k}**: {_md_cell(v)}" for k, v in meta]
+    for s in sections:
+        lines += ["", f"## {s.title}", ""]
+        if s.headers:
+            lines.append("| " + " | ".join(_md_cell(h) for h in s.headers) + " |")
+            lines.append("|" + "|".join("---" for _ in s.headers) + "|")
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in s.rows]
+            lines.append("")
+        lines += [f"_{_md_cell(n)}_  " for n in s.notes]
+        lines += ["", *(f"![{img.stem}]({img.name})" for img in s.images)] if s.images else []
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
+       max-width: 1200px; color: #222; line-height: 1.4; padding: 0 1em; }
+h1 { border-bottom: 2px solid #2b6cb0; padding-bottom: .3em; }
+h2 { margin-top: 2em; color: #2b6cb0; }
+table { border-collapse: collapse; margin: .5em 0; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: left; }
+th { background: #edf2f7; }
+tr:nth-child(even) td { background: #f7fafc; }
+dl.meta { display: grid; grid-template-columns: max-content auto; gap: 2px 1em; }
+dl.meta dt { font-weight: 600; } dl.meta dd { margin: 0; }
+p.note { color: #555; font-style: italic; margin: .3em 0; }
+img { max-width: 100%; border: 1px solid #ddd; margin: .5em 0; }
+"""
+
+
+def write_html(path: Path, *, title: str, meta: list[tuple[str, str]], sections: list[Section]) -> Path:
+    e = html.escape
+    parts = [
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        "<dl class='meta'>",
+    ]
+    parts += [f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in meta]
+    parts.append("</dl>")
+    for s in sections:
+        parts.append(f"<h2>{e(s.title)}</h2>")
+        if s.headers:
+            parts.append(
+                "<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in s.headers) + "</tr></thead><tbody>"
+            )
+            parts += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in s.rows]
+            parts.append("</tbody></table>")
+        parts += [f"<p class='note'>{e(n)}</p>" for n in s.notes]
+        for img in s.images:
+            data = base64.b64encode(img.read_bytes()).decode("ascii")
+            parts.append(f"<figure><img alt='{e(img.stem)}' src='data:image/png;base64,{data}'></figure>")
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,203 @@
+"""Read one sweep from MLflow: pick the parent run, list its trials, fetch params and metric histories.
+
+The sweep side writes (see DESIGN.md): one parent run per sweep (tag ``harness.run_kind = "sweep"``,
+tag ``harness.sweep_name``), one child run per trial (tag ``mlflow.parentRunId``, tag
+``harness.run_kind = "trial"``, ``harness.error`` on failure), params flattened with dots and metrics
+logged per epoch with ``step = epoch`` (1-based).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlflow import MlflowClient
+from mlflow.entities import Run, ViewType
+from mlflow.exceptions import MlflowException
+
+RUN_KIND_TAG = "harness.run_kind"
+SWEEP_NAME_TAG = "harness.sweep_name"
+ERROR_TAG = "harness.error"
+PARENT_TAG = "mlflow.parentRunId"
+
+# Metrics whose per-epoch history the report needs (besides the ranked metric).
+HISTORY_KEYS = ("train/memorized", "train/acc_clean", "time/epoch_s", "perf/img_per_s", "gpu/peak_mem_mb")
+
+
+@dataclass
+class Trial:
+    """One trial run. ``history[key]`` is a list of ``(step, value)`` sorted by step (step = epoch)."""
+
+    run_id: str
+    name: str
+    status: str
+    error: str | None
+    start_time: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+@dataclass
+class Sweep:
+    """The runs one report covers; ``parent_run_id`` is None when the experiment has no sweep parent."""
+
+    experiment_name: str
+    experiment_id: str
+    parent_run_id: str | None
+    name: str
+    trials: list[Trial]
+    notes: list[str] = field(default_factory=list)
+    planned_trials: int | None = None  # the parent's ``sweep.trials`` param, when logged
+
+
+def _search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list[Run]:
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            experiment_ids,
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _experiment_names(client: MlflowClient) -> list[str]:
+    return sorted(e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=1000))
+
+
+def _sweep_parents(client: MlflowClient, experiment_ids: list[str]) -> list[Run]:
+    return _search_all(client, experiment_ids, f"tags.`{RUN_KIND_TAG}` = 'sweep'")
+
+
+def _describe_sweeps(client: MlflowClient, experiment_ids: list[str]) -> str:
+    parents = _sweep_parents(client, experiment_ids)
+    if not parents:
+        return "no sweep runs"
+    return ", ".join(f"{r.info.run_id} ({r.info.run_name})" for r in parents[:20])
+
+
+def select_sweep(client: MlflowClient, *, experiment: str | None, sweep_run_id: str | None) -> Sweep:
+    """The runs to report on, without their metric histories (see ``load_histories``).
+
+    - ``sweep_run_id``: that parent run's children (it must lie in ``experiment`` when both are given).
+    - ``experiment`` only: the latest sweep parent run in it; if it has none, every non-sweep run in it
+      (e.g. ``harness train`` runs), with a note.
+    - neither: the latest sweep parent run in any experiment.
+
+    Raises ValueError, naming what exists, for an unknown experiment or run id or when nothing is found.
+    """
+    exp = None
+    if experiment is not None:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise ValueError(
+                f"experiment {experiment!r} not found in the MLflow store; "
+                f"experiments: {', '.join(_experiment_names(client)) or 'none'}"
+            )
+    notes: list[str] = []
+    parent: Run | None = None
+    if sweep_run_id is not None:
+        try:
+            parent = client.get_run(sweep_run_id)
+        except MlflowException as err:
+            ids = [exp.experiment_id] if exp else [e.experiment_id for e in client.search_experiments()]
+            raise ValueError(
+                f"sweep run {sweep_run_id!r} not found; sweep runs: {_describe_sweeps(client, ids)}"
+            ) from err
+        if exp is not None and parent.info.experiment_id != exp.experiment_id:
+            raise ValueError(
+                f"sweep run {sweep_run_id!r} is not in experiment {experiment!r}; sweep runs there: "
+                f"{_describe_sweeps(client, [exp.experiment_id])}"
+            )
+        kind = parent.data.tags.get(RUN_KIND_TAG)
+        if kind not in (None, "sweep"):
+            raise ValueError(
+                f"run {sweep_run_id!r} has {RUN_KIND_TAG}={kind!r}, not a sweep parent run; pass the "
+                f"sweep's run id (its parent is {parent.data.tags.get(PARENT_TAG, 'unknown')})"
+            )
+    else:
+        ids = [exp.experiment_id] if exp else [e.experiment_id for e in client.search_experiments()]
+        parents = _sweep_parents(client, ids)
+        if parents:
+            parent = parents[0]  # newest first
+            if len(parents) > 1:
+                notes.append(
+                    f"{len(parents)} sweep runs found; reporting the latest, {parent.info.run_name} "
+                    f"({parent.info.run_id}); choose another with --sweep RUN_ID"
+                )
+        elif exp is None:
+            raise ValueError(
+                "no sweep runs in the MLflow store; pass --experiment NAME; experiments: "
+                f"{', '.join(_experiment_names(client)) or 'none'}"
+            )
+
+    if parent is not None:
+        exp = client.get_experiment(parent.info.experiment_id)
+        runs = _search_all(client, [exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+        name = parent.data.tags.get(SWEEP_NAME_TAG) or parent.info.run_name or parent.info.run_id
+        if not runs:
+            raise ValueError(f"sweep run {parent.info.run_id} ({name}) has no trial runs")
+    else:
+        assert exp is not None
+        runs = [
+            r for r in _search_all(client, [exp.experiment_id]) if r.data.tags.get(RUN_KIND_TAG) != "sweep"
+        ]
+        name = exp.name
+        if not runs:
+            raise ValueError(
+                f"experiment {exp.name!r} has no runs; experiments: {', '.join(_experiment_names(client))}"
+            )
+        notes.append(f"experiment {exp.name!r} has no sweep parent run; reporting all its {len(runs)} runs")
+    trials = [
+        Trial(
+            run_id=r.info.run_id,
+            name=r.info.run_name or r.info.run_id,
+            status=r.info.status,
+            error=r.data.tags.get(ERROR_TAG),
+            start_time=r.info.start_time or 0,
+            params=dict(r.data.params),
+            metrics=dict(r.data.metrics),
+        )
+        for r in runs
+        if r.data.tags.get(RUN_KIND_TAG) in (None, "trial")
+    ]
+    if not trials:
+        kinds = sorted({str(r.data.tags.get(RUN_KIND_TAG)) for r in runs})
+        raise ValueError(f"{name!r} has no trial runs (run kinds found: {', '.join(kinds)})")
+    return Sweep(
+        experiment_name=exp.name,
+        experiment_id=exp.experiment_id,
+        parent_run_id=parent.info.run_id if parent is not None else None,
+        name=name,
+        trials=trials,
+        notes=notes,
+        planned_trials=_planned(parent),
+    )
+
+
+def _planned(parent: Run | None) -> int | None:
+    value = parent.data.params.get("sweep.trials") if parent is not None else None
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def load_histories(client: MlflowClient, trials: list[Trial], keys: tuple[str, ...]) -> None:
+    """Fill ``trial.history`` for the given metric keys (those the run logged), finished runs only."""
+    for trial in trials:
+        if trial.status != "FINISHED":
+            continue
+        for key in keys:
+            if key not in trial.metrics or key in trial.history:
+                continue
+            # A step logged twice (e.g. a resumed trial) keeps its latest value.
+            by_step: dict[int, tuple[int, float]] = {}
+            for m in client.get_metric_history(trial.run_id, key):
+                if m.step not in by_step or m.timestamp >= by_step[m.step][0]:
+                    by_step[m.step] = (m.timestamp, m.value)
+            trial.history[key] = sorted((step, v) for step, (_, v) in by_step.items())

@@ -1,0 +1,370 @@
+"""The comparison report on a real MLflow store with known metric values."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import statistics
+import subprocess
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from reports.build import add_report_arguments, build_report, run_report
+from reports.runs import load_histories, select_sweep
+from reports.store import default_tracking_uri
+from reports.tables import accuracy_table, trial_frame
+
+T_975 = {2: 4.302652729749462, 1: 12.706204736174694}  # t-table: 97.5% quantile by degrees of freedom
+EPOCHS = 3
+SEEDS = (0, 1, 2)
+# Final-epoch test/acc per (noise rate, topology) and seed 0, 1, 2 (sweep "main").
+ACC = {
+    (0.2, "individual"): (0.80, 0.82, 0.81),
+    (0.2, "hierarchical"): (0.84, 0.85, 0.87),
+    (0.4, "individual"): (0.70, 0.66, 0.68),
+    (0.4, "hierarchical"): (0.75, 0.74, 0.78),
+}
+MEMORIZED = {"individual": 0.30, "hierarchical": 0.10, "simple": 0.20}  # final epoch, + 0.01 * seed
+PARAMS = {
+    "individual": (1000, 1000),
+    "hierarchical": (2600, 1000),
+    "simple": (1800, 1000),
+}  # (train, inference)
+
+
+def _log_trial(
+    client,
+    exp_id,
+    parent_id,
+    *,
+    kind,
+    rate,
+    topology,
+    heads,
+    seed,
+    acc,
+    status="FINISHED",
+    error=None,
+    gpu=False,
+    start=0,
+):
+    name = f"{kind}-{rate} {topology}-{heads} seed{seed}"
+    tags = {"mlflow.parentRunId": parent_id, "harness.run_kind": "trial"}
+    if error:
+        tags["harness.error"] = error
+    run = client.create_run(exp_id, start_time=start, tags=tags, run_name=name)
+    params = {
+        "data.name": "synthetic",
+        "data.root": f"/tmp/data{seed}",
+        "noise.kind": kind,
+        "noise.rate": str(rate),
+        "model.arch": "cnn_small",
+        "collab.topology": topology,
+        "collab.heads": str(heads),
+        "collab.T": "2.0",
+        # Derived from the topology (its default split): must not show up in the method's name.
+        "collab.split": "None" if topology == "individual" else "2,3",
+        "optim.epochs": str(EPOCHS),
+        "run.seed": str(seed),
+        "run.device": "cpu",
+    }
+    metrics = [
+        Metric("model/train_params", PARAMS[topology][0], 0, 0),
+        Metric("model/inference_params", PARAMS[topology][1], 0, 0),
+    ]
+    if status == "FINISHED":
+        mem = MEMORIZED[topology] + 0.01 * seed
+        for epoch in range(1, EPOCHS + 1):
+            last = epoch == EPOCHS
+            # Epoch 2 is the best epoch (final + 0.01); epoch 1 is far behind.
+            value = acc if last else acc + 0.01 if epoch == 2 else acc - 0.2
+            metrics += [
+                Metric("test/acc", value, epoch, epoch),
+                Metric("train/memorized", mem if last else mem / 2, epoch, epoch),
+                Metric("train/acc_clean", 0.9 - mem, epoch, epoch),
+                # First epoch slow (warm-up): the report uses the median over epochs.
+                Metric("time/epoch_s", (5.0 if epoch == 1 else 1.0) * heads, epoch, epoch),
+                Metric("perf/img_per_s", 1000.0 / heads, epoch, epoch),
+            ]
+            if gpu:
+                metrics.append(Metric("gpu/peak_mem_mb", 100.0 * heads + epoch, epoch, epoch))
+    client.log_batch(
+        run.info.run_id,
+        metrics=metrics,
+        params=[Param(k, v) for k, v in params.items()],
+        tags=[RunTag("mlflow.runName", name)],
+    )
+    client.set_terminated(run.info.run_id, status=status)
+    return run.info.run_id
+
+
+def _parent(client, exp_id, name, start, planned=None):
+    tags = {"harness.run_kind": "sweep", "harness.sweep_name": name}
+    run = client.create_run(exp_id, start_time=start, run_name=name, tags=tags)
+    if planned is not None:  # the sweep side logs how many trials it launches
+        client.log_param(run.info.run_id, "sweep.trials", planned)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    now = int(time.time() * 1000)
+    ids = {}
+    # Experiment "noise-main": an old sweep, then the full 2 x 2 x 3 grid (the latest sweep).
+    exp = client.create_experiment("noise-main", artifact_location=str(root / "artifacts-main"))
+    old = _parent(client, exp, "old-sweep", now - 10_000)
+    _log_trial(client, exp, old, kind="symmetric", rate=0.2, topology="individual", heads=1, seed=0, acc=0.1)
+    ids["main"] = _parent(client, exp, "main-sweep", now)
+    for (rate, topo), accs in ACC.items():
+        for seed, acc in zip(SEEDS, accs):
+            _log_trial(
+                client,
+                exp,
+                ids["main"],
+                kind="symmetric",
+                rate=rate,
+                topology=topo,
+                heads=1 if topo == "individual" else 4,
+                seed=seed,
+                acc=acc,
+                start=now + seed,
+            )
+    # Experiment "noise-gaps": clean + symmetric 0.5 with one failed trial, one never logged.
+    exp = client.create_experiment("noise-gaps", artifact_location=str(root / "artifacts-gaps"))
+    ids["gaps"] = _parent(client, exp, "gaps-sweep", now, planned=12)
+    for kind, rate in (("none", 0.0), ("symmetric", 0.5)):
+        for topo, heads in (("individual", 1), ("simple", 2)):
+            for seed in SEEDS:
+                if kind == "none" and topo == "individual" and seed == 1:
+                    continue  # never logged: the report must show n = 2 and an ABSENT row
+                failed = kind == "symmetric" and topo == "simple" and seed == 2
+                _log_trial(
+                    client,
+                    exp,
+                    ids["gaps"],
+                    kind=kind,
+                    rate=rate,
+                    topology=topo,
+                    heads=heads,
+                    seed=seed,
+                    acc=0.5 + 0.1 * seed + (0.05 if topo == "simple" else 0.0),
+                    gpu=True,
+                    status="FAILED" if failed else "FINISHED",
+                    error="RuntimeError: CUDA out of memory" if failed else None,
+                )
+    # Experiment with runs but no sweep parent (e.g. `harness train`).
+    exp = client.create_experiment("loose", artifact_location=str(root / "artifacts-loose"))
+    run = client.create_run(exp, run_name="one-off", tags={"harness.run_kind": "trial"})
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric("test/acc", 0.5, 0, 1)],
+        params=[Param("noise.kind", "none"), Param("run.seed", "0")],
+    )
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return {"uri": uri, "root": root, "client": client, **ids}
+
+
+@pytest.fixture(scope="module")
+def main_report(store):
+    return build_report(
+        experiment="noise-main", out_dir=store["root"] / "out-main", tracking_uri=store["uri"]
+    )
+
+
+def test_accuracy_table_reproduces_known_means(main_report, store):
+    assert main_report.sweep_run_id == store["main"]  # the latest sweep, not "old-sweep"
+    acc = main_report.tables["accuracy"]
+    assert len(acc) == 4
+    for (rate, topo), values in ACC.items():
+        label = "individual" if topo == "individual" else "hierarchical-4"
+        row = acc[(acc.noise_rate == rate) & (acc.method == label)].iloc[0]
+        pct = [100 * v for v in values]
+        assert row["mean"] == pytest.approx(statistics.mean(pct), abs=1e-9)
+        assert row["std"] == pytest.approx(statistics.stdev(pct), abs=1e-9)
+        assert row["n"] == 3
+        assert row["unit"] == "%"
+        assert row["condition"] == f"symmetric {rate * 100:g}%"
+
+
+def test_gains_paired_by_seed_with_t_interval(main_report):
+    gains = main_report.tables["gains"]
+    assert list(gains.method) == ["hierarchical-4", "hierarchical-4"]
+    assert set(gains.baseline) == {"individual"}
+    for rate in (0.2, 0.4):
+        d = [100 * (h - i) for h, i in zip(ACC[(rate, "hierarchical")], ACC[(rate, "individual")])]
+        mean, sd = statistics.mean(d), statistics.stdev(d)
+        half = T_975[2] * sd / math.sqrt(3)
+        row = gains[gains.noise_rate == rate].iloc[0]
+        assert row.diff_mean == pytest.approx(mean, abs=1e-9)
+        assert row.ci_low == pytest.approx(mean - half, abs=1e-9)
+        assert row.ci_high == pytest.approx(mean + half, abs=1e-9)
+        assert row.n_pairs == 3 and row.unit == "pp"
+
+
+def test_cost_memorization_and_files(main_report, store):
+    cost = main_report.tables["cost"].set_index("method")
+    assert cost.loc["individual", "time_epoch_s"] == pytest.approx(1.0)  # median, not the slow first epoch
+    assert cost.loc["hierarchical-4", "time_epoch_s"] == pytest.approx(4.0)
+    assert cost.loc["hierarchical-4", "img_per_s"] == pytest.approx(250.0)
+    assert cost.loc["hierarchical-4", "train_params"] == 2600
+    assert cost.loc["hierarchical-4", "inference_params"] == 1000
+    assert (cost.inference_matches_individual == "yes").all()
+    assert cost.peak_mem_mb.isna().all()  # CPU runs: no gpu/peak_mem_mb, shown as n/a
+
+    mem = main_report.tables["memorization"]
+    row = mem[(mem.noise_rate == 0.4) & (mem.method == "hierarchical-4")].iloc[0]
+    assert row.memorized_mean == pytest.approx(100 * (0.10 + 0.01), abs=1e-9)  # seeds add 0, .01, .02
+    assert row.memorized_std == pytest.approx(1.0, abs=1e-9)
+    assert row.acc_clean_mean == pytest.approx(100 * (0.9 - 0.11), abs=1e-9)
+
+    out = main_report.out_dir
+    for name in ("accuracy", "gains", "cost", "memorization", "failed"):
+        table = pd.read_csv(out / f"{name}.csv")
+        assert len(table) == len(main_report.tables[name])
+    assert pd.read_csv(out / "accuracy.csv")["mean"].tolist() == pytest.approx(
+        main_report.tables["accuracy"]["mean"].tolist()
+    )
+    assert main_report.tables["failed"].empty
+    md = (out / "report.md").read_text()
+    first = ACC[(0.2, "individual")]
+    cell = f"{100 * statistics.mean(first):.2f} ± {100 * statistics.stdev(first):.2f} (3)"
+    assert "| Noise | individual | hierarchical-4 |" in md
+    assert f"| symmetric 20% | {cell} | " in md
+    assert "![accuracy_vs_noise](accuracy_vs_noise.png)" in md
+    for png in ("accuracy_vs_noise.png", "learning_curves.png", "cost.png"):
+        assert (out / png).stat().st_size > 10_000
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "src='accuracy" not in html
+
+    assert main_report.logged_to_mlflow
+    logged = {f.path for f in store["client"].list_artifacts(store["main"], "report")}
+    assert {"report/report.html", "report/report.md", "report/accuracy.csv", "report/cost.png"} <= logged
+
+
+def test_best_mode_takes_the_best_epoch(store):
+    client = store["client"]
+    sweep = select_sweep(client, experiment=None, sweep_run_id=store["main"])
+    load_histories(client, sweep.trials, ("test/acc",))
+    frame, _ = trial_frame(sweep.trials, metric="test/acc", mode="best")
+    acc = accuracy_table(frame, metric="test/acc")
+    row = acc[(acc.noise_rate == 0.4) & (acc.method == "individual")].iloc[0]
+    assert row["mean"] == pytest.approx(100 * (statistics.mean(ACC[(0.4, "individual")]) + 0.01), abs=1e-9)
+    with pytest.raises(ValueError, match="mode must be 'final' or 'best'"):
+        trial_frame(sweep.trials, metric="test/acc", mode="last")
+
+
+def test_failed_and_missing_runs_are_listed_not_averaged(store, tmp_path, capsys):
+    # Through the CLI adapter; the tables are read back from the CSVs it wrote.
+    parser = add_report_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(
+        ["--experiment", "noise-gaps", "--out", str(tmp_path), "--tracking-uri", store["uri"], "--no-log"]
+    )
+    assert run_report(args) == 0
+    printed = capsys.readouterr().out
+    assert str(tmp_path / "report.html") in printed and "logged to MLflow" not in printed
+    result = SimpleNamespace(
+        tables={n: pd.read_csv(tmp_path / f"{n}.csv") for n in ("accuracy", "gains", "cost", "failed")}
+    )
+    acc = result.tables["accuracy"].set_index(["condition", "method"])
+    # The FAILED seed 2 is excluded: mean of seeds 0 and 1 only.
+    failed_cell = acc.loc[("symmetric 50%", "simple-2")]
+    assert failed_cell.n == 2
+    assert failed_cell["mean"] == pytest.approx(100 * np.mean([0.55, 0.65]), abs=1e-9)
+    assert failed_cell["std"] == pytest.approx(100 * np.std([0.55, 0.65], ddof=1), abs=1e-9)
+    assert acc.loc[("clean", "individual")].n == 2  # seed 1 never logged
+    assert acc.loc[("clean", "simple-2")].n == 3
+    failed = result.tables["failed"].set_index("status")
+    assert sorted(failed.index) == ["ABSENT", "FAILED"]
+    assert failed.loc["FAILED", "error"] == "RuntimeError: CUDA out of memory"
+    assert failed.loc["FAILED", "run_name"] == "symmetric-0.5 simple-2 seed2"
+    assert (
+        failed.loc["ABSENT", "condition"],
+        failed.loc["ABSENT", "method"],
+        failed.loc["ABSENT", "seed"],
+    ) == ("clean", "individual", 1)
+    # Gains pair only seeds both methods finished: clean has seeds 0, 2; symmetric 50% has 0, 1.
+    gains = result.tables["gains"].set_index("condition")
+    assert gains.loc["clean", "n_pairs"] == 2 and gains.loc["symmetric 50%", "n_pairs"] == 2
+    assert gains.loc["clean", "diff_mean"] == pytest.approx(5.0, abs=1e-9)
+    assert gains.loc["clean", "diff_std"] == pytest.approx(0.0, abs=1e-9)
+    cost = result.tables["cost"].set_index("method")
+    assert cost.loc["simple-2", "peak_mem_mb"] == pytest.approx(203.0)  # max over epochs
+    md = (tmp_path / "report.md").read_text()
+    assert "CUDA out of memory" in md and "the sweep planned 12 trials; 11 runs were logged" in md
+
+
+def test_bad_selection_raises_value_error_naming_what_exists(store, tmp_path):
+    with pytest.raises(ValueError, match=r"experiment 'nope' not found.*noise-gaps.*noise-main"):
+        build_report(experiment="nope", out_dir=tmp_path, tracking_uri=store["uri"])
+    with pytest.raises(ValueError, match=r"sweep run 'deadbeef' not found.*main-sweep"):
+        build_report(sweep_run_id="deadbeef", out_dir=tmp_path, tracking_uri=store["uri"])
+    with pytest.raises(ValueError, match="not in experiment 'noise-gaps'"):
+        build_report(
+            experiment="noise-gaps", sweep_run_id=store["main"], out_dir=tmp_path, tracking_uri=store["uri"]
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"metric 'test/accuracy' was not logged by any run of sweep 'main-sweep'; metrics: .*, test/acc, time/epoch_s",
+    ):
+        build_report(
+            experiment="noise-main", metric="test/accuracy", out_dir=tmp_path, tracking_uri=store["uri"]
+        )
+    with pytest.raises(ValueError, match="no MLflow store"):
+        build_report(out_dir=tmp_path, tracking_uri=f"sqlite:///{tmp_path}/missing.db")
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_experiment_without_sweep_parent_reports_its_runs(store):
+    sweep = select_sweep(store["client"], experiment="loose", sweep_run_id=None)
+    assert sweep.parent_run_id is None and [t.name for t in sweep.trials] == ["one-off"]
+    assert "no sweep parent run" in sweep.notes[0]
+    frame, _ = trial_frame(sweep.trials, metric="test/acc", mode="final")
+    assert frame.method.tolist() == ["individual"]  # one method, named by its topology
+
+
+def test_default_tracking_uri(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert default_tracking_uri() == "http://mlflow.example:5000"
+
+
+def test_html_renders_in_headless_chromium(main_report, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (apt-get install chromium); CI installs it")
+    shot = tmp_path / "shot.png"
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        (main_report.out_dir / "report.html").resolve().as_uri(),
+    ]
+    subprocess.run(cmd, timeout=90, capture_output=True, check=False)
+    assert shot.exists(), "chromium wrote no screenshot"
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    non_white = (pixels < 0.95).any(axis=-1).mean()
+    assert pixels.std() > 0.05 and non_white > 0.05, f"blank page? non-white share {non_white:.3f}"
