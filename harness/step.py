@@ -33,7 +33,8 @@ def make_loss_fn(*, T: float, beta: float, loss_scale: float = 1.0, head: int | 
 def autocast(device: torch.device, amp: bool):
     """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); nothing on the CPU."""
     if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        # no weight-cast cache: a cache inside a captured graph would be stale on replay
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
