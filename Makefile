@@ -1,0 +1,33 @@
+# The two commands a user needs: `make demo` and `make test`. Each installs what it needs first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast lint clean
+
+install: $(STAMP)
+
+# pip, not uv: pip takes torch from this machine's local wheels (the range in pyproject admits them)
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/harness sweep sweeps/quickstart.yaml
+	$(VENV)/bin/harness report --experiment quickstart
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q -ra
+
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf .cache ray_results runs reports/out mlflow.db mlartifacts
