@@ -11,6 +11,7 @@ topology at once, and reports their total throughput: the number to pick `resour
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -72,6 +73,13 @@ def bench_one(
     """Time `steps` training steps of one topology; a record of the JSON schema in the README."""
     heads = 1 if topology == "individual" else heads
     channels, size = INPUT_SHAPES.get(arch, (3, 32))
+    baseline_mb = 0.0
+    if device.type == "cuda":
+        # measure this topology alone: whatever earlier measurements left behind is not its cost
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline_mb = torch.cuda.memory_allocated(device) / 2**20
     torch.manual_seed(0)
     graph = build_training_graph(arch, num_classes, topology, heads, in_channels=channels)
     channels_last = device.type == "cuda"
@@ -116,7 +124,9 @@ def bench_one(
 
     stream = batches()
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        static_mb = (
+            torch.cuda.memory_allocated(device) / 2**20 - baseline_mb
+        )  # weights and data, before any step
     for _ in range(warmup):
         b = next(stream)
         step(b.x, b.y)
@@ -142,7 +152,11 @@ def bench_one(
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "ms_per_step": 1000 * elapsed / steps,
         "img_per_s": batch_size * steps / elapsed,
-        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        # everything this run allocated at its peak: weights, gradients, SGD buffers, data, activations
+        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 - baseline_mb
+        if device.type == "cuda"
+        else None,
+        "static_mem_mb": static_mb if device.type == "cuda" else None,
         "params": count_parameters(graph),
         "amp": amp and device.type == "cuda",
         "cuda_graph": cuda_graph and device.type == "cuda",
@@ -150,6 +164,14 @@ def bench_one(
         "t_start": time.time() - elapsed,
         "t_end": time.time(),
     }
+
+
+def init_cuda(device: torch.device) -> None:
+    """Create cuBLAS/cuDNN handles and workspaces once, so the first measurement is not charged for them."""
+    conv = torch.nn.Conv2d(3, 8, 3).to(device)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        conv(torch.randn(2, 3, 8, 8, device=device)).float().sum().backward()
+    torch.cuda.synchronize(device)
 
 
 def run_concurrent(args: argparse.Namespace, topology: str, batch_size: int) -> dict:
@@ -235,6 +257,8 @@ def main(args: argparse.Namespace) -> int:
     if device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, args.concurrent)))
     worker = args.start_at is not None
+    if device.type == "cuda":
+        init_cuda(device)
     records = []
     if not worker:
         name = (
