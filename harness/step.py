@@ -48,7 +48,12 @@ class EagerStep:
         self.device, self.amp = torch.device(device), amp
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        self.optimizer.zero_grad(set_to_none=True)
+        return self.eager_step(x, y, set_to_none=True)
+
+    def eager_step(
+        self, x: torch.Tensor, y: torch.Tensor, *, set_to_none: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
         with autocast(self.device, self.amp):
             logits = self.model(x)
             loss = self.loss_fn(logits, y)
@@ -86,7 +91,7 @@ class CUDAGraphStep(EagerStep):
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.WARMUP_STEPS):
-                super().__call__(self.static_x, self.static_y)
+                self.eager_step(self.static_x, self.static_y, set_to_none=True)
         torch.cuda.current_stream().wait_stream(side)
         self.optimizer.sync_lr()
         self.optimizer.zero_grad(set_to_none=True)
@@ -109,13 +114,7 @@ class CUDAGraphStep(EagerStep):
         if x.shape[0] != self.batch_size:
             # the partial last batch: eager on the same weights; zero the graph's grad buffers
             # in place rather than freeing them, since the graph writes into them
-            self.optimizer.zero_grad(set_to_none=False)
-            with autocast(self.device, self.amp):
-                logits = self.model(x)
-                loss = self.loss_fn(logits, y)
-            loss.backward()
-            self.optimizer.step()
-            return loss.detach(), [z.detach() for z in logits]
+            return self.eager_step(x, y, set_to_none=False)
         if self.graph is None:
             self._capture(x, y)
         self.static_x.copy_(x)
