@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/harness sweep sweeps/quickstart.yaml
+	$(VENV)/bin/harness sweep sweeps/quickstart.yaml --overwrite
 	$(VENV)/bin/harness report --experiment quickstart
 
 test: install

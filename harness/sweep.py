@@ -1,0 +1,604 @@
+"""Sweep files: parsing, grid x seeds expansion, complete validation, and the `sweep`/`validate` commands.
+
+A sweep file (DESIGN.md, "Trial config and sweep files"):
+
+    name: cifar10-symmetric        # Ray experiment folder; MLflow parent run name
+    experiment: cifar10-noise      # MLflow experiment [name]
+    metric: test/acc               # what Tune ranks by [test/acc]
+    mode: max                      # max|min [max, min for train/loss and time/*]
+    base: {data: {name: cifar10, root: ~/data}, optim: {epochs: 200}}
+    grid:                          # cross product of the listed values, first axis slowest
+      noise.rate: [0.2, 0.4]       # a dotted key and its values
+      collab:                      # a section and a list of mappings: several keys set together
+        - {topology: individual, heads: 1}
+        - {topology: hierarchical, heads: 4}
+    seeds: [0, 1, 2]               # every grid point once per seed (sets run.seed) [[0]]
+    resources: {cpu: 1, gpu: 0.25} # per trial; fractional GPUs share a card [cpu 1, gpu 0]
+    max_concurrent: 4              # at most this many trials at once [as resources allow]
+    max_failures: 1                # retries of a failed trial from its last checkpoint [1]
+
+Validation is complete before anything starts: every problem is collected and named by its
+place in the file (`grid.noise.rate[2]`, `grid.collab[1].heads`, `base.model.arch`), and
+each grid point is built with `harness.config.build_config`, so a sweep that validates only
+holds trials that the trial config accepts. Trials are ordered seed by seed: the first
+len(grid) trials give a complete comparison for the first seed.
+
+Relative paths (data.root, noise.label_file) are made absolute against the working
+directory, because Ray trials run in their own folders; `~` stays as written and is expanded
+where the trial runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import config as C
+
+TOP_KEYS = (
+    "name",
+    "experiment",
+    "metric",
+    "mode",
+    "base",
+    "grid",
+    "seeds",
+    "resources",
+    "max_concurrent",
+    "max_failures",
+)
+RESOURCE_KEYS = ("cpu", "gpu")
+# What a trial reports every epoch (DESIGN.md metric names); test/acc_head{h} besides.
+METRICS = (
+    "test/acc",
+    "test/acc_ensemble",
+    "train/loss",
+    "train/acc_noisy",
+    "train/acc_clean",
+    "train/memorized",
+    "time/epoch_s",
+    "perf/img_per_s",
+)
+_HEAD_METRIC = re.compile(r"test/acc_head(\d+)$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*$")
+PATH_KEYS = ("data.root", "noise.label_file")
+# Values shown bare in trial names: 'symmetric-0.4 hierarchical-4 seed1'. Others read 'T=4.0'.
+_BARE_KEYS = ("noise.rate", "collab.heads")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial of a sweep: a grid point with one seed."""
+
+    index: int
+    name: str  # readable and unique within the sweep, e.g. 'symmetric-0.4 hierarchical-4 seed1'
+    key: str  # digest of the resolved config: the MLflow tag harness.trial_key, stable across resumes
+    overrides: dict[str, Any]  # the dotted keys the grid and the seed set
+    config: C.TrialConfig
+
+    @property
+    def dirname(self) -> str:
+        """A folder name for the trial: index first, so folders sort in run order."""
+        safe = re.sub(r"[^A-Za-z0-9._=-]+", "_", self.name).strip("_")
+        return f"{self.index:03d}_{safe}"[:120]
+
+
+@dataclass
+class Sweep:
+    """A validated sweep file: its settings and the expanded trials."""
+
+    name: str
+    experiment: str
+    metric: str
+    mode: str
+    source: str
+    trials: list[Trial]
+    grid_points: int
+    seeds: list[int]
+    resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    max_concurrent: int | None = None
+    max_failures: int = 1
+
+
+class _Problems:
+    """Problems as 'place: message', in the order found, each once."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, None] = {}
+
+    def add(self, place: str, message: str) -> None:
+        self.items[f"{place}: {message}"] = None
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Sweep:
+    """Read, validate and expand a sweep file.
+
+    `overrides` are dotted keys applied to every trial on top of `base` (`--set`); a key the
+    grid varies cannot be overridden. Raises FileNotFoundError for a missing file and
+    ConfigError listing every problem ('place: message') otherwise.
+    """
+    tree = C.load_yaml(path)
+    return parse_sweep(tree, source=str(path), overrides=overrides)
+
+
+def parse_sweep(tree: Mapping[str, Any], *, source: str, overrides: Mapping[str, Any] | None = None) -> Sweep:
+    """The Sweep for a parsed sweep file; ConfigError lists every problem by its place."""
+    problems = _Problems()
+    for key in tree:
+        if key not in TOP_KEYS:
+            hint = C.did_you_mean(str(key), list(TOP_KEYS))
+            if not hint and key in C.SECTIONS:
+                hint = f"; config sections go under base (or grid), e.g. base.{key}"
+            problems.add(str(key), f"unknown key{hint}")
+
+    name = tree.get("name")
+    if name is None:
+        problems.add("name", "missing; every sweep needs a name (its Ray folder and MLflow parent run)")
+    elif not isinstance(name, str) or not _NAME.match(name):
+        problems.add("name", f"must be a folder-safe name (letters, digits, '.', '_', '-'), got {name!r}")
+    experiment = tree.get("experiment", name)
+    if experiment is not None and (not isinstance(experiment, str) or not experiment.strip()):
+        problems.add("experiment", f"must be a non-empty string, got {experiment!r}")
+    metric = tree.get("metric", "test/acc")
+    if not isinstance(metric, str) or not (metric in METRICS or _HEAD_METRIC.match(metric)):
+        hint = C.did_you_mean(str(metric), list(METRICS))
+        problems.add(
+            "metric", f"unknown metric {metric!r}; choose from {', '.join(METRICS)}, test/acc_head<h>{hint}"
+        )
+    default_mode = "min" if metric in ("train/loss", "time/epoch_s") else "max"
+    mode = tree.get("mode", default_mode)
+    if mode not in ("max", "min"):
+        problems.add("mode", f"must be max or min, got {mode!r}")
+
+    base, base_places = _parse_base(tree.get("base"), problems)
+    set_places = {}
+    for key, value in (overrides or {}).items():
+        base[key] = value
+        set_places[key] = f"--set {key}"
+    places = {**base_places, **set_places}
+    axes = _parse_grid(tree.get("grid"), problems)
+    seeds = _parse_seeds(tree.get("seeds"), base, places, problems)
+    resources = _parse_resources(tree.get("resources"), problems)
+    max_concurrent = _parse_count(tree, "max_concurrent", None, minimum=1, problems=problems)
+    max_failures = _parse_count(tree, "max_failures", 1, minimum=0, problems=problems)
+
+    varied: dict[str, str] = {}  # dotted key -> where the grid first sets it
+    for axis in axes:
+        for choice in axis:
+            for key, place in choice.places.items():
+                varied.setdefault(key, place)
+    for key in set_places:
+        if key in varied:
+            problems.add(
+                f"--set {key}", f"the grid varies this key ({varied[key]}); edit the sweep file instead"
+            )
+    if "run.seed" in varied:
+        problems.add(varied["run.seed"], "set seeds with the top-level seeds list, not in the grid")
+
+    points = list(itertools.product(*axes)) if axes else [()]
+    configs: list[tuple[dict[str, Any], dict[str, Any], list[tuple[str, str]], C.TrialConfig]] = []
+    for point in points:
+        flat = dict(base)
+        point_places = dict(places)
+        for choice in point:
+            flat.update(choice.values)
+            point_places.update(choice.places)
+        flat.pop("run.seed", None)
+        flat = _absolute_paths(flat)
+        cfg = _build_point(flat, point_places, problems)
+        if cfg is None:
+            continue
+        grid_values = {key: value for choice in point for key, value in choice.values.items()}
+        configs.append((flat, grid_values, [part for choice in point for part in choice.name_parts], cfg))
+    if metric and (m := _HEAD_METRIC.match(str(metric))):
+        fewest = min((cfg.collab.heads for *_, cfg in configs), default=None)
+        if fewest is not None and int(m.group(1)) >= fewest:
+            problems.add(
+                "metric", f"{metric} needs heads > {m.group(1)} in every trial; some trials have {fewest}"
+            )
+    if problems:
+        raise C.ConfigError(list(problems), source)
+
+    trials = _expand(configs, seeds)
+    seen: dict[str, Trial] = {}
+    for trial in trials:
+        if trial.key in seen:
+            problems.add(
+                "grid", f"trials {seen[trial.key].name!r} and {trial.name!r} resolve to the same config"
+            )
+        seen.setdefault(trial.key, trial)
+    if problems:
+        raise C.ConfigError(list(problems), source)
+    return Sweep(
+        name=name,
+        experiment=experiment or name,
+        metric=metric,
+        mode=mode,
+        source=source,
+        trials=trials,
+        grid_points=len(configs),
+        seeds=seeds,
+        resources=resources,
+        max_concurrent=max_concurrent,
+        max_failures=max_failures,
+    )
+
+
+def _build_point(flat: dict[str, Any], places: dict[str, str], problems: _Problems) -> C.TrialConfig | None:
+    """build_config for one grid point, its problems mapped to their places in the file.
+
+    build_config stops at bad values before the checks that involve several keys; those run
+    again without the bad values, so one pass shows every problem.
+    """
+    try:
+        return C.build_config(None, flat)
+    except C.ConfigError as exc:
+        bad = set()
+        for problem in exc.problems:
+            key, _, message = problem.partition(": ")
+            problems.add(places.get(key, f"base.{key}"), message)
+            bad.add(key)
+    try:
+        C.build_config(None, {k: v for k, v in flat.items() if k not in bad})
+    except C.ConfigError as exc:
+        for problem in exc.problems:
+            key, _, message = problem.partition(": ")
+            problems.add(places.get(key, f"base.{key}"), message)
+    return None
+
+
+@dataclass
+class _Choice:
+    """One value of one grid axis: the dotted keys it sets, where each came from, its name parts."""
+
+    place: str  # e.g. 'grid.collab[1]'
+    values: dict[str, Any]
+    places: dict[str, str]
+    name_parts: list[tuple[str, str]]  # (section, text) pairs for the trial name
+
+
+def _parse_base(base: Any, problems: _Problems) -> tuple[dict[str, Any], dict[str, str]]:
+    if base is None:
+        return {}, {}
+    if not isinstance(base, dict):
+        problems.add("base", f"must be a mapping of config sections, got {type(base).__name__} {base!r}")
+        return {}, {}
+    flat = C.flatten(base)
+    return flat, {key: f"base.{key}" for key in flat}
+
+
+def _parse_grid(grid: Any, problems: _Problems) -> list[list[_Choice]]:
+    if grid is None:
+        return []
+    if not isinstance(grid, dict):
+        problems.add(
+            "grid", f"must be a mapping of keys to lists of values, got {type(grid).__name__} {grid!r}"
+        )
+        return []
+    axes = []
+    owner: dict[str, str] = {}  # dotted key -> the axis that sets it
+    for axis, values in grid.items():
+        axis = str(axis)
+        place = f"grid.{axis}"
+        is_section = axis in C.SECTIONS
+        if not is_section and (problem := C.check_key(axis)) is not None:
+            if axis.split(".")[0] not in C.SECTIONS:
+                problem = f"unknown key{C.did_you_mean(axis, [*C.all_keys(), *C.SECTIONS])}"
+            problems.add(place, problem)
+            continue
+        if not isinstance(values, list) or not values:
+            got = f"{type(values).__name__} {values!r}"
+            hint = f"; write [{values}] for a single value" if not isinstance(values, (list, dict)) else ""
+            problems.add(place, f"must be a non-empty list of values, got {got}{hint}")
+            continue
+        choices = []
+        for i, item in enumerate(values):
+            item_place = f"{place}[{i}]"
+            if is_section:
+                if not isinstance(item, dict) or not item:
+                    problems.add(
+                        item_place,
+                        f"must be a mapping of {axis} keys, e.g. {{topology: simple, heads: 2}}, got {item!r}",
+                    )
+                    continue
+                flat = {f"{axis}.{k}": v for k, v in C.flatten(item).items()}
+                item_places = {key: f"{item_place}.{key[len(axis) + 1 :]}" for key in flat}
+            else:
+                if isinstance(item, dict):
+                    problems.add(item_place, f"must be a value of {axis}, got a mapping {item!r}")
+                    continue
+                flat, item_places = {axis: item}, {axis: item_place}
+            parts = [(key.split(".")[0], _name_part(key, value, i)) for key, value in flat.items()]
+            choices.append(_Choice(item_place, flat, item_places, parts))
+        for key in {key for choice in choices for key in choice.values}:
+            if key in owner:
+                first = next(c.places[key] for c in choices if key in c.values)
+                problems.add(first, f"also set by {owner[key]}; set each key in one grid axis")
+            owner.setdefault(key, place)
+        for i, choice in enumerate(choices):
+            for earlier in choices[:i]:
+                if _same(choice.values, earlier.values):
+                    problems.add(choice.place, f"repeats {earlier.place} ({_show(choice.values, axis)})")
+                    break
+        axes.append(choices)
+    return axes
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _show(values: dict[str, Any], axis: str) -> str:
+    return repr(values[axis]) if axis in values else repr({k.split(".", 1)[1]: v for k, v in values.items()})
+
+
+def _name_part(key: str, value: Any, index: int) -> str:
+    last = key.split(".")[-1]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return f"{last}={str(value).lower()}"
+    if isinstance(value, (int, float)) and key in _BARE_KEYS:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, (int, float)) or value is None:
+        return f"{last}={'null' if value is None else value}"
+    return f"{last}[{index}]"
+
+
+def _parse_seeds(seeds: Any, base: dict[str, Any], places: dict[str, str], problems: _Problems) -> list[int]:
+    """The seeds list; without one, the run.seed of base (or --set), else [0]."""
+    if seeds is None:
+        seed = base.get("run.seed", 0)
+        if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:
+            return [seed]
+        problems.add(places.get("run.seed", "base.run.seed"), f"must be an integer >= 0, got {seed!r}")
+        return [0]
+    if "run.seed" in base:
+        problems.add(places.get("run.seed", "base.run.seed"), "the seeds list sets run.seed; remove it here")
+    if not isinstance(seeds, list) or not seeds:
+        problems.add("seeds", f"must be a non-empty list of integers >= 0, got {seeds!r}")
+        return [0]
+    out = []
+    for i, seed in enumerate(seeds):
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            problems.add(f"seeds[{i}]", f"must be an integer >= 0, got {seed!r}")
+        elif seed in out:
+            problems.add(f"seeds[{i}]", f"repeats seed {seed}")
+        else:
+            out.append(seed)
+    return out or [0]
+
+
+def _parse_resources(resources: Any, problems: _Problems) -> dict[str, float]:
+    out = {"cpu": 1.0, "gpu": 0.0}
+    if resources is None:
+        return out
+    if not isinstance(resources, dict):
+        problems.add("resources", f"must be a mapping like {{cpu: 1, gpu: 0.25}}, got {resources!r}")
+        return out
+    for key, value in resources.items():
+        place = f"resources.{key}"
+        if key not in RESOURCE_KEYS:
+            problems.add(
+                place,
+                f"unknown key{C.did_you_mean(str(key), list(RESOURCE_KEYS)) or '; choose from cpu, gpu'}",
+            )
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+            problems.add(place, f"must be a number, got {value!r}")
+        elif key == "cpu" and value <= 0:
+            problems.add(place, f"must be > 0, got {value}")
+        elif key == "gpu" and (value < 0 or (value > 1 and value != int(value))):
+            problems.add(place, f"must be >= 0, a fraction below 1 or a whole number, got {value}")
+        else:
+            out[key] = float(value)
+    return out
+
+
+def _parse_count(
+    tree: Mapping[str, Any], key: str, default: int | None, *, minimum: int, problems: _Problems
+) -> int | None:
+    value = tree.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        problems.add(key, f"must be an integer >= {minimum}, got {value!r}")
+        return default
+    return value
+
+
+def _absolute_paths(flat: dict[str, Any]) -> dict[str, Any]:
+    out = dict(flat)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value and not value.startswith("~") and not Path(value).is_absolute():
+            out[key] = str(Path(value).resolve())
+    return out
+
+
+def _expand(
+    configs: list[tuple[dict[str, Any], dict[str, Any], list[tuple[str, str]], C.TrialConfig]],
+    seeds: list[int],
+) -> list[Trial]:
+    """Grid points x seeds, seed by seed; names unique within the sweep."""
+    trials: list[Trial] = []
+    names: set[str] = set()
+    for seed in seeds:
+        for flat, grid_values, parts, _ in configs:
+            cfg = C.build_config(None, {**flat, "run.seed": seed})
+            name = _trial_name(parts, seed)
+            if name in names:
+                name = f"{name} #{len(trials)}"
+            names.add(name)
+            full = C.to_flat(cfg)
+            key = hashlib.sha1(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            trials.append(Trial(len(trials), name, key, {**grid_values, "run.seed": seed}, cfg))
+    return trials
+
+
+def _trial_name(parts: list[tuple[str, str]], seed: int) -> str:
+    """Parts of one section joined by '-', sections by ' ': 'symmetric-0.4 hierarchical-4 seed1'."""
+    groups: list[tuple[str, list[str]]] = []
+    for section, text in parts:
+        if groups and groups[-1][0] == section:
+            groups[-1][1].append(text)
+        else:
+            groups.append((section, [text]))
+    return " ".join(["-".join(texts) for _, texts in groups] + [f"seed{seed}"])
+
+
+# --- the `sweep` and `validate` commands -------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    if name == "validate":
+        parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="sweep file(s) to check")
+    else:
+        parser.add_argument("file", type=Path, metavar="FILE", help="sweep file, e.g. sweeps/quickstart.yaml")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a config key in every trial, over base (e.g. --set data.root=/data/cifar); repeatable",
+    )
+    if name == "validate":
+        return
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the trials (name and overrides) and start nothing"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run of this sweep: unfinished trials go on from their checkpoints",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an earlier run's Ray folder and start over (its MLflow runs stay)",
+    )
+    parser.add_argument(
+        "--storage",
+        type=Path,
+        default=Path("ray_results"),
+        help="Ray results folder; the sweep's is STORAGE/<name> [./ray_results]",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to run on, e.g. 10.0.0.1:6379 [$RAY_ADDRESS, else a local Ray]; "
+        "a cluster with token auth also needs RAY_AUTH_MODE=token and its token "
+        "(RAY_AUTH_TOKEN or ~/.ray/auth_token)",
+    )
+    parser.add_argument("--num-cpus", type=float, default=None, help="CPUs a local Ray offers [all]")
+    parser.add_argument("--num-gpus", type=float, default=None, help="GPUs a local Ray offers [all it finds]")
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=None,
+        help="retries of a failed trial from its last checkpoint [the file's max_failures, else 1]",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.command == "validate":
+        return _validate(args)
+    return _sweep(args)
+
+
+def _load(path: Path, raw_overrides: list[str]) -> Sweep | None:
+    """The validated sweep, or None after printing every problem to stderr."""
+    try:
+        return load_sweep(path, C.parse_overrides(raw_overrides))
+    except C.ConfigError as exc:
+        source = exc.source or str(path)
+        for problem in exc.problems:
+            print(f"{source}: {problem}", file=sys.stderr)
+        print(f"{source}: {len(exc.problems)} problem(s); nothing was started", file=sys.stderr)
+    except FileNotFoundError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+    return None
+
+
+def _describe(sweep: Sweep) -> str:
+    res = ", ".join(f"{k} {v:g}" for k, v in sweep.resources.items())
+    conc = f", at most {sweep.max_concurrent} at once" if sweep.max_concurrent else ""
+    return (
+        f"{sweep.source}: ok: sweep {sweep.name!r}, {len(sweep.trials)} trials "
+        f"({sweep.grid_points} grid points x {len(sweep.seeds)} seeds), {res} per trial{conc}"
+    )
+
+
+def _validate(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.files:
+        sweep = _load(path, args.overrides)
+        if sweep is None:
+            status = 2
+        else:
+            print(_describe(sweep))
+    return status
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    sweep = _load(args.file, args.overrides)
+    if sweep is None:
+        return 2
+    if args.max_failures is not None and args.max_failures < 0:
+        print(f"--max-failures must be >= 0, got {args.max_failures}", file=sys.stderr)
+        return 2
+    print(_describe(sweep))
+    if args.dry_run:
+        width = max(len(t.name) for t in sweep.trials)
+        for t in sweep.trials:
+            overrides = " ".join(
+                f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in t.overrides.items()
+            )
+            print(f"  {t.index:>3}  {t.name:<{width}}  {overrides}")
+        return 0
+
+    from harness import tune_runner
+
+    launch = dict(
+        storage=args.storage,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+    )
+    problems = tune_runner.check_launch(sweep, **launch)
+    if problems:
+        for problem in problems:
+            print(f"harness sweep: {problem}", file=sys.stderr)
+        return 2
+    try:
+        outcome = tune_runner.run_sweep(sweep, **launch, max_failures=args.max_failures)
+    except ValueError as exc:  # resources that no node of the cluster has
+        print(f"harness sweep: {exc}", file=sys.stderr)
+        return 2
+    except ConnectionError as exc:
+        print(
+            f"harness sweep: cannot reach the Ray cluster: {exc}. Is it running, and if it checks tokens, are "
+            "RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token) set here?",
+            file=sys.stderr,
+        )
+        return 2
+    print(tune_runner.format_summary(outcome, sweep.metric))
+    return outcome.exit_code

@@ -1,0 +1,480 @@
+"""MLflow tracking: where runs go, one parent run per sweep, one child run per trial.
+
+The store is `MLFLOW_TRACKING_URI` when set (e.g. a team's MLflow server), else the SQLite file
+`mlflow.db` in the working directory, as an absolute URI: Ray trials run in folders of their
+own, where a relative `sqlite:///mlflow.db` would give each one an empty store of its own.
+
+A sweep writes from the Ray driver only (`MlflowTuneCallback`): one writer per store, as a
+fresh SQLite store written by several processes at once fails, and a driver-side writer works
+on a multi-node cluster where trials cannot reach the driver's disk. `TrialLogger` is one run
+for one trial config; the callback drives one per trial and `harness train` uses it directly.
+
+Names (reports/ reads these):
+- parent run: name = sweep name; tags harness.run_kind=sweep, harness.sweep_name, harness.sweep_file.
+- child run: name = the trial's readable name; tags mlflow.parentRunId, harness.run_kind=trial,
+  harness.trial_key (the trial's stable id: a resumed sweep finds and continues its run),
+  harness.sweep_name, git commit, device, torch/CUDA versions, harness.ray_trial_id;
+  harness.error on failure. Params: the resolved config flattened with dots. Metrics: every
+  numeric value a trial reports per epoch, step = epoch. Artifacts: the files of the final
+  checkpoint's artifacts/ folder (config.yaml, noise_transition.csv, metrics.json,
+  inference_head.pt) at the run's artifact root.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
+from harness import config as C
+
+try:  # the sweep callback needs Ray; `harness train` needs only MLflow
+    from ray.tune import Callback as _TuneCallback
+except ImportError:  # pragma: no cover - exercised where Ray is absent
+    _TuneCallback = object
+
+RUN_KIND_TAG = "harness.run_kind"
+SWEEP_NAME_TAG = "harness.sweep_name"
+SWEEP_FILE_TAG = "harness.sweep_file"
+TRIAL_KEY_TAG = "harness.trial_key"
+TRIAL_INDEX_TAG = "harness.trial_index"
+ERROR_TAG = "harness.error"
+RAY_TRIAL_TAG = "harness.ray_trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+# Result keys Ray Tune adds to every report; everything else numeric is a trial metric.
+RAY_RESULT_KEYS = frozenset(
+    {
+        "training_iteration",
+        "time_total_s",
+        "time_this_iter_s",
+        "time_since_restore",
+        "timestamp",
+        "date",
+        "timesteps_total",
+        "timesteps_since_restore",
+        "episodes_total",
+        "iterations_since_restore",
+        "pid",
+        "hostname",
+        "node_ip",
+        "done",
+        "trial_id",
+        "experiment_tag",
+        "should_checkpoint",
+        "checkpoint_dir_name",
+        "config",
+        "epoch",
+    }
+)
+ENV_RESULT_KEY = "harness_env"  # the tags a trial reports about where it runs (device, versions, host)
+
+
+def default_tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` if set, else sqlite:///<absolute cwd>/mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def open_store(tracking_uri: str | None = None) -> MlflowClient:
+    """A client on the store, created now if new.
+
+    Creating the store (SQLite schema migrations) up front, from one process, keeps it out of
+    any race between writers that start later.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    client.search_experiments(max_results=1)
+    return client
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of the experiment `name`, created (or restored from the bin) if need be."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name)
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def code_tags() -> dict[str, str]:
+    """The git commit of the code that runs (and whether it had uncommitted changes)."""
+    repo = Path(__file__).resolve().parents[1]
+    tags = {"harness.python": platform.python_version()}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return tags  # not a git checkout (an installed wheel) or no commit yet
+    return {**tags, GIT_COMMIT_TAG: commit, "harness.git_dirty": str(bool(dirty)).lower()}
+
+
+def runtime_tags(device: str = "auto") -> dict[str, str]:
+    """Where a trial runs: device, torch and CUDA versions, host. Call it in the trial's process."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    tags = {
+        "harness.device": device,
+        "harness.torch": torch.__version__,
+        "harness.cuda": torch.version.cuda or "none",
+        "harness.host": socket.gethostname(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        tags["harness.gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return tags
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _numeric(metrics: Mapping[str, Any], skip: frozenset[str] = frozenset({"epoch"})) -> dict[str, float]:
+    return {
+        key: float(value)
+        for key, value in metrics.items()
+        if key not in skip and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
+def _params(cfg: C.TrialConfig | Mapping[str, Any]) -> dict[str, str]:
+    flat = C.to_flat(cfg) if isinstance(cfg, C.TrialConfig) else C.flatten(dict(cfg))
+    out = {}
+    for key, value in flat.items():
+        text = str(value)
+        # a 100 x 100 noise matrix does not fit a param; config.yaml (an artifact) holds it whole
+        out[key] = (
+            text
+            if len(text) <= MAX_PARAM_VAL_LENGTH
+            else text[: MAX_PARAM_VAL_LENGTH - 20] + " ...(truncated)"
+        )
+    return out
+
+
+def find_child_run(client: MlflowClient, exp_id: str, parent_run_id: str, trial_key: str):
+    """The run of trial `trial_key` under the sweep run `parent_run_id`, or None."""
+    runs = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_KEY_TAG}` = '{trial_key}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    return runs[0] if runs else None
+
+
+class TrialLogger:
+    """One MLflow run for one trial: params at start, metrics per epoch, artifacts and status at the end.
+
+    Start it with `TrialLogger.start(cfg, ...)` (a sweep's child run; with `parent_run_id` and
+    `trial_key` an existing run of the same trial is continued, not duplicated) or
+    `TrialLogger.start_single(cfg, experiment=...)` (`harness train`). Epochs already logged
+    (a trial retried or resumed from a checkpoint) are not logged twice.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, *, last_step: int = 0):
+        self.client = client
+        self.run_id = run_id
+        self.last_step = last_step  # highest epoch logged so far
+        self._last_keys: set[str] = set()
+        self.finished = False
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.client.tracking_uri
+
+    @classmethod
+    def start(
+        cls,
+        cfg: C.TrialConfig | Mapping[str, Any],
+        *,
+        experiment: str,
+        run_name: str,
+        parent_run_id: str | None = None,
+        trial_key: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        tracking_uri: str | None = None,
+        client: MlflowClient | None = None,
+    ) -> TrialLogger:
+        """Start (or, for a known trial_key under parent_run_id, continue) the run of one trial."""
+        client = client or open_store(tracking_uri)
+        exp_id = experiment_id(client, experiment)
+        all_tags = {RUN_KIND_TAG: "trial", **(tags or {})}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        if trial_key:
+            all_tags[TRIAL_KEY_TAG] = trial_key
+        params = _params(cfg)
+        existing = (
+            find_child_run(client, exp_id, parent_run_id, trial_key) if parent_run_id and trial_key else None
+        )
+        if existing is not None:
+            run_id = existing.info.run_id
+            client.update_run(run_id, status="RUNNING")
+            params = {k: v for k, v in params.items() if k not in existing.data.params}
+            logger = cls(client, run_id)
+            logger.last_step, logger._last_keys = _last_logged(client, existing)
+        else:
+            run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+            logger = cls(client, run.info.run_id)
+        items = list(params.items())
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            client.log_batch(logger.run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
+        logger.set_tags(all_tags)
+        return logger
+
+    @classmethod
+    def start_single(
+        cls, cfg: C.TrialConfig, *, experiment: str = "harness-train", tracking_uri: str | None = None
+    ) -> TrialLogger:
+        """A run for `harness train`: one trial outside any sweep, tagged with code and runtime."""
+        c, n = cfg.collab, cfg.noise
+        name = (
+            f"{cfg.data.name} {cfg.model.arch} {n.kind}-{n.rate:g} {c.topology}-{c.heads} seed{cfg.run.seed}"
+        )
+        tags = {**code_tags(), **runtime_tags(cfg.run.device), "harness.launcher": "train"}
+        return cls.start(cfg, experiment=experiment, run_name=name, tags=tags, tracking_uri=tracking_uri)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, tags=items[i : i + 100])
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        """Every numeric value in `metrics` (but 'epoch') at step = epoch; epochs logged before are skipped."""
+        if epoch is None or epoch <= self.last_step:
+            return
+        values = _numeric(metrics)
+        stamp = _now_ms()
+        batch = [Metric(key, value, stamp, int(epoch)) for key, value in values.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+        self.last_step, self._last_keys = int(epoch), set(values)
+
+    def finish(
+        self,
+        final_metrics: Mapping[str, Any] | None = None,
+        artifacts_dir: str | Path | None = None,
+        *,
+        status: str = "FINISHED",
+        error: str | None = None,
+    ) -> None:
+        """Log what the epochs did not (final metrics, artifacts, error) and close the run with `status`.
+
+        status: FINISHED, FAILED or KILLED (interrupted: a resumed sweep continues the run).
+        """
+        final = _numeric(final_metrics or {})
+        step = int((final_metrics or {}).get("epoch") or self.last_step)
+        missing = {k: v for k, v in final.items() if step > self.last_step or k not in self._last_keys}
+        if missing:
+            stamp = _now_ms()
+            self.client.log_batch(
+                self.run_id, metrics=[Metric(k, v, stamp, step) for k, v in missing.items()]
+            )
+        if artifacts_dir is not None and Path(artifacts_dir).is_dir():
+            self.client.log_artifacts(self.run_id, str(artifacts_dir))
+        if error:
+            self.set_tags({ERROR_TAG: error})
+        self.client.set_terminated(self.run_id, status=status)
+        self.finished = True
+
+
+def _last_logged(client: MlflowClient, run) -> tuple[int, set[str]]:
+    """The highest step logged in `run` and the metrics logged at it."""
+    steps = {
+        key: max((m.step for m in client.get_metric_history(run.info.run_id, key)), default=0)
+        for key in run.data.metrics
+    }
+    last = max(steps.values(), default=0)
+    return last, {key for key, step in steps.items() if step == last}
+
+
+def start_sweep_run(
+    client: MlflowClient,
+    *,
+    experiment: str,
+    sweep_name: str,
+    sweep_file: str,
+    num_trials: int,
+    run_id: str | None = None,
+) -> str:
+    """The sweep's parent run: a new one, or (resume) `run_id` set running again."""
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    exp_id = experiment_id(client, experiment)
+    tags = {RUN_KIND_TAG: "sweep", SWEEP_NAME_TAG: sweep_name, SWEEP_FILE_TAG: sweep_file, **code_tags()}
+    run = client.create_run(exp_id, run_name=sweep_name, tags=tags)
+    client.log_param(run.info.run_id, "sweep.trials", num_trials)
+    if Path(sweep_file).is_file():
+        client.log_artifact(run.info.run_id, sweep_file)
+    return run.info.run_id
+
+
+def error_message(exc: BaseException | None) -> str:
+    """'RuntimeError: NaN loss at epoch 3' for a trial's exception (Ray's wrapper unwrapped)."""
+    if exc is None:
+        return "unknown error (see the trial's error.txt)"
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip()
+    if not isinstance(cause, Exception) or "Traceback" in text or "\n" in text:
+        text = text.splitlines()[-1] if text else ""
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+_PROBLEMS: dict[str, list[str]] = {}  # sweep run id -> tracking problems seen in this process
+
+
+class MlflowTuneCallback(_TuneCallback):
+    """Logs every trial of a sweep from the Ray driver: one child run per trial under the sweep run.
+
+    Tracking trouble (a store that went away) is reported on stderr and counted in
+    `self.problems`, and does not stop the trials: an hour of GPU time is worth more than a
+    missing metric. Pickled with the Tuner for --resume; the client is made anew in setup().
+    """
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment: str,
+        parent_run_id: str,
+        sweep_name: str,
+        tags: Mapping[str, str],
+    ):
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.parent_run_id = parent_run_id
+        self.sweep_name = sweep_name
+        self.tags = dict(tags)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._client: MlflowClient | None = None
+        self._loggers: dict[str, TrialLogger] = {}
+        self._env: dict[str, dict] = {}
+        # Shared by every copy of this callback in this process: Tuner.restore runs an unpickled
+        # copy, and the caller reads the problems from its own.
+        self.problems: list[str] = _PROBLEMS.setdefault(self.parent_run_id, [])
+
+    def __getstate__(self) -> dict:
+        keep = ("tracking_uri", "experiment", "parent_run_id", "sweep_name", "tags")
+        return {key: self.__dict__[key] for key in keep}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = open_store(self.tracking_uri)
+        return self._client
+
+    def setup(self, **info) -> None:
+        self._guard("setup", lambda: self.client)
+
+    def _guard(self, what: str, fn) -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            message = f"MLflow tracking failed in {what}: {type(exc).__name__}: {exc}"
+            self.problems.append(message)
+            print(message, file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+
+    def logger(self, spec: Mapping[str, Any], ray_trial_id: str | None = None) -> TrialLogger:
+        """The open run of the trial described by `spec` (harness.tune_runner's trial spec), started on first use."""
+        key = spec["key"]
+        if key not in self._loggers:
+            tags = {
+                **self.tags,
+                SWEEP_NAME_TAG: self.sweep_name,
+                TRIAL_INDEX_TAG: str(spec["index"]),
+            }
+            if ray_trial_id:
+                tags[RAY_TRIAL_TAG] = ray_trial_id
+            self._loggers[key] = TrialLogger.start(
+                spec["config"],
+                experiment=self.experiment,
+                run_name=spec["name"],
+                parent_run_id=self.parent_run_id,
+                trial_key=key,
+                tags=tags,
+                client=self.client,
+            )
+        return self._loggers[key]
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._guard(f"trial {trial}", lambda: self.logger(trial.config["trial"], trial.trial_id))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        def log() -> None:
+            logger = self.logger(trial.config["trial"], trial.trial_id)
+            env = result.get(ENV_RESULT_KEY)
+            if isinstance(env, dict) and self._env.get(logger.run_id) != env:
+                logger.set_tags(env)
+                self._env[logger.run_id] = env
+            metrics = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS}
+            logger.log_epoch(result.get("epoch"), metrics)
+
+        self._guard(f"trial {trial}", log)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        def tag() -> None:
+            logger = self.logger(trial.config["trial"], trial.trial_id)
+            logger.set_tags({"harness.retries": str(trial.num_failures)})
+
+        self._guard(f"trial {trial}", tag)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        def finish() -> None:
+            logger = self.logger(trial.config["trial"], trial.trial_id)
+            metrics = {k: v for k, v in (trial.last_result or {}).items() if k not in RAY_RESULT_KEYS}
+            metrics["epoch"] = (trial.last_result or {}).get("epoch")
+            finish_with_checkpoint(logger, metrics, trial.checkpoint, status="FINISHED")
+            self._loggers.pop(trial.config["trial"]["key"], None)
+
+        self._guard(f"trial {trial}", finish)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        def finish() -> None:
+            logger = self.logger(trial.config["trial"], trial.trial_id)
+            logger.finish(status="FAILED", error=error_message(trial.get_pickled_error()))
+            self._loggers.pop(trial.config["trial"]["key"], None)
+
+        self._guard(f"trial {trial}", finish)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        # Whatever is still open was interrupted (Ctrl-C): KILLED until --resume continues it.
+        for key, logger in list(self._loggers.items()):
+            self._guard(f"trial {key}", lambda logger=logger: logger.finish(status="KILLED"))
+        self._loggers.clear()
+
+
+def finish_with_checkpoint(
+    logger: TrialLogger, metrics: Mapping[str, Any], checkpoint, *, status: str
+) -> None:
+    """Finish a run with the artifacts/ folder of a Ray checkpoint (local or remote storage)."""
+    if checkpoint is None:
+        logger.finish(metrics, None, status=status)
+        return
+    with checkpoint.as_directory() as folder:
+        logger.finish(metrics, Path(folder) / "artifacts", status=status)

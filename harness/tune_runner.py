@@ -1,0 +1,429 @@
+"""Ray Tune orchestration of a validated sweep: one Tune trial per grid point and seed.
+
+- Ray: a local instance by default (`address="local"`, whatever else runs on the machine),
+  an existing cluster with `address` (or RAY_ADDRESS). On a cluster every node needs this
+  package installed, the data under the same paths, and `storage` on a shared file system.
+- Trials: `trainable` runs `harness.trial.run_trial` and reports every epoch with
+  `ray.tune.report(metrics, checkpoint=...)`; a failed trial is retried from its last
+  checkpoint `max_failures` times; the others go on.
+- Storage: `<storage>/<sweep name>/` holds Ray's experiment state, the trials' checkpoints (the
+  last two per trial) and `harness_sweep.json` (the MLflow parent run and the trial keys), so
+  `resume=True` continues the same Tune experiment and the same MLflow runs.
+- Tracking: `harness.tracking.MlflowTuneCallback` on the driver, the store's only writer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import config as C
+from harness.sweep import Sweep, Trial
+
+STATE_FILE = "harness_sweep.json"
+DEFAULT_TRIAL_FN = "harness.trial:run_trial"
+# The live table's columns: result key -> heading
+PROGRESS_COLUMNS = {
+    "epoch": "epoch",
+    "test/acc": "test acc",
+    "test/acc_ensemble": "ens acc",
+    "train/loss": "loss",
+    "train/memorized": "memorized",
+    "time/epoch_s": "s/epoch",
+}
+
+
+@dataclass
+class TrialOutcome:
+    """How one trial ended: status 'ok', 'failed' or 'unfinished' (interrupted)."""
+
+    index: int
+    name: str
+    key: str
+    status: str
+    metrics: dict[str, Any]
+    error: str | None = None
+    path: str | None = None
+
+
+@dataclass
+class SweepOutcome:
+    trials: list[TrialOutcome]
+    experiment_dir: Path
+    parent_run_id: str
+    tracking_uri: str
+    tracking_problems: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every trial succeeded (and was tracked), 130 when interrupted, 1 otherwise."""
+        if any(t.status == "unfinished" for t in self.trials):
+            return 130
+        return 0 if all(t.status == "ok" for t in self.trials) and not self.tracking_problems else 1
+
+
+def experiment_dir(storage: Path, sweep: Sweep) -> Path:
+    return Path(storage).resolve() / sweep.name
+
+
+def read_state(exp_dir: Path) -> dict | None:
+    path = exp_dir / STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_launch(
+    sweep: Sweep,
+    *,
+    storage: Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    address: str | None = None,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+) -> list[str]:
+    """Problems with how a sweep is to be launched, found before anything starts or is written."""
+    problems = []
+    exp_dir = experiment_dir(storage, sweep)
+    if resume and overwrite:
+        problems.append("--resume and --overwrite exclude each other")
+    if address not in (None, "local") and (num_cpus is not None or num_gpus is not None):
+        problems.append(
+            "--num-cpus/--num-gpus declare the resources of a local Ray; a cluster (--address) has its own"
+        )
+    if resume:
+        state = read_state(exp_dir)
+        if state is None:
+            problems.append(
+                f"nothing to resume: {exp_dir} holds no run of sweep {sweep.name!r} (run it without --resume)"
+            )
+        else:
+            old, new = set(state.get("trials", {})), {t.key for t in sweep.trials}
+            if old != new:
+                problems.append(
+                    f"the trials differ from the run in {exp_dir} ({len(new - old)} new, {len(old - new)} gone): "
+                    "resume needs the same sweep file and --set options (or start anew with --overwrite)"
+                )
+    elif exp_dir.exists() and any(exp_dir.iterdir()) and not overwrite:
+        problems.append(
+            f"{exp_dir} holds an earlier run of sweep {sweep.name!r}: pass --resume to finish its unfinished "
+            "trials, --overwrite to delete it and start over, or choose another --storage"
+        )
+    return problems
+
+
+def trial_spec(trial: Trial, trial_fn: str = DEFAULT_TRIAL_FN) -> dict[str, Any]:
+    """What a Tune trial carries in its config: plain data, readable in Ray's experiment state."""
+    return {
+        "index": trial.index,
+        "key": trial.key,
+        "name": trial.name,
+        "dirname": trial.dirname,
+        "config": C.to_dict(trial.config),
+        "fn": trial_fn,
+    }
+
+
+def trainable(config: dict[str, Any]) -> None:
+    """The Tune function trainable: one trial, reporting (and checkpointing) every epoch."""
+    from ray import tune
+
+    from harness.tracking import ENV_RESULT_KEY, runtime_tags
+
+    spec = config["trial"]
+    module, _, attr = spec.get("fn", DEFAULT_TRIAL_FN).partition(":")
+    run_trial = getattr(importlib.import_module(module), attr)
+    cfg = C.build_config(spec["config"])
+    env = runtime_tags(cfg.run.device)
+    # Ray gives each trial a working folder of its own; checkpoints are copied to storage on report.
+    out_dir = Path.cwd() / "harness_trial"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    resume_from = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume_from = Path(checkpoint.to_directory(str(out_dir / "restored")))
+        print(f"resuming {spec['name']} from {checkpoint.path}")
+
+    def on_epoch(epoch: int, metrics: dict[str, float], ckpt_dir: Path | None) -> None:
+        result = {**metrics, "epoch": epoch, ENV_RESULT_KEY: env}
+        ckpt = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
+        tune.report(result, checkpoint=ckpt)
+
+    try:
+        run_trial(cfg, out_dir=out_dir, on_epoch=on_epoch, resume_from=resume_from)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def trial_name(trial) -> str:
+    return trial.config["trial"]["name"]
+
+
+def trial_dirname(trial) -> str:
+    return trial.config["trial"]["dirname"]
+
+
+def run_sweep(
+    sweep: Sweep,
+    *,
+    storage: Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    address: str | None = None,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    max_failures: int | None = None,
+    trial_fn: str = DEFAULT_TRIAL_FN,
+) -> SweepOutcome:
+    """Run (or resume) a validated sweep; returns how each trial ended. Call check_launch first.
+
+    Uses the Ray instance of this process when there is one, else starts (and stops) a local
+    Ray or connects to the cluster at `address` / RAY_ADDRESS.
+    """
+    # Our columns in the live table need Tune's classic reporter (the new one ignores reporters).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Keeping the last two checkpoints forces a state snapshot every other epoch; with epochs of a
+    # second (the CPU quickstart) Tune warns about it each time. It is cheap: silence the warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+    from ray import tune
+
+    from harness import tracking
+
+    exp_dir = experiment_dir(storage, sweep)
+    state = read_state(exp_dir) if resume else None
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
+        local = address == "local"
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if local else None,
+            num_gpus=num_gpus if local else None,
+            include_dashboard=False,
+            logging_level="WARNING",
+        )
+    try:
+        _check_resources(sweep, ray.cluster_resources(), local=started_ray and address == "local")
+        if overwrite and exp_dir.exists():
+            shutil.rmtree(exp_dir)
+        tracking_uri = (state or {}).get("tracking_uri") or tracking.default_tracking_uri()
+        client = tracking.open_store(tracking_uri)
+        parent_run_id = tracking.start_sweep_run(
+            client,
+            experiment=sweep.experiment,
+            sweep_name=sweep.name,
+            sweep_file=str(Path(sweep.source).resolve()),
+            num_trials=len(sweep.trials),
+            run_id=(state or {}).get("parent_run_id"),
+        )
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        (exp_dir / STATE_FILE).write_text(
+            json.dumps(
+                {
+                    "sweep": sweep.name,
+                    "sweep_file": str(Path(sweep.source).resolve()),
+                    "tracking_uri": tracking_uri,
+                    "experiment": sweep.experiment,
+                    "parent_run_id": parent_run_id,
+                    "trials": {t.key: t.name for t in sweep.trials},
+                },
+                indent=2,
+            )
+        )
+        print(f"MLflow: experiment {sweep.experiment!r}, sweep run {parent_run_id} ({tracking_uri})")
+        callback = tracking.MlflowTuneCallback(
+            tracking_uri=tracking_uri,
+            experiment=sweep.experiment,
+            parent_run_id=parent_run_id,
+            sweep_name=sweep.name,
+            tags=tracking.code_tags(),
+        )
+        fn = tune.with_resources(trainable, {"cpu": sweep.resources["cpu"], "gpu": sweep.resources["gpu"]})
+        param_space = {"trial": tune.grid_search([trial_spec(t, trial_fn) for t in sweep.trials])}
+        if resume and tune.Tuner.can_restore(str(exp_dir)):
+            # Finished trials stay finished; unfinished and errored ones go on from their last checkpoint.
+            tuner = tune.Tuner.restore(
+                str(exp_dir),
+                trainable=fn,
+                param_space=param_space,
+                resume_unfinished=True,
+                resume_errored=True,
+            )
+        else:
+            tuner = _new_tuner(sweep, fn, param_space, exp_dir, callback, max_failures)
+        try:
+            results = tuner.fit()
+        except BaseException as exc:  # a second Ctrl-C, or Tune itself failing: close the sweep run
+            client.set_terminated(
+                parent_run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            )
+            raise
+        outcomes = _outcomes(sweep, results, exp_dir)
+        _reconcile(callback, results, outcomes)
+        status = (
+            "KILLED"
+            if any(t.status == "unfinished" for t in outcomes)
+            else ("FINISHED" if all(t.status == "ok" for t in outcomes) else "FAILED")
+        )
+        client.set_terminated(parent_run_id, status=status)
+        return SweepOutcome(outcomes, exp_dir, parent_run_id, tracking_uri, callback.problems)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _new_tuner(sweep: Sweep, fn, param_space, exp_dir: Path, callback, max_failures: int | None):
+    from ray import tune
+    from ray.tune import CLIReporter
+
+    columns = dict(PROGRESS_COLUMNS)
+    columns.setdefault(sweep.metric, sweep.metric)
+    reporter = CLIReporter(
+        metric_columns=columns,
+        parameter_columns={"trial/index": "#"},
+        max_progress_rows=max(20, min(len(sweep.trials), 100)),
+        max_report_frequency=10,
+        max_column_length=40,
+        sort_by_metric=False,
+    )
+    return tune.Tuner(
+        fn,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            max_concurrent_trials=sweep.max_concurrent,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_dirname,
+            reuse_actors=True,  # one Python + torch start-up per worker, not per trial
+        ),
+        run_config=tune.RunConfig(
+            name=sweep.name,
+            storage_path=str(exp_dir.parent),
+            callbacks=[callback],
+            progress_reporter=reporter,
+            verbose=1,
+            failure_config=tune.FailureConfig(
+                max_failures=sweep.max_failures if max_failures is None else max_failures
+            ),
+            # the last two: the newest may be half-written when a node dies
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def _check_resources(sweep: Sweep, cluster: dict[str, float], *, local: bool) -> None:
+    """Trials asking for more than the cluster has would wait for ever: say so now."""
+    need = {"CPU": sweep.resources["cpu"], "GPU": sweep.resources["gpu"]}
+    short = [
+        f"{kind.lower()}: {amount:g} per trial, the Ray cluster has {cluster.get(kind, 0):g}"
+        for kind, amount in need.items()
+        if amount > cluster.get(kind, 0)
+    ]
+    if short:
+        hint = " (a local Ray takes --num-cpus/--num-gpus)" if local else ""
+        message = f"resources do not fit: {'; '.join(short)}{hint}"
+        if local:
+            raise ValueError(message)
+        print(f"warning: {message}; trials wait until the cluster grows", file=sys.stderr)
+
+
+def _outcomes(sweep: Sweep, results, exp_dir: Path) -> list[TrialOutcome]:
+    """One outcome per trial of the sweep, from Tune's saved experiment state.
+
+    Trial statuses come from the experiment state (a restored result's 'done' flag is not
+    reliable); trials Tune never created (interrupted before they started) are 'unfinished'.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    from harness.tracking import error_message
+
+    statuses = {t.config["trial"]["key"]: t.status for t in ExperimentAnalysis(str(exp_dir)).trials}
+    by_key = {r.config["trial"]["key"]: r for r in results}
+    outcomes = []
+    for trial in sweep.trials:
+        result = by_key.get(trial.key)
+        if result is None:
+            outcomes.append(TrialOutcome(trial.index, trial.name, trial.key, "unfinished", {}))
+            continue
+        status = statuses.get(trial.key)
+        if result.error is not None or status == "ERROR":
+            state, error = "failed", error_message(result.error)
+        else:
+            state, error = ("ok" if status == "TERMINATED" else "unfinished"), None
+        outcomes.append(
+            TrialOutcome(
+                trial.index, trial.name, trial.key, state, dict(result.metrics or {}), error, str(result.path)
+            )
+        )
+    return outcomes
+
+
+def _reconcile(callback, results, outcomes: list[TrialOutcome]) -> None:
+    """Make MLflow agree with Ray where the driver died between a trial's end and its logging."""
+    from harness import tracking
+
+    def fix() -> None:
+        by_key = {r.config["trial"]["key"]: r for r in results}
+        exp_id = tracking.experiment_id(callback.client, callback.experiment)
+        for outcome in outcomes:
+            if outcome.status == "unfinished":
+                continue
+            run = tracking.find_child_run(callback.client, exp_id, callback.parent_run_id, outcome.key)
+            want = "FINISHED" if outcome.status == "ok" else "FAILED"
+            if run is not None and run.info.status == want:
+                continue
+            result = by_key[outcome.key]
+            logger = callback.logger(result.config["trial"])
+            if result.metrics_dataframe is not None:
+                for row in result.metrics_dataframe.to_dict("records"):
+                    logger.log_epoch(row.get("epoch"), {k: v for k, v in row.items() if "/" in k})
+            if outcome.status == "ok":
+                tracking.finish_with_checkpoint(logger, outcome.metrics, result.checkpoint, status=want)
+            else:
+                logger.finish(status=want, error=outcome.error)
+
+    callback._guard("reconcile", fix)
+
+
+def format_summary(outcome: SweepOutcome, metric: str = "test/acc") -> str:
+    """The closing table: trial, status, test accuracy, time; then the errors and where things are."""
+    rows = [("#", "trial", "status", metric, "time")]
+    for t in outcome.trials:
+        value = t.metrics.get(metric)
+        seconds = t.metrics.get("time_total_s")
+        rows.append(
+            (
+                str(t.index),
+                t.name,
+                t.status,
+                f"{value:.4f}" if isinstance(value, (int, float)) else "-",
+                f"{seconds:.0f}s" if isinstance(seconds, (int, float)) else "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    counts = {s: sum(t.status == s for t in outcome.trials) for s in ("ok", "failed", "unfinished")}
+    lines.append(
+        f"{counts['ok']} of {len(outcome.trials)} trials succeeded"
+        + "".join(f", {n} {s}" for s, n in counts.items() if s != "ok" and n)
+    )
+    for t in outcome.trials:
+        if t.status == "failed":
+            lines.append(f"  failed: {t.name}: {t.error} (details: {t.path}/error.txt)")
+    if counts["unfinished"]:
+        lines.append("  interrupted: run the same command with --resume to finish the unfinished trials")
+    for problem in outcome.tracking_problems:
+        lines.append(f"  tracking: {problem}")
+    lines.append(f"Ray results: {outcome.experiment_dir}")
+    lines.append(
+        f"MLflow: sweep run {outcome.parent_run_id} in {outcome.tracking_uri} (browse with `harness ui`)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""`harness ui`: the MLflow UI on the harness's store, until Ctrl-C.
+
+The store is the one sweeps write: `MLFLOW_TRACKING_URI`, else `mlflow.db` in the working
+directory (harness.tracking.default_tracking_uri). The UI binds to 127.0.0.1 by default; reach
+it from another machine through an SSH tunnel (`ssh -L 5000:127.0.0.1:5000 host`) rather than
+opening it to the network: the MLflow UI has no login.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.tracking import default_tracking_uri
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
+    parser.add_argument("--port", type=int, default=5000, help="port to listen on [5000]")
+    parser.add_argument("--workers", type=int, default=2, help="server processes [2: one person browsing]")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        metavar="URI",
+        help="MLflow store [$MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db]",
+    )
+
+
+def ui_command(uri: str, host: str, port: int, workers: int = 2) -> list[str]:
+    """The `mlflow ui` command line for store `uri`."""
+    return [
+        *(sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri),
+        *("--host", host, "--port", str(port), "--workers", str(workers)),
+    ]
+
+
+def main(args: argparse.Namespace) -> int:
+    uri = args.tracking_uri or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        print(f"the store is an MLflow server: open {uri} in a browser")
+        return 0
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # `mlflow ui` would create an empty store here; more likely this is the wrong folder
+        print(
+            f"harness ui: no MLflow store at {uri.removeprefix('sqlite:///')}: run it where you ran the sweep, "
+            "or pass --tracking-uri / set MLFLOW_TRACKING_URI",
+            file=sys.stderr,
+        )
+        return 2
+    if not 0 < args.port < 65536 or args.workers < 1:
+        print(
+            f"harness ui: --port must be in 1..65535 and --workers >= 1, got {args.port}, {args.workers}",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"MLflow UI: http://{args.host}:{args.port}  (store {uri}); Ctrl-C to stop", flush=True)
+    # The UI in a process group of its own: the server starts helper processes (job consumers),
+    # and Ctrl-C here must stop all of them, however this process was interrupted.
+    # Browsing needs no job runner (MLflow's GenAI jobs): five fewer processes to start.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    proc = subprocess.Popen(
+        ui_command(uri, args.host, args.port, args.workers), env=env, start_new_session=True
+    )
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        _signal_group(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return 0
+    finally:
+        _signal_group(proc.pid, signal.SIGTERM)  # helpers the server left behind, if any
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)

@@ -1,0 +1,327 @@
+"""End-to-end sweeps on Ray Tune with the real trial (digits, cnn_small, CPU): tracking, failures,
+fractional GPUs, resume after Ctrl-C, and a running Ray cluster.
+
+Each test starts Ray (tens of seconds on two cores), so all are marked slow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from harness import cli
+from harness.trial import FAIL_ENV
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = ["config.yaml", "inference_head.pt", "metrics.json", "noise_transition.csv"]
+
+
+def _sweep_file(folder: Path, name: str, body: str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\n"
+        "base:\n"
+        "  data: {name: digits, train_subset: 60}\n"
+        "  optim: {epochs: 2, batch_size: 64}\n"
+        "  run: {device: cpu}\n" + body
+    )
+    return path
+
+
+def _clean_env(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", FAIL_ENV):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _runs(folder: Path):
+    """(sweep runs, trial runs) of the store in `folder`."""
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    sweeps = [r for r in runs if r.data.tags.get("harness.run_kind") == "sweep"]
+    trials = [r for r in runs if r.data.tags.get("harness.run_kind") == "trial"]
+    return client, sweeps, trials
+
+
+def _max_overlap(runs) -> int:
+    """Most runs alive at one moment, from their MLflow start and end times."""
+    events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs])
+    alive = best = 0
+    for _, step in events:
+        alive += step
+        best = max(best, alive)
+    return best
+
+
+def test_sweep_tracks_every_trial_shares_a_gpu_and_reports_failures(tmp_path, monkeypatch, capsys):
+    """Six trials: four succeed, two raise (HARNESS_FAIL_AT_EPOCH picks seed 5) and are retried once.
+
+    Ray is told of one GPU and 4 CPUs; each trial asks for gpu 0.25 and cpu 0.5, so the GPU caps
+    the sweep at four trials at once -- which still run on the CPU (run.device: cpu).
+    """
+    _clean_env(monkeypatch, tmp_path)
+    monkeypatch.setenv(FAIL_ENV, "5")
+    path = _sweep_file(
+        tmp_path,
+        "e2e",
+        "grid:\n"
+        "  noise.kind: [symmetric]\n"
+        "  noise.rate: [0.4]\n"
+        "  collab:\n    - {topology: individual, heads: 1}\n    - {topology: simple, heads: 2}\n"
+        "seeds: [0, 1, 5]\n"
+        "resources: {cpu: 0.5, gpu: 0.25}\n"
+        "max_failures: 1\n",
+    )
+    code = cli.main(["sweep", str(path), "--num-cpus", "4", "--num-gpus", "1"])
+    out = capsys.readouterr().out
+    assert code == 1, out[-3000:]
+    assert "4 of 6 trials succeeded, 2 failed" in out
+    assert "failed: symmetric-0.4 individual-1 seed5: RuntimeError" in out and "deliberate failure" in out
+
+    client, sweeps, trials = _runs(tmp_path)
+    assert len(sweeps) == 1 and sweeps[0].info.run_name == "e2e" and sweeps[0].info.status == "FAILED"
+    assert sweeps[0].data.tags["harness.sweep_file"] == str(path)
+    assert len(trials) == 6 and len({r.data.tags["harness.trial_key"] for r in trials}) == 6
+    assert all(r.data.tags["mlflow.parentRunId"] == sweeps[0].info.run_id for r in trials)
+    ok = [r for r in trials if r.info.status == "FINISHED"]
+    failed = [r for r in trials if r.info.status == "FAILED"]
+    assert sorted(r.info.run_name for r in ok) == sorted(
+        f"symmetric-0.4 {c} seed{s}" for c in ("individual-1", "simple-2") for s in (0, 1)
+    )
+    assert {r.data.params["run.seed"] for r in failed} == {"5"}
+    for run in failed:
+        assert "deliberate failure" in run.data.tags["harness.error"]
+        assert run.data.tags["harness.retries"] == "1", (
+            "a failed trial is retried once before it counts as failed"
+        )
+    for run in ok:
+        p, tags = run.data.params, run.data.tags
+        assert (p["data.name"], p["noise.kind"], p["noise.rate"], p["optim.epochs"]) == (
+            "digits",
+            "symmetric",
+            "0.4",
+            "2",
+        )
+        assert p["collab.topology"] in ("individual", "simple") and p["run.device"] == "cpu"
+        assert tags["harness.device"] == "cpu" and tags["harness.torch"] and tags["harness.ray_trial_id"]
+        for key in ("test/acc", "train/loss", "train/memorized", "time/epoch_s"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in history] == [1, 2], (key, history)
+        assert 0.0 <= run.data.metrics["test/acc"] <= 1.0
+        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ARTIFACTS
+        if p["collab.topology"] == "simple":
+            assert {"test/acc_head1", "test/acc_ensemble"} <= set(run.data.metrics)
+    overlap = _max_overlap(trials)
+    assert overlap == 4, f"four gpu: 0.25 trials share the one GPU at once (saw at most {overlap})"
+    assert (tmp_path / "ray_results" / "e2e" / "harness_sweep.json").is_file()
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"the sweep exited ({proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _epochs(trial_dir: Path) -> list[int]:
+    lines = (trial_dir / "result.json").read_text().splitlines()
+    return [json.loads(line)["epoch"] for line in lines if line.strip()]
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
+    """Stop a process we started in its own session, and whatever it started there."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):  # children left in the group (a Ray head drains for 30 s)
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_resume_after_ctrl_c_finishes_from_checkpoints_with_one_run_per_trial(tmp_path, monkeypatch):
+    """Ctrl-C while the second of three trials trains; --resume continues it from its checkpoint,
+    leaves the finished one alone, runs the third, and every trial keeps exactly one MLflow run."""
+    _clean_env(monkeypatch, tmp_path)
+    path = _sweep_file(
+        tmp_path,
+        "resume",
+        "grid:\n  collab:\n    - {topology: individual, heads: 1}\n    - {topology: simple, heads: 2}\n"
+        "    - {topology: hierarchical, heads: 2}\n"
+        "max_concurrent: 1\n",
+    )
+    # all of digits and 8 epochs: the second trial trains for seconds after its first checkpoint,
+    # time enough for Ctrl-C to land while it runs
+    path.write_text(path.read_text().replace("epochs: 2", "epochs: 8").replace(", train_subset: 60", ""))
+    command = [sys.executable, "-m", "harness.cli", "sweep", path.name, "--num-cpus", "2"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", FAIL_ENV)}
+    exp = tmp_path / "ray_results" / "resume"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            # one trial at a time: when the second has a checkpoint, the first has finished
+            _wait_for(
+                lambda: any(exp.glob("001_*/checkpoint_*")), 300, proc, "the second trial's first checkpoint"
+            )
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=120)
+        finally:
+            _stop_group(proc)
+    first_log = (tmp_path / "first.log").read_text()
+    assert code == 130, first_log[-3000:]
+    assert "interrupted: run the same command with --resume" in first_log
+    assert "1 of 3 trials succeeded, 2 unfinished" in first_log, "the trial that never started is listed too"
+    _, sweeps, trials = _runs(tmp_path)
+    status = {r.info.run_name: r.info.status for r in trials}
+    assert status["individual-1 seed0"] == "FINISHED" and status["simple-2 seed0"] == "KILLED"
+    assert sweeps[0].info.status == "KILLED"
+    first_trial = next(exp.glob("000_*"))
+    finished_epochs = _epochs(first_trial)
+    interrupted_epochs = _epochs(next(exp.glob("001_*")))
+    assert finished_epochs == list(range(1, 9)) and interrupted_epochs[-1] < 8
+
+    second = subprocess.run(
+        command + ["--resume"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    assert "3 of 3 trials succeeded" in second.stdout
+    assert _epochs(first_trial) == finished_epochs, "a finished trial is not run again"
+    resumed = _epochs(next(exp.glob("001_*")))
+    assert resumed[-1] == 8 and resumed.count(1) == 1, (
+        f"resumed from a checkpoint, not from scratch: {resumed}"
+    )
+
+    client, sweeps, trials = _runs(tmp_path)
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in trials) == [
+        "hierarchical-2 seed0",
+        "individual-1 seed0",
+        "simple-2 seed0",
+    ]
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == list(range(1, 9))
+        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ARTIFACTS
+
+    # A driver killed between a trial's end and its MLflow update leaves the run open: the next
+    # --resume runs nothing again but closes the run from Ray's record.
+    stale = next(r for r in trials if r.info.run_name == "hierarchical-2 seed0")
+    client.update_run(stale.info.run_id, status="RUNNING")
+    results = [p.read_text() for p in sorted(exp.glob("*/result.json"))]
+    assert cli.main(["sweep", path.name, "--num-cpus", "2", "--resume"]) == 0
+    assert [p.read_text() for p in sorted(exp.glob("*/result.json"))] == results, "no trial ran again"
+    client, sweeps, trials = _runs(tmp_path)
+    assert len(sweeps) == 1 and len(trials) == 3 and all(r.info.status == "FINISHED" for r in trials)
+    assert [m.step for m in client.get_metric_history(stale.info.run_id, "test/acc")] == list(range(1, 9))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_using(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_sweep_on_a_running_ray_cluster(tmp_path, monkeypatch):
+    """`ray start --head` on loopback in a process of our own; the sweep joins it with --address.
+
+    Both run as subprocesses: Ray clusters check a token, a driver given an explicit address
+    sends one only when told to (RAY_AUTH_MODE=token), and a process keeps the first token it
+    read -- so the driver must be a fresh process that knows this cluster's token.
+    """
+    _clean_env(monkeypatch, tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", FAIL_ENV)}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    ray_cli = Path(sys.executable).with_name("ray")
+    log = open(tmp_path / "cluster.log", "w")  # noqa: SIM115 - closed in finally, after the head stops
+    head = subprocess.Popen(
+        [
+            str(ray_cli),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp}",
+            "--block",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+
+        def up() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        _wait_for(up, 120, head, "the Ray head to listen")
+        path = _sweep_file(
+            tmp_path, "cluster", "grid:\n  noise.kind: [symmetric]\n  noise.rate: [0.2, 0.4]\n"
+        )
+        driver = subprocess.run(
+            [sys.executable, "-m", "harness.cli", "sweep", path.name, "--address", f"127.0.0.1:{port}"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert driver.returncode == 0, (driver.stdout + driver.stderr)[-3000:]
+        assert "2 of 2 trials succeeded" in driver.stdout
+        _, sweeps, trials = _runs(tmp_path)
+        assert len(sweeps) == 1 and len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+        # the trials ran in the cluster's workers: their logs are in its session folder
+        logs = list(Path(temp).glob("session_*/logs/worker-*.out"))
+        assert any("symmetric" in p.read_text(errors="replace") for p in logs), (
+            "no trial output in the cluster's logs"
+        )
+    finally:
+        _stop_group(head, grace=5)
+        log.close()
+        leftovers = _pids_using(temp)
+        for pid in leftovers:  # processes of the cluster we started, and only those
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+    assert not leftovers, f"the cluster left processes behind: {leftovers}"

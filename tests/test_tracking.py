@@ -1,0 +1,241 @@
+"""MLflow tracking: the store's URI, TrialLogger runs (params, per-epoch metrics, artifacts, status), reattaching."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from harness import config as C
+from harness import tracking
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch) -> str:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tracking.default_tracking_uri()
+
+
+def test_default_uri_is_an_absolute_sqlite_file_in_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking.default_tracking_uri()
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert not (tmp_path / "mlflow.db").exists(), "naming the store must not create it"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking.default_tracking_uri() == "http://mlflow.example:5000"
+
+
+def _artifacts(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "config.yaml").write_text("data: {name: digits}\n")
+    (folder / "metrics.json").write_text('{"test/acc": 0.9}')
+    return folder
+
+
+def test_trial_run_has_params_metric_history_artifacts_and_status(store, tmp_path):
+    client = tracking.open_store(store)
+    assert (tmp_path / "mlflow.db").exists()
+    parent = tracking.start_sweep_run(
+        client, experiment="e", sweep_name="s", sweep_file="s.yaml", num_trials=1
+    )
+    cfg = C.build_config({"noise": {"kind": "symmetric", "rate": 0.4}, "optim": {"milestones": [3, 6]}})
+    logger = tracking.TrialLogger.start(
+        cfg, experiment="e", run_name="sym-0.4 seed0", parent_run_id=parent, trial_key="k1", client=client
+    )
+    for epoch in (1, 2):
+        logger.log_epoch(
+            epoch, {"epoch": epoch, "test/acc": 0.5 + epoch / 10, "train/loss": 2.0 / epoch, "note": "x"}
+        )
+    logger.finish({"epoch": 2, "test/acc": 0.7, "train/loss": 1.0}, _artifacts(tmp_path / "artifacts"))
+
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "sym-0.4 seed0"
+    tags = run.data.tags
+    assert (
+        tags["mlflow.parentRunId"] == parent
+        and tags["harness.run_kind"] == "trial"
+        and tags["harness.trial_key"] == "k1"
+    )
+    assert run.data.params == {k: str(v) for k, v in C.to_flat(cfg).items()}
+    assert run.data.params["optim.milestones"] == "[3, 6]"
+    assert set(run.data.metrics) == {"test/acc", "train/loss"}, "only numbers, and 'epoch' is the step"
+    history = client.get_metric_history(logger.run_id, "test/acc")
+    assert [(m.step, round(m.value, 6)) for m in history] == [(1, 0.6), (2, 0.7)], (
+        "final metrics are not logged twice"
+    )
+    assert sorted(a.path for a in client.list_artifacts(logger.run_id)) == ["config.yaml", "metrics.json"]
+    sweep_run = client.get_run(parent)
+    assert (
+        sweep_run.data.tags["harness.run_kind"] == "sweep"
+        and sweep_run.data.tags["harness.sweep_name"] == "s"
+    )
+    assert sweep_run.info.run_name == "s"
+
+
+def test_a_resumed_trial_continues_its_run(store):
+    """Same parent and trial key: the same run, RUNNING again, epochs already logged skipped."""
+    client = tracking.open_store(store)
+    parent = tracking.start_sweep_run(
+        client, experiment="e", sweep_name="s", sweep_file="s.yaml", num_trials=2
+    )
+    cfg = C.build_config({})
+    first = tracking.TrialLogger.start(
+        cfg, experiment="e", run_name="t", parent_run_id=parent, trial_key="k", client=client
+    )
+    for epoch in (1, 2):
+        first.log_epoch(epoch, {"test/acc": epoch / 10})
+    first.finish(status="KILLED")
+
+    again = tracking.TrialLogger.start(
+        cfg, experiment="e", run_name="t", parent_run_id=parent, trial_key="k", client=client
+    )
+    assert again.run_id == first.run_id and again.last_step == 2
+    assert client.get_run(again.run_id).info.status == "RUNNING"
+    again.log_epoch(2, {"test/acc": 0.99})  # redone after the checkpoint: already logged
+    again.finish({"epoch": 2, "test/acc": 0.2}, status="KILLED")  # nothing new: nothing logged
+    again = tracking.TrialLogger.start(
+        cfg, experiment="e", run_name="t", parent_run_id=parent, trial_key="k", client=client
+    )
+    again.log_epoch(3, {"test/acc": 0.3})
+    again.finish(status="FAILED", error="RuntimeError: NaN loss")
+
+    other = tracking.TrialLogger.start(
+        cfg, experiment="e", run_name="u", parent_run_id=parent, trial_key="k2", client=client
+    )
+    assert other.run_id != first.run_id
+    runs = client.search_runs(
+        [tracking.experiment_id(client, "e")], f"tags.`mlflow.parentRunId` = '{parent}'"
+    )
+    assert len(runs) == 2
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["harness.error"] == "RuntimeError: NaN loss"
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "test/acc")] == [
+        (1, 0.1),
+        (2, 0.2),
+        (3, 0.3),
+    ]
+    assert (
+        tracking.start_sweep_run(
+            client, experiment="e", sweep_name="s", sweep_file="s.yaml", num_trials=2, run_id=parent
+        )
+        == parent
+    )
+
+
+def test_start_single_is_a_tagged_run_outside_any_sweep(store):
+    cfg = C.build_config({"collab": {"topology": "simple", "heads": 2}, "run": {"device": "cpu"}})
+    logger = tracking.TrialLogger.start_single(cfg, experiment="harness-train")
+    logger.log_epoch(1, {"test/acc": 0.5})
+    logger.finish({}, None, status="FINISHED")
+    run = MlflowClient(logger.tracking_uri).get_run(logger.run_id)
+    assert "mlflow.parentRunId" not in run.data.tags
+    assert run.data.tags["harness.device"] == "cpu" and run.data.tags["harness.torch"]
+    assert run.info.run_name == "digits cnn_small none-0 simple-2 seed0"
+    assert run.info.status == "FINISHED"
+
+
+def test_error_message_unwraps_ray_errors():
+    class Wrapper(Exception):  # how Ray's RayTaskError carries the trial's exception
+        def __init__(self, cause):
+            super().__init__("Traceback (most recent call last):\n  ...\nRuntimeError: NaN loss")
+            self.cause = cause
+
+    assert (
+        tracking.error_message(Wrapper(RuntimeError("NaN loss at epoch 3")))
+        == "RuntimeError: NaN loss at epoch 3"
+    )
+    assert tracking.error_message(ValueError("bad")) == "ValueError: bad"
+    assert "error.txt" in tracking.error_message(None)
+
+
+def test_callback_pickles_without_its_client(store):
+    callback = tracking.MlflowTuneCallback(
+        tracking_uri=store, experiment="e", parent_run_id="p", sweep_name="s", tags={"a": "b"}
+    )
+    callback.client  # noqa: B018 - opens the store
+    copy = pickle.loads(pickle.dumps(callback))
+    assert copy._client is None and copy._loggers == {}
+    assert copy.problems is callback.problems, "a restored copy reports to the same list"
+    assert (copy.tracking_uri, copy.experiment, copy.parent_run_id, copy.tags) == (
+        store,
+        "e",
+        "p",
+        {"a": "b"},
+    )
+
+
+def test_ui_refuses_a_missing_store_and_creates_none(tmp_path, monkeypatch, capsys):
+    from harness import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert cli.main(["ui"]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_ui_serves_the_store_until_ctrl_c(store, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    client = tracking.open_store(store)
+    tracking.start_sweep_run(client, experiment="ui-check", sweep_name="s", sweep_file="s.yaml", num_trials=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mark = f"harness-ui-test-{port}"  # inherited by every process the command starts
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"HARNESS_TEST_MARK": mark}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
+        url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-check"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    assert response.status == 200 and b"ui-check" in response.read()
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "the UI did not answer within 90 s"
+                time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        time.sleep(3)
+        left = _pids_with_env(mark)
+        assert not left, f"the UI left processes behind: {left}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pid in _pids_with_env(mark):  # started by this test, and only those
+            os.kill(pid, signal.SIGKILL)
+
+
+def _pids_with_env(mark: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and mark.encode() in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids
