@@ -63,6 +63,8 @@ def main(args: argparse.Namespace) -> int:
     # and Ctrl-C here must stop all of them, however this process was interrupted.
     # Browsing needs no job runner (MLflow's GenAI jobs): five fewer processes to start.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    # `kill PID` (SIGTERM, as service managers and tests stop it) cleans up like Ctrl-C
+    signal.signal(signal.SIGTERM, _interrupt)
     proc = subprocess.Popen(
         ui_command(uri, args.host, args.port, args.workers), env=env, start_new_session=True
     )
@@ -78,6 +80,10 @@ def main(args: argparse.Namespace) -> int:
         return 0
     finally:
         _signal_group(proc.pid, signal.SIGTERM)  # helpers the server left behind, if any
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _signal_group(pgid: int, sig: int) -> None:
