@@ -47,6 +47,7 @@ def main(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     out = out.resolve()
 
+    from harness.engine import TrainingDiverged
     from harness.trial import CHECKPOINT_FILE, run_trial
 
     logger = None if args.no_mlflow else _mlflow_logger(cfg, args.experiment)
@@ -62,6 +63,12 @@ def main(args: argparse.Namespace) -> int:
             logger.finish(
                 {}, None, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=repr(exc)
             )
+        if isinstance(exc, FileNotFoundError):  # a data or label file that is not where the config says
+            print(f"harness train: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, TrainingDiverged):
+            print(f"harness train: {exc}", file=sys.stderr)
+            return 1
         raise
     if logger:
         logger.finish(final, out / "checkpoint" / "artifacts", status="FINISHED")

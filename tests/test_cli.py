@@ -113,3 +113,12 @@ def test_cuda_graph_request_falls_back_to_eager_on_cpu():
     assert torch.isfinite(loss) and len(logits) == 2
     with pytest.raises(ValueError, match="needs a CUDA device"):
         CUDAGraphStep(graph, opt, make_loss_fn(T=2.0, beta=0.5), device="cpu", amp=True, batch_size=4)
+
+
+def test_train_names_the_missing_data_file(tmp_path):
+    (tmp_path / "data").mkdir()
+    proc = harness(
+        "train", "--no-mlflow", "--set", "data.name=cifar10", "--set", "data.root=data", cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    assert "expected data/cifar-10-batches-py/data_batch_1" in proc.stderr and "Traceback" not in proc.stderr
