@@ -22,7 +22,6 @@ Names (reports/ reads these):
 
 from __future__ import annotations
 
-import os
 import platform
 import socket
 import subprocess
@@ -38,6 +37,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from harness import config as C
+from reports.store import default_tracking_uri  # one definition for sweeps, reports and UI
 
 try:  # the sweep callback needs Ray; `harness train` needs only MLflow
     from ray.tune import Callback as _TuneCallback
@@ -79,11 +79,6 @@ RAY_RESULT_KEYS = frozenset(
     }
 )
 ENV_RESULT_KEY = "harness_env"  # the tags a trial reports about where it runs (device, versions, host)
-
-
-def default_tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` if set, else sqlite:///<absolute cwd>/mlflow.db."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
 def open_store(tracking_uri: str | None = None) -> MlflowClient:
