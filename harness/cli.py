@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command -> (module, one-line help)
@@ -30,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser_for(argv)
     args = parser.parse_args(argv)
-    return int(_load(args._module).main(args) or 0)
+    try:
+        return int(_load(args._module).main(args) or 0)
+    except BrokenPipeError:
+        # output piped into e.g. `head`, which stopped reading: not a failure of the command
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def build_parser_for(argv: list[str]) -> argparse.ArgumentParser:
