@@ -130,6 +130,35 @@ def test_sweep_tracks_every_trial_shares_a_gpu_and_reports_failures(tmp_path, mo
     assert (tmp_path / "ray_results" / "e2e" / "harness_sweep.json").is_file()
 
 
+def test_eight_concurrent_trials_on_a_fresh_store_lose_nothing(tmp_path, monkeypatch, capsys):
+    """Eight trials at once on a store that does not exist yet: every run, epoch and artifact lands.
+
+    (A store that each trial process created and wrote itself would fail here; DESIGN.md.)
+    """
+    _clean_env(monkeypatch, tmp_path)
+    assert not (tmp_path / "mlflow.db").exists()
+    path = _sweep_file(
+        tmp_path,
+        "eight",
+        "grid:\n"
+        "  collab:\n    - {topology: individual, heads: 1}\n    - {topology: hierarchical, heads: 2}\n"
+        "seeds: [0, 1, 2, 3]\n"
+        "resources: {cpu: 0.25}\n"
+        "max_concurrent: 8\n",
+    )
+    code = cli.main(["sweep", str(path), "--num-cpus", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    client, sweeps, trials = _runs(tmp_path)
+    assert len(sweeps) == 1 and len(trials) == 8
+    assert all(r.info.status == "FINISHED" for r in trials)
+    for run in trials:
+        for key in ("test/acc", "train/loss", "perf/img_per_s"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ARTIFACTS
+    assert _max_overlap(trials) == 8, "all eight trials were running at the same time"
+
+
 def _wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
