@@ -22,6 +22,7 @@ Names (reports/ reads these):
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import socket
 import subprocess
@@ -334,6 +335,26 @@ def error_message(exc: BaseException | None) -> str:
     return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
+def _trial_error(trial) -> str:
+    """The trial's last error, as error_message words it. Ray writes the exception to the trial's
+    local folder first and syncs it to storage later, so read the local files when storage lags."""
+    from ray import cloudpickle  # Ray's own copy, the one it pickled the error with
+
+    for read in (
+        trial.get_pickled_error,
+        lambda: cloudpickle.loads(Path(trial.pickled_error_file).read_bytes()),
+    ):
+        with contextlib.suppress(Exception):
+            exc = read()
+            if exc is not None:
+                return error_message(exc)
+    with contextlib.suppress(Exception):  # the text trace Ray keeps when the error did not pickle
+        lines = [line for line in Path(trial.error_file).read_text().splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()
+    return error_message(None)
+
+
 _PROBLEMS: dict[str, list[str]] = {}  # sweep run id -> tracking problems seen in this process
 
 
@@ -452,7 +473,7 @@ class MlflowTuneCallback(_TuneCallback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         def finish() -> None:
             logger = self.logger(trial.config["trial"], trial.trial_id)
-            logger.finish(status="FAILED", error=error_message(trial.get_pickled_error()))
+            logger.finish(status="FAILED", error=_trial_error(trial))
             self._loggers.pop(trial.config["trial"]["key"], None)
 
         self._guard(f"trial {trial}", finish)

@@ -239,3 +239,21 @@ def _pids_with_env(mark: str) -> list[int]:
         except OSError:
             pass
     return pids
+
+
+def test_trial_error_is_read_locally_when_storage_has_not_synced_it(tmp_path):
+    from ray import cloudpickle
+
+    class FakeTrial:  # what the callback reads of a Ray Trial
+        pickled_error_file = str(tmp_path / "error.pkl")
+        error_file = str(tmp_path / "error.txt")
+
+        def get_pickled_error(self):
+            return None  # storage not synced yet: the race seen in CI
+
+    trial = FakeTrial()
+    assert tracking._trial_error(trial) == "unknown error (see the trial's error.txt)"
+    (tmp_path / "error.txt").write_text("Failure # 1\nTraceback ...\nRuntimeError: NaN loss at epoch 3\n")
+    assert tracking._trial_error(trial) == "RuntimeError: NaN loss at epoch 3"
+    (tmp_path / "error.pkl").write_bytes(cloudpickle.dumps(RuntimeError("deliberate failure after epoch 1")))
+    assert tracking._trial_error(trial) == "RuntimeError: deliberate failure after epoch 1"
