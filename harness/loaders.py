@@ -327,60 +327,31 @@ def make_loaders(
         raise ValueError(f"train_labels must have shape ({data.num_train},), got {tuple(train_labels.shape)}")
     eval_bs = eval_batch_size or batch_size
     drop_last = data.num_train > batch_size
-    splits = {"test": (data.test_x, data.test_files, data.test_y)}
+    eval_labels = {"test": data.test_y}
     if data.val_y is not None:
-        splits["val"] = (data.val_x, data.val_files, data.val_y)
+        eval_labels["val"] = data.val_y
 
+    common = dict(mean=data.mean, std=data.std, device=device, seed=seed, channels_last=channels_last)
     if data.in_memory:
-        common = dict(
-            mean=data.mean,
-            std=data.std,
-            pad=data.pad,
-            flip=data.flip,
-            device=device,
-            seed=seed,
-            channels_last=channels_last,
-        )
-        train = TensorLoader(
-            data.train_x,
-            train_labels,
-            data.train_y,
-            batch_size=batch_size,
-            augment=augment,
-            shuffle=True,
-            drop_last=drop_last,
-            **common,
-        )
-        evals = {
-            k: TensorLoader(
-                x, y, y, batch_size=eval_bs, augment=False, shuffle=False, drop_last=False, **common
-            )
-            for k, (x, _, y) in splits.items()
-        }
+        make = TensorLoader
+        common.update(pad=data.pad, flip=data.flip)
+        sources = {"train": data.train_x, "test": data.test_x, "val": data.val_x}
     else:
-        common = dict(
-            image_size=data.image_size,
-            mean=data.mean,
-            std=data.std,
-            num_workers=num_workers,
-            device=device,
-            seed=seed,
-            channels_last=channels_last,
-        )
-        train = FolderLoader(
-            data.train_files,
-            train_labels,
-            data.train_y,
-            batch_size=batch_size,
-            augment=augment,
-            shuffle=True,
-            drop_last=drop_last,
-            **common,
-        )
-        evals = {
-            k: FolderLoader(
-                f, y, y, batch_size=eval_bs, augment=False, shuffle=False, drop_last=False, **common
-            )
-            for k, (_, f, y) in splits.items()
-        }
+        make = FolderLoader
+        common.update(image_size=data.image_size, num_workers=num_workers)
+        sources = {"train": data.train_files, "test": data.test_files, "val": data.val_files}
+    train = make(
+        sources["train"],
+        train_labels,
+        data.train_y,
+        batch_size=batch_size,
+        augment=augment,
+        shuffle=True,
+        drop_last=drop_last,
+        **common,
+    )
+    evals = {
+        k: make(sources[k], y, y, batch_size=eval_bs, augment=False, shuffle=False, drop_last=False, **common)
+        for k, y in eval_labels.items()
+    }
     return train, evals
