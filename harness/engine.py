@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,6 @@ class FitOptions:
     amp: bool = True
     cuda_graph: bool = True
     checkpoint_every: int = 1
-    extra: dict = field(default_factory=dict)  # saved in checkpoints as they are
 
 
 def resolve_device(name: str) -> torch.device:
@@ -191,7 +190,6 @@ def fit(
             amp=opts.amp,
             cuda_graph=opts.cuda_graph,
             batch_size=train_loader.batch_size,
-            log=log,
         )
 
     model.train()
@@ -226,7 +224,7 @@ def fit(
             on_epoch(
                 epoch,
                 metrics,
-                checkpoint_state(model, optimizer, scheduler, epoch, history, device, opts.extra),
+                checkpoint_state(model, optimizer, scheduler, epoch, history, device),
             )
     return metrics
 
@@ -242,9 +240,7 @@ def _alternate(steps: list[EagerStep]):
     return step
 
 
-def checkpoint_state(
-    model, optimizer, scheduler, epoch: int, history: list[dict], device, extra: dict
-) -> dict:
+def checkpoint_state(model, optimizer, scheduler, epoch: int, history: list[dict], device) -> dict:
     """What a resumed run needs to reach the same result: weights, SGD buffers, schedule, RNG, epoch."""
     rng = {"torch": torch.get_rng_state()}
     rng["cuda"] = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
@@ -255,7 +251,6 @@ def checkpoint_state(
         "epoch": epoch,
         "history": history,
         "rng": rng,
-        "extra": extra,
     }
 
 

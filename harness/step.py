@@ -146,7 +146,6 @@ def make_train_step(
     amp: bool,
     cuda_graph: bool,
     batch_size: int,
-    log: Callable[[str], None] = print,
 ) -> EagerStep:
     """The fastest step the device allows: a CUDA graph on CUDA when asked for, else eager."""
     if cuda_graph and torch.device(device).type == "cuda":
