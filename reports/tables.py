@@ -227,6 +227,15 @@ def _ordered(frame: pd.DataFrame, by: list[str]) -> list[tuple]:
     return list(frame.drop_duplicates(by).sort_values([f"{c}_order" for c in by])[by].itertuples(index=False))
 
 
+def _cells(frame: pd.DataFrame):
+    """(condition row, method, its usable runs) for every condition x method seen in the sweep, in order."""
+    usable = frame[frame.usable]
+    conds = frame.drop_duplicates("condition").sort_values("condition_order")
+    for _, c in conds.iterrows():
+        for (method,) in _ordered(frame, ["method"]):
+            yield c, method, usable[(usable.condition == c.condition) & (usable.method == method)]
+
+
 def accuracy_table(frame: pd.DataFrame, *, metric: str) -> pd.DataFrame:
     """Mean, std (ddof=1) and n over seeds of the selected metric, per noise condition x method.
 
@@ -234,23 +243,19 @@ def accuracy_table(frame: pd.DataFrame, *, metric: str) -> pd.DataFrame:
     Every condition x method seen in the sweep has a row (n = 0 when no run finished).
     """
     scale, unit = (100.0, "%") if is_fraction_metric(metric) else (1.0, "")
-    usable = frame[frame.usable]
     rows = []
-    conds = frame.drop_duplicates("condition").sort_values("condition_order")
-    for _, c in conds.iterrows():
-        for (method,) in _ordered(frame, ["method"]):
-            sel = usable[(usable.condition == c.condition) & (usable.method == method)]
-            mean, std, n = _summary(sel.value * scale)
-            rows.append(
-                {
-                    **{k: c[k] for k in CONDITION_COLUMNS},
-                    "method": method,
-                    "mean": mean,
-                    "std": std,
-                    "n": n,
-                    "unit": unit,
-                }
-            )
+    for c, method, sel in _cells(frame):
+        mean, std, n = _summary(sel.value * scale)
+        rows.append(
+            {
+                **{k: c[k] for k in CONDITION_COLUMNS},
+                "method": method,
+                "mean": mean,
+                "std": std,
+                "n": n,
+                "unit": unit,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -383,17 +388,13 @@ def memorization_table(frame: pd.DataFrame) -> pd.DataFrame:
     memorized_std, memorized_n, acc_clean_mean, acc_clean_std, acc_clean_n. Counts only runs that
     are usable for the accuracy table (finished, one per seed).
     """
-    usable = frame[frame.usable]
     rows = []
-    conds = frame.drop_duplicates("condition").sort_values("condition_order")
-    for _, c in conds.iterrows():
-        for (method,) in _ordered(frame, ["method"]):
-            sel = usable[(usable.condition == c.condition) & (usable.method == method)]
-            row = {**{k: c[k] for k in CONDITION_COLUMNS}, "method": method}
-            for col in ("memorized", "acc_clean"):
-                mean, std, n = _summary(sel[col] * 100.0)
-                row.update({f"{col}_mean": mean, f"{col}_std": std, f"{col}_n": n})
-            rows.append(row)
+    for c, method, sel in _cells(frame):
+        row = {**{k: c[k] for k in CONDITION_COLUMNS}, "method": method}
+        for col in ("memorized", "acc_clean"):
+            mean, std, n = _summary(sel[col] * 100.0)
+            row.update({f"{col}_mean": mean, f"{col}_std": std, f"{col}_n": n})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
