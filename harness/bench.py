@@ -6,11 +6,13 @@ update, captured in a CUDA graph where the engine would capture it. Needs torch 
 
 --concurrent N starts N independent processes on the same device, all timing the same
 topology at once, and reports their total throughput: the number to pick `resources.gpu`.
+--mps runs them under a private CUDA MPS daemon (harness.mps), so their kernels can overlap.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -25,6 +27,7 @@ import torch
 from harness.collab import TOPOLOGIES, build_training_graph, count_parameters
 from harness.engine import resolve_device
 from harness.loaders import TensorLoader
+from harness.mps import MPSDaemon, MPSUnavailable
 from harness.optim import SGD
 from harness.step import make_loss_fn, make_train_step
 
@@ -52,8 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument(
         "--concurrent", type=int, default=1, help="N processes at once on the device, total throughput"
     )
+    parser.add_argument(
+        "--mps",
+        action="store_true",
+        help="with --concurrent: run the processes under a private CUDA MPS daemon so their kernels overlap",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the records (a JSON list) here")
-    parser.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)  # worker: start time
+    parser.add_argument(
+        "--barrier", type=Path, default=None, help=argparse.SUPPRESS
+    )  # worker: start together
 
 
 def bench_one(
@@ -68,7 +78,7 @@ def bench_one(
     num_classes: int = 10,
     amp: bool = True,
     cuda_graph: bool = True,
-    start_at: float | None = None,
+    barrier: Path | None = None,
 ) -> dict:
     """Time `steps` training steps of one topology; a record of the JSON schema in the README."""
     heads = 1 if topology == "individual" else heads
@@ -132,8 +142,12 @@ def bench_one(
         step(b.x, b.y)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    if start_at is not None:  # concurrent workers start their timed steps together
-        time.sleep(max(0.0, start_at - time.time()))
+    if barrier is not None:  # concurrent workers: say ready, start the timed steps together
+        (barrier / f"ready-{os.getpid()}").touch()
+        while not (barrier / "go").exists():
+            if not barrier.exists():  # the parent is gone
+                raise SystemExit(1)
+            time.sleep(0.005)
     t0 = time.perf_counter()
     for _ in range(steps):
         b = next(stream)
@@ -174,49 +188,54 @@ def init_cuda(device: torch.device) -> None:
     torch.cuda.synchronize(device)
 
 
-def run_concurrent(args: argparse.Namespace, topology: str, batch_size: int) -> dict:
-    """N worker processes timing the same step at once; total images over the common wall time."""
-    start_at = time.time() + 20.0 + 5.0 * args.concurrent  # room for every worker to build and warm up
+def run_concurrent(
+    args: argparse.Namespace, topology: str, batch_size: int, mps: MPSDaemon | None = None
+) -> dict:
+    """N worker processes timing the same step at once; total images over the common wall time.
+
+    With `mps` the workers are clients of that MPS daemon; the record's `mps` says whether its
+    server was up while they ran (a worker that cannot reach the daemon runs without it).
+    """
+    env = {**os.environ, **mps.env()} if mps else None
     with tempfile.TemporaryDirectory() as tmp:
+        barrier = Path(tmp) / "barrier"
+        barrier.mkdir()
         procs = []
         for i in range(args.concurrent):
             out = Path(tmp) / f"w{i}.json"
-            cmd = (
-                [
-                    sys.executable,
-                    "-m",
-                    "harness.cli",
-                    "bench",
-                    "--device",
-                    args.device,
-                    "--arch",
-                    args.arch,
-                    "--batch-size",
-                    str(batch_size),
-                    "--heads",
-                    str(args.heads),
-                    "--topologies",
-                    topology,
-                    "--steps",
-                    str(args.steps),
-                    "--warmup",
-                    str(args.warmup),
-                    "--num-classes",
-                    str(args.num_classes),
-                    "--start-at",
-                    str(start_at),
-                    "--json",
-                    str(out),
-                ]
-                + (["--no-amp"] if args.no_amp else [])
-                + (["--no-cuda-graph"] if args.no_cuda_graph else [])
-            )
-            procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL), out))
-        records = []
-        for proc, out in procs:
-            if proc.wait() != 0:
-                raise RuntimeError(f"a concurrent bench worker failed (exit {proc.returncode})")
-            records.extend(json.loads(out.read_text()))
+            cmd = [
+                *(sys.executable, "-m", "harness.cli", "bench", "--device", args.device, "--arch", args.arch),
+                *("--batch-size", str(batch_size), "--heads", str(args.heads), "--topologies", topology),
+                *("--steps", str(args.steps), "--warmup", str(args.warmup)),
+                *("--num-classes", str(args.num_classes), "--concurrent", str(args.concurrent)),
+                *("--barrier", str(barrier), "--json", str(out)),
+                *(["--no-amp"] if args.no_amp else []),
+                *(["--no-cuda-graph"] if args.no_cuda_graph else []),
+            ]
+            procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env), out))
+        try:
+            # every worker builds its model and runs its warm-up steps (graph capture), then waits here
+            while len(list(barrier.glob("ready-*"))) < len(procs):
+                failed = [proc.returncode for proc, _ in procs if proc.poll() not in (None, 0)]
+                if failed:
+                    raise RuntimeError(f"a concurrent bench worker failed (exit {failed[0]})")
+                time.sleep(0.05)
+            servers = mps.servers() if mps else []  # every worker has a CUDA context by now
+            (barrier / "go").touch()
+            records = []
+            for proc, out in procs:
+                if proc.wait() != 0:
+                    raise RuntimeError(f"a concurrent bench worker failed (exit {proc.returncode})")
+                records.extend(json.loads(out.read_text()))
+        finally:
+            for proc, _ in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    if mps and not servers:
+        print(
+            "warning: no MPS server was running: the workers were time-sliced, not under MPS", file=sys.stderr
+        )
     wall = max(r["t_end"] for r in records) - min(r["t_start"] for r in records)
     if min(r["t_end"] for r in records) < max(r["t_start"] for r in records):
         print("warning: the workers' timed windows did not overlap; raise --steps", file=sys.stderr)
@@ -224,6 +243,7 @@ def run_concurrent(args: argparse.Namespace, topology: str, batch_size: int) -> 
     merged = dict(records[0])
     merged.update(
         concurrent=args.concurrent,
+        mps=bool(servers),
         img_per_s=total / wall,
         ms_per_step=1000 * wall / args.steps,
         peak_mem_mb=sum(r["peak_mem_mb"] for r in records) if records[0]["peak_mem_mb"] is not None else None,
@@ -233,19 +253,39 @@ def run_concurrent(args: argparse.Namespace, topology: str, batch_size: int) -> 
 
 
 def format_table(records: list[dict]) -> str:
-    head = f"{'topology':<13} {'heads':>5} {'batch':>5} {'conc':>4} {'ms/step':>9} {'img/s':>10} {'peak MB':>9} {'params':>11}"
+    head = f"{'topology':<13} {'heads':>5} {'batch':>5} {'procs':>7} {'ms/step':>9} {'img/s':>10} {'peak MB':>9} {'params':>11}"
     lines = [head, "-" * len(head)]
     for r in records:
         mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "n/a"
+        procs = f"{r['concurrent']}{' mps' if r.get('mps') else ''}"
         lines.append(
-            f"{r['topology']:<13} {r['heads']:>5} {r['batch_size']:>5} {r['concurrent']:>4} {r['ms_per_step']:>9.2f} "
+            f"{r['topology']:<13} {r['heads']:>5} {r['batch_size']:>5} {procs:>7} {r['ms_per_step']:>9.2f} "
             f"{r['img_per_s']:>10,.0f} {mem:>9} {r['params']:>11,}"
         )
     return "\n".join(lines)
 
 
+def describe(args: argparse.Namespace, device_name: str, cuda: bool) -> str:
+    """The header line: what was timed, on what."""
+    return (
+        f"harness bench: {args.arch} on {device_name}, torch {torch.__version__}, "
+        f"amp={'bf16' if cuda and not args.no_amp else 'off'}, "
+        f"cuda_graph={'on' if cuda and not args.no_cuda_graph else 'off'}, {args.steps} steps"
+        + (f", {args.concurrent} processes at once" if args.concurrent > 1 else "")
+        + (" under MPS" if args.mps else "")
+    )
+
+
+def write_records(records: list[dict], path: Path | None, *, quiet: bool = False) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=2))
+    if not quiet:
+        print(f"records written to {path}")
+
+
 def main(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
     topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
     unknown = [t for t in topologies if t not in TOPOLOGIES]
     if unknown:
@@ -254,28 +294,35 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        # torch.cuda.is_available creates no CUDA context: a --concurrent parent holds none on the GPU
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        print(f"harness bench: --device: {exc}", file=sys.stderr)
+        return 2
+    if args.mps and (args.concurrent < 2 or device.type != "cuda"):
+        print(
+            "harness bench: --mps shares a CUDA device among --concurrent N processes (N >= 2)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.concurrent > 1 and args.barrier is None:
+        return main_concurrent(args, topologies, cuda=device.type == "cuda")
     if device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, args.concurrent)))
-    worker = args.start_at is not None
+    worker = args.barrier is not None
     if device.type == "cuda":
         init_cuda(device)
-    records = []
     if not worker:
         name = (
             torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
         )
-        print(
-            f"harness bench: {args.arch} on {name}, torch {torch.__version__}, "
-            f"amp={'off' if args.no_amp or device.type != 'cuda' else 'bf16'}, "
-            f"cuda_graph={'off' if args.no_cuda_graph or device.type != 'cuda' else 'on'}, {args.steps} steps",
-            flush=True,
-        )
+        print(describe(args, name, device.type == "cuda"), flush=True)
+    records = []
     for batch_size in args.batch_size:
         for topology in topologies:
-            if args.concurrent > 1 and not worker:
-                record = run_concurrent(args, topology, batch_size)
-            else:
-                record = bench_one(
+            records.append(
+                bench_one(
                     topology,
                     arch=args.arch,
                     heads=args.heads,
@@ -286,17 +333,38 @@ def main(args: argparse.Namespace) -> int:
                     num_classes=args.num_classes,
                     amp=not args.no_amp,
                     cuda_graph=not args.no_cuda_graph,
-                    start_at=args.start_at,
+                    barrier=args.barrier,
                 )
-            records.append(record)
+            )
             if not worker:
-                print(
-                    format_table([record]).splitlines()[-1] if len(records) > 1 else format_table([record]),
-                    flush=True,
-                )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=2))
-        if not worker:
-            print(f"records written to {args.json}")
+                table = format_table(records[-1:]).splitlines()
+                print("\n".join(table if len(records) == 1 else table[-1:]), flush=True)
+    write_records(records, args.json, quiet=worker)
+    return 0
+
+
+def main_concurrent(args: argparse.Namespace, topologies: list[str], *, cuda: bool) -> int:
+    """--concurrent N: this process only starts the workers (and MPS); it creates no CUDA context."""
+    print(describe(args, args.device, cuda) + " (each measurement starts them anew)", flush=True)
+    with contextlib.ExitStack() as stack:
+        mps = None
+        if args.mps:
+            try:
+                mps = stack.enter_context(MPSDaemon())
+            except MPSUnavailable as exc:
+                print(f"harness bench: cannot start CUDA MPS: {exc}", file=sys.stderr)
+                return 2
+        records = []
+        for batch_size in args.batch_size:
+            for topology in topologies:
+                try:
+                    records.append(run_concurrent(args, topology, batch_size, mps))
+                except RuntimeError as exc:  # a worker failed; its own error is printed above
+                    print(f"harness bench: {exc}", file=sys.stderr)
+                    return 2
+                table = format_table(records[-1:]).splitlines()
+                if len(records) == 1:
+                    table.insert(0, f"device: {records[0]['device_name']}")
+                print("\n".join(table if len(records) == 1 else table[-1:]), flush=True)
+    write_records(records, args.json)
     return 0

@@ -52,7 +52,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"run.device is {name!r} but CUDA is not available here; use cpu or auto")
+        raise RuntimeError(f"{name!r} asked for, but CUDA is not available here; use cpu or auto")
     return device
 
 

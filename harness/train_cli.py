@@ -47,7 +47,13 @@ def main(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     out = out.resolve()
 
-    from harness.engine import TrainingDiverged
+    from harness.engine import TrainingDiverged, resolve_device
+
+    try:  # before anything is written: no MLflow run for a trial that cannot start
+        resolve_device(cfg.run.device)
+    except RuntimeError as exc:
+        print(f"harness train: run.device: {exc}", file=sys.stderr)
+        return 2
     from harness.trial import CHECKPOINT_FILE, run_trial
 
     logger = None if args.no_mlflow else _mlflow_logger(cfg, args.experiment)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,3 +21,46 @@ def shared_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"../shared not found (set HARNESS_SHARED); looked in {path}")
     return path
+
+
+FAKE_CONTROL = """\
+#!{python}
+import os, sys
+from pathlib import Path
+
+pipe = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"))
+log = Path(os.environ.get("CUDA_MPS_LOG_DIRECTORY", "/var/log/nvidia-mps"))
+with open(os.environ["FAKE_MPS_CALLS"], "a") as calls:
+    calls.write(" ".join(sys.argv[1:]) + "|" + str(pipe) + "\\n")
+if sys.argv[1:] == ["-d"]:
+    if os.environ.get("FAKE_MPS_BROKEN"):
+        (log / "control.log").write_text("[ERROR] Failed to start: no GPU visible\\n")
+        sys.exit(1)
+    (pipe / "control").write_text("up")
+    sys.exit(0)
+if not (pipe / "control").exists():
+    print("Cannot find MPS control daemon process", file=sys.stderr)
+    sys.exit(1)
+for command in sys.stdin.read().split("\\n"):
+    if command == "get_server_list":
+        print(os.environ.get("FAKE_MPS_SERVERS", ""))
+    elif command == "quit":
+        (pipe / "control").unlink()
+"""
+
+
+@pytest.fixture
+def fake_mps_control(tmp_path, monkeypatch):
+    """`nvidia-cuda-mps-control` played by a script (this machine has no NVIDIA driver): `-d` starts
+    the daemon (a `control` file in $CUDA_MPS_PIPE_DIRECTORY); without arguments it reads commands
+    on stdin and fails when no daemon answers. Every call is logged to the returned file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    control = bin_dir / "nvidia-cuda-mps-control"
+    control.write_text(FAKE_CONTROL.format(python=sys.executable))
+    control.chmod(control.stat().st_mode | stat.S_IXUSR)
+    calls = tmp_path / "calls.txt"
+    calls.touch()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_MPS_CALLS", str(calls))
+    return calls

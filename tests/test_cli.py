@@ -59,6 +59,41 @@ def test_bench_writes_one_record_per_topology(tmp_path):
     assert "hierarchical" in proc.stdout and "img/s" in proc.stdout
 
 
+def test_bench_concurrent_sums_the_processes_throughput(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = harness(
+        *("bench", "--device", "cpu", "--arch", "cnn_small", "--batch-size", "8"),
+        *("--topologies", "individual", "--steps", "20", "--warmup", "1", "--concurrent", "2"),
+        *("--json", str(out)),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (record,) = json.loads(out.read_text())
+    assert set(record) >= BENCH_KEYS | {"per_process_img_per_s", "mps"}
+    assert record["concurrent"] == 2 and record["mps"] is False
+    assert len(record["per_process_img_per_s"]) == 2
+    # the total is images over the common wall time: no more than the two rates added up
+    assert 0 < record["img_per_s"] <= sum(record["per_process_img_per_s"]) * 1.01
+    assert "2 processes at once" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--mps",), "--mps shares a CUDA device among --concurrent N processes"),
+        (("--mps", "--concurrent", "2"), "--mps shares a CUDA device"),
+        (("--device", "cuda"), "'cuda' asked for, but CUDA is not available here"),
+    ],
+)
+def test_bench_rejects_what_this_machine_cannot_do(tmp_path, args, message):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    device = () if "--device" in args else ("--device", "cpu")
+    proc = harness("bench", *device, *args, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_bench_rejects_an_unknown_topology(tmp_path):
     proc = harness("bench", "--device", "cpu", "--topologies", "tree", cwd=tmp_path)
     assert proc.returncode == 2 and "unknown topology 'tree'" in proc.stderr
@@ -94,6 +129,17 @@ def test_train_rejects_a_bad_key_before_doing_anything(tmp_path):
     assert proc.returncode == 2
     assert "noise.rte: unknown key; did you mean noise.rate?" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_train_without_cuda_refuses_a_cuda_run_before_writing_anything(tmp_path):
+    # with MLflow on: the refusal must come before the MLflow run is created
+    env_args = ("--set", "run.device=cuda", "--out", "run", "--experiment", "x")
+    proc = harness("train", *env_args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "run.device: 'cuda' asked for, but CUDA is not available here; use cpu or auto" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_cuda_graph_request_falls_back_to_eager_on_cpu():
