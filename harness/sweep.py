@@ -509,6 +509,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--num-cpus", type=float, default=None, help="CPUs a local Ray offers [all]")
     parser.add_argument("--num-gpus", type=float, default=None, help="GPUs a local Ray offers [all it finds]")
     parser.add_argument(
+        "--mps",
+        action="store_true",
+        help="local Ray only: trials sharing a GPU (resources.gpu < 1) run under a private CUDA MPS daemon, "
+        "so their kernels overlap instead of taking turns",
+    )
+    parser.add_argument(
         "--max-failures",
         type=int,
         default=None,
@@ -582,15 +588,18 @@ def _sweep(args: argparse.Namespace) -> int:
         address=args.address,
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,
+        mps=args.mps,
     )
     problems = tune_runner.check_launch(sweep, **launch)
     if problems:
         for problem in problems:
             print(f"harness sweep: {problem}", file=sys.stderr)
         return 2
+    from harness.mps import MPSUnavailable
+
     try:
         outcome = tune_runner.run_sweep(sweep, **launch, max_failures=args.max_failures)
-    except ValueError as exc:  # resources that no node of the cluster has
+    except (ValueError, MPSUnavailable) as exc:  # resources that no node has; an MPS daemon that won't start
         print(f"harness sweep: {exc}", file=sys.stderr)
         return 2
     except ConnectionError as exc:

@@ -23,6 +23,7 @@ Names (reports/ reads these):
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import socket
 import subprocess
@@ -137,6 +138,8 @@ def runtime_tags(device: str = "auto") -> dict[str, str]:
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         tags["harness.gpu"] = torch.cuda.get_device_name(torch.device(device))
+    if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):  # `harness sweep --mps`: the GPU is shared under MPS
+        tags["harness.mps_pipe"] = os.environ["CUDA_MPS_PIPE_DIRECTORY"]
     return tags
 
 

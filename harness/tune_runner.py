@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -86,12 +87,15 @@ def check_launch(
     address: str | None = None,
     num_cpus: float | None = None,
     num_gpus: float | None = None,
+    mps: bool = False,
 ) -> list[str]:
     """Problems with how a sweep is to be launched, found before anything starts or is written."""
     problems = []
     exp_dir = experiment_dir(storage, sweep)
     if resume and overwrite:
         problems.append("--resume and --overwrite exclude each other")
+    if mps:
+        problems.extend(_mps_problems(sweep, address or os.environ.get("RAY_ADDRESS")))
     if address not in (None, "local") and (num_cpus is not None or num_gpus is not None):
         problems.append(
             "--num-cpus/--num-gpus declare the resources of a local Ray; a cluster (--address) has its own"
@@ -179,11 +183,13 @@ def run_sweep(
     num_gpus: float | None = None,
     max_failures: int | None = None,
     trial_fn: str = DEFAULT_TRIAL_FN,
+    mps: bool = False,
 ) -> SweepOutcome:
     """Run (or resume) a validated sweep; returns how each trial ended. Call check_launch first.
 
     Uses the Ray instance of this process when there is one, else starts (and stops) a local
-    Ray or connects to the cluster at `address` / RAY_ADDRESS.
+    Ray or connects to the cluster at `address` / RAY_ADDRESS. With `mps` the local Ray it
+    starts, and so every trial, runs under a private CUDA MPS daemon (harness.mps).
     """
     # Our columns in the live table need Tune's classic reporter (the new one ignores reporters).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -198,17 +204,25 @@ def run_sweep(
     exp_dir = experiment_dir(storage, sweep)
     state = read_state(exp_dir) if resume else None
     started_ray = not ray.is_initialized()
-    if started_ray:
-        address = address or os.environ.get("RAY_ADDRESS") or "local"
-        local = address == "local"
-        ray.init(
-            address=address,
-            num_cpus=num_cpus if local else None,
-            num_gpus=num_gpus if local else None,
-            include_dashboard=False,
-            logging_level="WARNING",
-        )
+    shared_gpu = contextlib.ExitStack()
+    if mps:
+        if not started_ray:
+            raise ValueError("--mps must start the local Ray itself, but this process has one running")
+        from harness.mps import shared_by_children
+
+        daemon = shared_gpu.enter_context(shared_by_children())
+        print(f"CUDA MPS: trials sharing a GPU run their kernels at once (daemon in {daemon.root})")
     try:
+        if started_ray:
+            address = address or os.environ.get("RAY_ADDRESS") or "local"
+            local = address == "local"
+            ray.init(
+                address=address,
+                num_cpus=num_cpus if local else None,
+                num_gpus=num_gpus if local else None,
+                include_dashboard=False,
+                logging_level="WARNING",
+            )
         _check_resources(sweep, ray.cluster_resources(), local=started_ray and address == "local")
         if overwrite and exp_dir.exists():
             shutil.rmtree(exp_dir)
@@ -276,6 +290,7 @@ def run_sweep(
     finally:
         if started_ray:
             ray.shutdown()
+        shared_gpu.close()
 
 
 def _new_tuner(sweep: Sweep, fn, param_space, exp_dir: Path, callback, max_failures: int | None):
@@ -316,6 +331,24 @@ def _new_tuner(sweep: Sweep, fn, param_space, exp_dir: Path, callback, max_failu
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
+
+
+def _mps_problems(sweep: Sweep, address: str | None) -> list[str]:
+    problems = []
+    if address not in (None, "local"):
+        problems.append(
+            "--mps starts CUDA MPS for a local Ray; on a cluster run `nvidia-cuda-mps-control -d` on each node"
+        )
+    if not 0 < sweep.resources["gpu"] < 1:
+        problems.append(
+            f"--mps lets trials share a GPU, but resources.gpu is {sweep.resources['gpu']:g}: "
+            "give each trial a fraction, e.g. 0.25"
+        )
+    from harness.mps import CONTROL
+
+    if shutil.which(CONTROL) is None:
+        problems.append(f"--mps needs {CONTROL} (the NVIDIA driver's compute utilities) on PATH")
+    return problems
 
 
 def _check_resources(sweep: Sweep, cluster: dict[str, float], *, local: bool) -> None:

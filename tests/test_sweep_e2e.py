@@ -67,13 +67,17 @@ def _max_overlap(runs) -> int:
     return best
 
 
-def test_sweep_tracks_every_trial_shares_a_gpu_and_reports_failures(tmp_path, monkeypatch, capsys):
+def test_sweep_tracks_every_trial_shares_a_gpu_and_reports_failures(
+    tmp_path, monkeypatch, capsys, fake_mps_control
+):
     """Six trials: four succeed, two raise (HARNESS_FAIL_AT_EPOCH picks seed 5) and are retried once.
 
     Ray is told of one GPU and 4 CPUs; each trial asks for gpu 0.25 and cpu 0.5, so the GPU caps
-    the sweep at four trials at once -- which still run on the CPU (run.device: cpu).
+    the sweep at four trials at once -- which still run on the CPU (run.device: cpu). With --mps
+    every trial is pointed at the sweep's private MPS daemon (played by a script here).
     """
     _clean_env(monkeypatch, tmp_path)
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
     monkeypatch.setenv(FAIL_ENV, "5")
     path = _sweep_file(
         tmp_path,
@@ -86,9 +90,18 @@ def test_sweep_tracks_every_trial_shares_a_gpu_and_reports_failures(tmp_path, mo
         "resources: {cpu: 0.5, gpu: 0.25}\n"
         "max_failures: 1\n",
     )
-    code = cli.main(["sweep", str(path), "--num-cpus", "4", "--num-gpus", "1"])
-    out = capsys.readouterr().out
+    code = cli.main(["sweep", str(path), "--num-cpus", "4", "--num-gpus", "1", "--mps"])
+    captured = capsys.readouterr()
+    out = captured.out
     assert code == 1, out[-3000:]
+    assert "CUDA MPS: trials sharing a GPU run their kernels at once" in out
+    # CPU trials never reach the daemon, and the sweep says so
+    assert "no process connected to the CUDA MPS daemon" in captured.err
+    calls = fake_mps_control.read_text().splitlines()
+    assert calls[0].startswith("-d|") and "quit" not in calls[0]
+    pipe = calls[0].partition("|")[2]
+    assert not Path(pipe).exists(), "the daemon is stopped and its folder removed after the sweep"
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
     assert "4 of 6 trials succeeded, 2 failed" in out
     assert "failed: symmetric-0.4 individual-1 seed5: RuntimeError" in out and "deliberate failure" in out
 
@@ -118,6 +131,7 @@ def test_sweep_tracks_every_trial_shares_a_gpu_and_reports_failures(tmp_path, mo
         )
         assert p["collab.topology"] in ("individual", "simple") and p["run.device"] == "cpu"
         assert tags["harness.device"] == "cpu" and tags["harness.torch"] and tags["harness.ray_trial_id"]
+        assert tags["harness.mps_pipe"] == pipe, "every trial ran with the daemon's pipe in its environment"
         for key in ("test/acc", "train/loss", "train/memorized", "time/epoch_s"):
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in history] == [1, 2], (key, history)

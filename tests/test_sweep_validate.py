@@ -299,3 +299,26 @@ def test_seed_comes_from_seeds_or_else_from_base():
         parse_sweep({"name": "s", "base": {"run": {"seed": 4}}, "seeds": [1]}, source="s")
     with pytest.raises(C.ConfigError, match=r"--set run.seed: must be an integer >= 0, got 'x'"):
         parse_sweep({"name": "s"}, source="s", overrides={"run.seed": "x"})
+
+
+def test_mps_needs_a_local_ray_a_gpu_fraction_and_the_control_program(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-cuda-mps-control here
+    path = tmp_path / "m.yaml"
+    path.write_text("name: m\ngrid:\n  noise.rate: [0.2]\nresources: {cpu: 1, gpu: 1}\n")
+    assert cli.main(["sweep", str(path), "--mps", "--address", "10.0.0.1:6379"]) == 2
+    err = capsys.readouterr().err
+    assert "--mps starts CUDA MPS for a local Ray" in err
+    assert "resources.gpu is 1: give each trial a fraction, e.g. 0.25" in err
+    assert "--mps needs nvidia-cuda-mps-control" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml"]
+
+
+def test_mps_launch_is_accepted_with_the_control_program_and_a_gpu_fraction(
+    tmp_path, monkeypatch, fake_mps_control
+):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path = tmp_path / "m.yaml"
+    path.write_text("name: m\ngrid:\n  noise.rate: [0.2]\nresources: {cpu: 1, gpu: 0.25}\n")
+    assert check_launch(load_sweep(path), storage=tmp_path / "ray_results", mps=True) == []
