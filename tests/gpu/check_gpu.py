@@ -3,8 +3,8 @@
 Not collected by pytest (the device machine has torch but no pytest, Ray or MLflow):
     PYTHONPATH=. python tests/gpu/check_gpu.py --cifar-root DIR --out DIR
 It checks that the CUDA-graph step matches the eager one, prints the `harness bench`
-table (batch 128 and 512, eager and graph at 128), four concurrent individual trials, and
-times real CIFAR-10 epochs of hierarchical 4-head ResNet-32 through run_trial.
+table (batch 128 and 512, eager and graph at 128), four concurrent individual trials
+(time-sliced and under CUDA MPS, graph and eager), and times real CIFAR-10 epochs of hierarchical 4-head ResNet-32 through run_trial.
 Every section runs even if an earlier one fails; a failed section prints its traceback.
 """
 
@@ -115,32 +115,27 @@ def bench_table(device, out: Path, steps: int):
         print(f"batch {b}: hierarchical / instances peak memory = {ratio:.2f}")
 
 
-@section("4 concurrent individual trials on one GPU (harness bench --concurrent 4)")
+@section("4 concurrent individual trials on one GPU (harness bench --concurrent 4 [--mps])")
 def concurrent(out: Path, device: str, steps: int):
-    for n in (1, 4):
-        cmd = [
-            sys.executable,
-            "-m",
-            "harness.cli",
-            "bench",
-            "--device",
-            device,
-            "--arch",
-            "resnet32",
-            "--batch-size",
-            "128",
-            "--topologies",
-            "individual",
-            "--steps",
-            str(steps),
-            "--warmup",
-            "20",
-            "--concurrent",
-            str(n),
-            "--json",
-            str(out / f"concurrent{n}.json"),
-        ]
-        subprocess.run(cmd, check=True)
+    """One trial, four time-sliced, four under a private MPS daemon; CUDA graph, then eager."""
+    runs = {}
+    for graph in ("graph", "eager"):
+        for n, mps in ((1, False), (4, False), (4, True)):
+            name = f"{graph}-{n}{'-mps' if mps else ''}"
+            cmd = [
+                *(sys.executable, "-m", "harness.cli", "bench", "--device", device, "--arch", "resnet32"),
+                *("--batch-size", "128", "--topologies", "individual", "--steps", str(steps)),
+                *("--warmup", "20", "--concurrent", str(n), "--json", str(out / f"concurrent-{name}.json")),
+                *(["--mps"] if mps else []),
+                *(["--no-cuda-graph"] if graph == "eager" else []),
+            ]
+            print(f"$ harness {' '.join(cmd[4:])}", flush=True)
+            if subprocess.run(cmd).returncode == 0:
+                runs[name] = json.loads((out / f"concurrent-{name}.json").read_text())[0]
+    for name, r in runs.items():
+        one = runs.get(name.split("-")[0] + "-1")
+        ratio = f"{r['img_per_s'] / one['img_per_s']:.2f}x one trial" if one else ""
+        print(f"{name:<12} {r['img_per_s']:>10,.0f} img/s  mps={r.get('mps', False)!s:<5}  {ratio}")
 
 
 @section("real CIFAR-10: hierarchical 4-head ResNet-32, 2 epochs through run_trial")
