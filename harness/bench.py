@@ -61,9 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         help="with --concurrent: run the processes under a private CUDA MPS daemon so their kernels overlap",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the records (a JSON list) here")
-    parser.add_argument(
-        "--barrier", type=Path, default=None, help=argparse.SUPPRESS
-    )  # worker: start together
+    # a --concurrent worker: the folder where the workers meet to start their timed steps together
+    parser.add_argument("--barrier", type=Path, default=None, help=argparse.SUPPRESS)
 
 
 def bench_one(
@@ -265,6 +264,16 @@ def format_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def print_row(records: list[dict], heading: str | None = None) -> None:
+    """The newest record as a table row, under the table's head (and `heading`) for the first."""
+    table = format_table(records[-1:]).splitlines()
+    if len(records) > 1:
+        table = table[-1:]
+    elif heading:
+        table.insert(0, heading)
+    print("\n".join(table), flush=True)
+
+
 def describe(args: argparse.Namespace, device_name: str, cuda: bool) -> str:
     """The header line: what was timed, on what."""
     return (
@@ -337,8 +346,7 @@ def main(args: argparse.Namespace) -> int:
                 )
             )
             if not worker:
-                table = format_table(records[-1:]).splitlines()
-                print("\n".join(table if len(records) == 1 else table[-1:]), flush=True)
+                print_row(records)
     write_records(records, args.json, quiet=worker)
     return 0
 
@@ -362,9 +370,6 @@ def main_concurrent(args: argparse.Namespace, topologies: list[str], *, cuda: bo
                 except RuntimeError as exc:  # a worker failed; its own error is printed above
                     print(f"harness bench: {exc}", file=sys.stderr)
                     return 2
-                table = format_table(records[-1:]).splitlines()
-                if len(records) == 1:
-                    table.insert(0, f"device: {records[0]['device_name']}")
-                print("\n".join(table if len(records) == 1 else table[-1:]), flush=True)
+                print_row(records, heading=f"device: {records[0]['device_name']}")
     write_records(records, args.json)
     return 0

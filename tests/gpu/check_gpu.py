@@ -4,7 +4,8 @@ Not collected by pytest (the device machine has torch but no pytest, Ray or MLfl
     PYTHONPATH=. python tests/gpu/check_gpu.py --cifar-root DIR --out DIR
 It checks that the CUDA-graph step matches the eager one, prints the `harness bench`
 table (batch 128 and 512, eager and graph at 128), four concurrent individual trials
-(time-sliced and under CUDA MPS, graph and eager), and times real CIFAR-10 epochs of hierarchical 4-head ResNet-32 through run_trial.
+(time-sliced and under CUDA MPS, graph and eager), and times real CIFAR-10 epochs of
+hierarchical 4-head ResNet-32 through run_trial.
 Every section runs even if an earlier one fails; a failed section prints its traceback.
 """
 
