@@ -13,13 +13,14 @@ elsewhere (`noise.corrupt`). Conventions:
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from harness.safeload import UnsafeFileError, load_cifar_pickle
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 
@@ -316,10 +317,11 @@ def _cifar_folder(root: Path, layout: _CifarLayout, download: bool) -> Path:
 def _read_pickle(path: Path, hint: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"Missing file {path} ({hint})")
-    try:
-        with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
-    except Exception as e:  # any unpickling failure means the file is not what we expect
+    try:  # restricted to numpy's array globals: a crafted batch cannot run code (harness.safeload)
+        obj = load_cifar_pickle(path)
+    except UnsafeFileError:
+        raise
+    except Exception as e:  # any other unpickling failure means the file is not what we expect
         raise ValueError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")

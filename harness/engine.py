@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness import safeload
 from harness.optim import SGD, build_scheduler
 from harness.step import EagerStep, autocast, make_loss_fn, make_train_step
 
@@ -249,7 +250,7 @@ def checkpoint_state(model, optimizer, scheduler, epoch: int, history: list[dict
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "epoch": epoch,
-        "history": history,
+        "history": safeload.plain(history, "history"),  # plain numbers: loads with weights_only=True
         "rng": rng,
     }
 
@@ -263,8 +264,9 @@ def save_checkpoint(state: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    # our own file: it holds numpy/py objects (history, RNG), so weights_only=False
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint from `save_checkpoint`, read with weights_only=True: a file that could run code is
+    refused with harness.safeload.UnsafeFileError (it may come from another machine)."""
+    return safeload.load_checkpoint(path)
 
 
 def format_epoch(epoch: int, epochs: int, m: dict[str, float]) -> str:

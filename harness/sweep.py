@@ -35,6 +35,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -531,15 +532,39 @@ def main(args: argparse.Namespace) -> int:
 def _load(path: Path, raw_overrides: list[str]) -> Sweep | None:
     """The validated sweep, or None after printing every problem to stderr."""
     try:
-        return load_sweep(path, C.parse_overrides(raw_overrides))
+        sweep = load_sweep(path, C.parse_overrides(raw_overrides))
     except C.ConfigError as exc:
-        source = exc.source or str(path)
-        for problem in exc.problems:
-            print(f"{source}: {problem}", file=sys.stderr)
-        print(f"{source}: {len(exc.problems)} problem(s); nothing was started", file=sys.stderr)
+        return _print_problems(exc.source or str(path), exc.problems)
     except FileNotFoundError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
-    return None
+        return None
+    problems = _unreadable_label_files(sweep)
+    return _print_problems(sweep.source, problems) if problems else sweep
+
+
+def _print_problems(source: str, problems: list[str]) -> None:
+    for problem in problems:
+        print(f"{source}: {problem}", file=sys.stderr)
+    print(f"{source}: {len(problems)} problem(s); nothing was started", file=sys.stderr)
+
+
+def _unreadable_label_files(sweep: Sweep) -> list[str]:
+    """Human-label files that cannot be read safely. They are small, so each is read once here: a
+    crafted one stops the command before any trial starts instead of failing every trial."""
+    files = {
+        os.path.expanduser(t.config.noise.label_file) for t in sweep.trials if t.config.noise.kind == "human"
+    }
+    if not files:
+        return []
+    from noise.human import read_label_file
+
+    problems = []
+    for path in sorted(files):
+        try:
+            read_label_file(path)
+        except ValueError as exc:  # UnsafeFileError among them
+            problems.append(f"noise.label_file: {exc}")
+    return problems
 
 
 def _describe(sweep: Sweep) -> str:

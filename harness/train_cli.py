@@ -48,6 +48,7 @@ def main(args: argparse.Namespace) -> int:
     out = out.resolve()
 
     from harness.engine import TrainingDiverged, resolve_device
+    from harness.safeload import UnsafeFileError
 
     try:  # before anything is written: no MLflow run for a trial that cannot start
         resolve_device(cfg.run.device)
@@ -69,7 +70,8 @@ def main(args: argparse.Namespace) -> int:
             logger.finish(
                 {}, None, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=repr(exc)
             )
-        if isinstance(exc, FileNotFoundError):  # a data or label file that is not where the config says
+        # a data, label or checkpoint file that is not where the config says, or one that could run code
+        if isinstance(exc, (FileNotFoundError, UnsafeFileError)):
             print(f"harness train: {exc}", file=sys.stderr)
             return 2
         if isinstance(exc, TrainingDiverged):

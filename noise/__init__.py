@@ -16,6 +16,7 @@ from noise.cifar import LABEL_SETS
 from noise.corruption import NoisyLabels, corrupt
 from noise.human import load_human_labels
 from noise.registry import kind_names, register_kind
+from noise.safeload import UnsafeFileError
 from noise.spec import NoiseSpec
 from noise.transition import realized_transition
 
@@ -26,6 +27,7 @@ __all__ = [
     "LABEL_SETS",
     "NoiseSpec",
     "NoisyLabels",
+    "UnsafeFileError",
     "corrupt",
     "load_human_labels",
     "realized_transition",

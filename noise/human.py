@@ -2,7 +2,8 @@
 
 The official ``.pt`` files (``CIFAR-10_human.pt``, ``CIFAR-100_human.pt``) hold a dict of label
 arrays over the 50,000 training images in the original CIFAR order: ``clean_label`` and one key
-per label set. torch is imported only here, and only when a file is read.
+per label set. They are read with ``noise.safeload.torch_load``: numpy arrays and nothing that
+could run code (a file naming anything else raises ``noise.safeload.UnsafeFileError``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from noise.cifar import CIFAR_N_CLEAN_KEY as CLEAN_KEY
 from noise.cifar import LABEL_SETS
 from noise.registry import register_kind
+from noise.safeload import torch_load
 
 if TYPE_CHECKING:
     from noise.spec import NoiseSpec
@@ -38,6 +40,15 @@ def _label_path(label_file: object) -> Path:
     return path
 
 
+def read_label_file(path: str | os.PathLike[str]) -> object:
+    """The unpickled content of a CIFAR-N ``.pt`` file (a dict of label arrays), read without running code.
+
+    Raises ``UnsafeFileError`` for a file that names anything but numpy's array globals, and
+    ValueError for one torch cannot read.
+    """
+    return torch_load(path, holds="a CIFAR-N label file", arrays=True)
+
+
 def load_human_labels(label_file: str | os.PathLike[str], label_set: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR-N label set: ``(noisy, clean)``, two int64 arrays of shape (50000,).
 
@@ -46,10 +57,7 @@ def load_human_labels(label_file: str | os.PathLike[str], label_set: str) -> tup
     """
     key, _ = _check_label_set(label_set)
     path = _label_path(label_file)
-    import torch  # lazy: only the human kind needs torch
-
-    # weights_only=False: the files hold numpy arrays; they come from the data set's authors.
-    data = torch.load(path, weights_only=False)
+    data = read_label_file(path)
     if not isinstance(data, dict) or CLEAN_KEY not in data or key not in data:
         keys = ", ".join(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise ValueError(

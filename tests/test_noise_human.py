@@ -9,6 +9,7 @@ import pytest
 
 from noise import NoiseSpec, NoisyLabels, corrupt, load_human_labels
 from noise.cifar import CIFAR100_COARSE
+from noise.safeload import torch_load
 
 torch = pytest.importorskip("torch")
 
@@ -121,5 +122,5 @@ def test_cifar100n_realized_rate_and_superclasses(shared_dir):
     assert round(res.rate * 100, 2) == 40.20
     np.testing.assert_array_equal(res.labels, noisy)
     # The superclass table used by the asymmetric kind agrees with the file's coarse labels.
-    coarse = np.asarray(torch.load(path, weights_only=False)["clean_coarse_label"])
+    coarse = np.asarray(torch_load(path, holds="a CIFAR-N label file", arrays=True)["clean_coarse_label"])
     np.testing.assert_array_equal(np.asarray(CIFAR100_COARSE)[clean], coarse)

@@ -6,7 +6,9 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from harness import cli
@@ -59,9 +61,9 @@ def test_every_sweep_file_validates(path: Path, tmp_path, monkeypatch, capsys):
     for key, value in _paths_in(tree):
         assert value.startswith("~/"), f"{path.name}: {key} should be a ~/ path, got {value}"
         target = tmp_path / value[2:]
-        if key == "noise.label_file":
+        if key == "noise.label_file":  # validation reads label files (safely): a CIFAR-N-shaped one
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.touch()
+            torch.save({"clean_label": np.zeros(10, np.int64), "aggre_label": np.zeros(10, np.int64)}, target)
         else:
             target.mkdir(parents=True, exist_ok=True)
     monkeypatch.chdir(tmp_path)
