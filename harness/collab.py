@@ -295,20 +295,23 @@ def build_training_graph(
     rescale: bool | str = True,
     split: int | Sequence[int] | None = None,
     in_channels: int = 3,
+    zero_init_residual: bool = True,
 ) -> TrainingGraph:
     """Build the collaborative training graph (see the module docstring for topologies and splits).
 
     ``rescale``: True applies backpropagation rescaling (the paper's method); False none; "loss" none
     in the graph but ``graph.loss_scale = 1/H`` for the engine (the paper's rejected alternative).
-    Each head's own segments come from an independently initialised backbone; a shared segment is
-    taken from the backbone of the first head below it.
+    Each head's own segments come from an independently initialised backbone (built with
+    ``zero_init_residual``, see :func:`harness.models.build_backbone`); a shared segment is taken
+    from the backbone of the first head below it.
     """
     _validate(arch, topology, heads, rescale)
-    first = build_backbone(arch, num_classes, in_channels=in_channels)
+    init = dict(in_channels=in_channels, zero_init_residual=zero_init_residual)
+    first = build_backbone(arch, num_classes, **init)
     num_stages = len(first.stages)
     # Resolve the split before building the other H - 1 backbones, so bad input fails fast.
     resolved = _resolve_split(arch, topology, heads, split, num_stages)
-    others = [build_backbone(arch, num_classes, in_channels=in_channels) for _ in range(heads - 1)]
+    others = [build_backbone(arch, num_classes, **init) for _ in range(heads - 1)]
     parts = [b.parts() for b in [first, *others]]
 
     # Forks as (position in the parts list, branching factor); position p means parts[:p] lie above.

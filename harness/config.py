@@ -47,6 +47,9 @@ class NoiseConfig:
 @dataclass
 class ModelConfig:
     arch: str = "cnn_small"
+    # start every residual block as the identity (harness.models); false is the plain He init, whose
+    # CIFAR ResNets can collapse in their first steps at lr 0.1
+    zero_init_residual: bool = True
 
 
 @dataclass
@@ -83,6 +86,9 @@ class RunConfig:
     cuda_graph: bool = True  # capture the training step in a CUDA graph on CUDA
     channels_last: bool = True  # on CUDA
     checkpoint_every: int = 1
+    # end a trial whose kept head has been collapsed (train/collapsed) for this many epochs in a row;
+    # 0: never. The run finishes (tagged harness.collapsed=true), so Ray does not retry it.
+    stop_on_collapse: int = 0
 
 
 @dataclass
@@ -231,6 +237,7 @@ def check_value(key: str, value: Any) -> str | None:
             else f"must be auto, cpu, cuda or cuda:N, got {v!r}"
         ),
         "run.checkpoint_every": lambda v: None if v >= 0 else f"must be >= 0 (0: never), got {v}",
+        "run.stop_on_collapse": lambda v: None if v >= 0 else f"must be >= 0 epochs (0: never), got {v}",
     }
     check = checks.get(key)
     return check(value) if check else None

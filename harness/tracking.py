@@ -14,7 +14,8 @@ Names (reports/ reads these):
 - child run: name = the trial's readable name; tags mlflow.parentRunId, harness.run_kind=trial,
   harness.trial_key (the trial's stable id: a resumed sweep finds and continues its run),
   harness.sweep_name, git commit, device, torch/CUDA versions, harness.ray_trial_id;
-  harness.error on failure. Params: the resolved config flattened with dots. Metrics: every
+  harness.error on failure; harness.collapsed (true/false) on a run that ended with
+  train/collapsed logged (true: its kept head ended collapsed; reports leave such runs out). Params: the resolved config flattened with dots. Metrics: every
   numeric value a trial reports per epoch, step = epoch. Artifacts: the files of the final
   checkpoint's artifacts/ folder (config.yaml, noise_transition.csv, metrics.json,
   inference_head.pt) at the run's artifact root.
@@ -52,6 +53,7 @@ SWEEP_FILE_TAG = "harness.sweep_file"
 TRIAL_KEY_TAG = "harness.trial_key"
 TRIAL_INDEX_TAG = "harness.trial_index"
 ERROR_TAG = "harness.error"
+COLLAPSED_TAG = "harness.collapsed"
 RAY_TRIAL_TAG = "harness.ray_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
@@ -291,6 +293,8 @@ class TrialLogger:
             self.client.log_artifacts(self.run_id, str(artifacts_dir))
         if error:
             self.set_tags({ERROR_TAG: error})
+        if "train/collapsed" in final:
+            self.set_tags({COLLAPSED_TAG: "true" if final["train/collapsed"] else "false"})
         self.client.set_terminated(self.run_id, status=status)
         self.finished = True
 

@@ -20,7 +20,15 @@ import noise
 from harness import config as C
 from harness.collab import build_training_graph, count_parameters
 from harness.data import ImageData, load_dataset
-from harness.engine import FitOptions, fit, load_checkpoint, resolve_device, save_checkpoint, seed_everything
+from harness.engine import (
+    FitOptions,
+    fit,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+    seed_everything,
+    stops_on_collapse,
+)
 from harness.loaders import make_loaders
 
 # on_epoch(epoch, metrics, checkpoint_dir or None)
@@ -78,6 +86,7 @@ def fit_options(cfg: C.TrialConfig) -> FitOptions:
         amp=r.amp,
         cuda_graph=r.cuda_graph,
         checkpoint_every=r.checkpoint_every,
+        stop_on_collapse=r.stop_on_collapse,
     )
 
 
@@ -120,6 +129,7 @@ def run_trial(
         rescale=cfg.collab.rescale,
         split=cfg.collab.split,
         in_channels=data.channels,
+        zero_init_residual=cfg.model.zero_init_residual,
     )
     channels_last = cfg.run.channels_last and device.type == "cuda"
     graph = graph.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -151,7 +161,7 @@ def run_trial(
             raise RuntimeError(f"{FAIL_ENV}={fail_at}: deliberate failure after epoch {epoch}")
         if epoch == 1 or (resume is not None and epoch == resume["epoch"] + 1):
             metrics = {**sizes, **metrics}
-        last = epoch == opts.epochs
+        last = epoch == opts.epochs or stops_on_collapse(opts, metrics)
         written = None
         if last or (opts.checkpoint_every and epoch % opts.checkpoint_every == 0):
             save_checkpoint(state, ckpt_dir / CHECKPOINT_FILE)

@@ -428,6 +428,7 @@ def _reconcile(callback, results, outcomes: list[TrialOutcome]) -> None:
 def format_summary(outcome: SweepOutcome, metric: str = "test/acc") -> str:
     """The closing table: trial, status, test accuracy, time; then the errors and where things are."""
     rows = [("#", "trial", "status", metric, "time")]
+    collapsed = [t for t in outcome.trials if t.status == "ok" and t.metrics.get("train/collapsed")]
     for t in outcome.trials:
         value = t.metrics.get(metric)
         seconds = t.metrics.get("time_total_s")
@@ -435,7 +436,7 @@ def format_summary(outcome: SweepOutcome, metric: str = "test/acc") -> str:
             (
                 str(t.index),
                 t.name,
-                t.status,
+                "ok, collapsed" if t in collapsed else t.status,
                 f"{value:.4f}" if isinstance(value, (int, float)) else "-",
                 f"{seconds:.0f}s" if isinstance(seconds, (int, float)) else "-",
             )
@@ -448,6 +449,12 @@ def format_summary(outcome: SweepOutcome, metric: str = "test/acc") -> str:
         f"{counts['ok']} of {len(outcome.trials)} trials succeeded"
         + "".join(f", {n} {s}" for s, n in counts.items() if s != "ok" and n)
     )
+    if collapsed:
+        lines.append(
+            f"  {len(collapsed)} trial(s) ended collapsed (one predicted class for almost every image; "
+            "tagged harness.collapsed=true): `harness report` lists them apart and leaves them out of "
+            "means and gains"
+        )
     for t in outcome.trials:
         if t.status == "failed":
             lines.append(f"  failed: {t.name}: {t.error} (details: {t.path}/error.txt)")

@@ -55,6 +55,7 @@ def test_hierarchical_heads_all_learn_and_metrics_are_complete(tmp_path):
         "train/acc_noisy",
         "train/acc_clean",
         "train/memorized",
+        "train/collapsed",
         "time/epoch_s",
         "perf/img_per_s",
     ] + [f"test/acc_head{h}" for h in range(4)]:
@@ -62,6 +63,7 @@ def test_hierarchical_heads_all_learn_and_metrics_are_complete(tmp_path):
         if key.startswith(("test/", "train/acc", "train/mem")):
             assert 0.0 <= final[key] <= 1.0
     assert min(final[f"test/acc_head{h}"] for h in range(4)) > 0.5
+    assert final["train/collapsed"] == 0.0  # it learned
     assert final["test/acc"] == final["test/acc_head0"]
     # the inference network is the original one, however many heads were trained
     assert final["model/train_params"] > 2 * final["model/inference_params"]
