@@ -27,7 +27,7 @@ class ReportResult:
     """What ``build_report`` wrote and computed.
 
     ``files``: file name (``report.html``, ``accuracy.csv``, ``accuracy_vs_noise.png``, ...) -> path.
-    ``tables``: ``accuracy``, ``gains``, ``cost``, ``memorization``, ``failed`` as long-form
+    ``tables``: ``accuracy``, ``gains``, ``cost``, ``memorization``, ``collapsed``, ``failed`` as long-form
     DataFrames, exactly as written to the CSVs (columns documented in ``reports.tables``).
     """
 
@@ -114,13 +114,26 @@ def build_report(
     cost = tables.cost_table(frame, pairs=pairs)
     mem = tables.memorization_table(frame)
     failed = tables.failed_table(frame, metric=metric)
+    collapsed = tables.collapsed_table(frame)
+    if len(collapsed):
+        notes.append(
+            f"{len(collapsed)} run(s) ended collapsed and are left out of every mean and paired gain "
+            "(see 'Collapsed runs')"
+        )
     curve_conds = _curve_conditions(acc)
     curves = tables.curves(sweep.trials, frame, (metric, "train/memorized"))
 
     out = Path(out_dir) if out_dir is not None else Path("reports/out") / _safe_name(sweep.experiment_name)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
-    table_map = {"accuracy": acc, "gains": gains, "cost": cost, "memorization": mem, "failed": failed}
+    table_map = {
+        "accuracy": acc,
+        "gains": gains,
+        "cost": cost,
+        "memorization": mem,
+        "collapsed": collapsed,
+        "failed": failed,
+    }
     for name, table in table_map.items():
         files[f"{name}.csv"] = out / f"{name}.csv"
         table.to_csv(files[f"{name}.csv"], index=False)
@@ -140,6 +153,7 @@ def build_report(
         gains,
         cost,
         mem,
+        collapsed,
         failed,
         files,
         metric=metric,
@@ -161,7 +175,11 @@ def build_report(
         ("Tracking URI", uri),
         ("Metric", f"{metric}, {'final epoch' if mode == 'final' else 'best over epochs'}"),
         ("Methods vary in", ", ".join(keys) or "nothing (one method)"),
-        ("Trials", f"{len(sweep.trials)} runs, {n_usable} aggregated, {len(failed)} missing or failed"),
+        (
+            "Trials",
+            f"{len(sweep.trials)} runs, {n_usable} aggregated, {len(collapsed)} collapsed (left out), "
+            f"{len(failed)} missing or failed",
+        ),
         ("Generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
     ]
     title = f"Collaborative learning under label noise: {sweep.name}"
@@ -190,7 +208,9 @@ def build_report(
     )
 
 
-def _sections(acc, gains, cost, mem, failed, files, *, metric, mode, methods, keys, curve_conds, notes):
+def _sections(
+    acc, gains, cost, mem, collapsed, failed, files, *, metric, mode, methods, keys, curve_conds, notes
+):
     what = f"{metric} ({'%' if is_fraction_metric(metric) else 'as logged'}) at the " + (
         "final epoch" if mode == "final" else "best epoch"
     )
@@ -199,7 +219,7 @@ def _sections(acc, gains, cost, mem, failed, files, *, metric, mode, methods, ke
         *render.accuracy_rows(acc, methods),
         notes=[
             f"{what}: mean ± standard deviation (ddof=1) over seeds (number of seeds). "
-            "Failed and missing runs are not averaged in."
+            "Failed, missing and collapsed runs are not averaged in."
         ],
         images=[files["accuracy_vs_noise.png"]],
     )
@@ -243,12 +263,24 @@ def _sections(acc, gains, cost, mem, failed, files, *, metric, mode, methods, ke
         images=[files["learning_curves.png"]],
         notes=[f"Mean over seeds per epoch (band: ±1 std) for: {', '.join(curve_conds)}."],
     )
+    s_collapsed = render.Section("Collapsed runs")
+    if len(collapsed):
+        s_collapsed.headers, s_collapsed.rows = render.collapsed_rows(
+            collapsed, percent=is_fraction_metric(metric)
+        )
+    s_collapsed.notes.append(
+        "A run is collapsed when its last epoch logged train/collapsed = 1: the kept head predicted one "
+        "class for at least 95% of the evaluation images, or of each training batch on average (its "
+        "features have died and its output no longer depends on the image). It finished, but its "
+        "numbers measure the optimization, not the method, so it is left out of every mean and "
+        "paired gain above." + ("" if len(collapsed) else " None of this sweep's runs collapsed.")
+    )
     s_failed = render.Section("Missing and failed runs")
     if len(failed):
         s_failed.headers, s_failed.rows = render.failed_rows(failed)
     else:
         s_failed.notes.append("None: every run finished and logged the metric.")
-    sections = [s_acc, s_gain, s_cost, s_mem, s_curves, s_failed]
+    sections = [s_acc, s_gain, s_cost, s_mem, s_curves, s_collapsed, s_failed]
     if notes:
         sections.append(render.Section("Notes", notes=list(notes)))
     return sections

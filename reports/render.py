@@ -111,6 +111,24 @@ def memorization_rows(mem: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def collapsed_rows(collapsed: pd.DataFrame, *, percent: bool) -> tuple[list[str], list[list[str]]]:
+    headers = ["Run", "Noise", "Method", "Seed", "Final value", "Epochs", "Run id"]
+    scale = 100.0 if percent else 1.0
+    rows = [
+        [
+            r.run_name,
+            r.condition,
+            r.method,
+            "" if pd.isna(r.seed) else str(r.seed),
+            _num(r.value * scale),
+            str(r.epochs),
+            r.run_id,
+        ]
+        for r in collapsed.itertuples()
+    ]
+    return headers, rows
+
+
 def failed_rows(failed: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     headers = ["Run", "Status", "Error", "Noise", "Method", "Seed", "Run id"]
     rows = [

@@ -2,7 +2,8 @@
 
 The sweep side writes (see DESIGN.md): one parent run per sweep (tag ``harness.run_kind = "sweep"``,
 tag ``harness.sweep_name``), one child run per trial (tag ``mlflow.parentRunId``, tag
-``harness.run_kind = "trial"``, ``harness.error`` on failure), params flattened with dots and metrics
+``harness.run_kind = "trial"``, ``harness.error`` on failure, ``harness.collapsed = "true"`` on a run
+whose kept head ended collapsed), params flattened with dots and metrics
 logged per epoch with ``step = epoch`` (1-based).
 """
 
@@ -17,6 +18,7 @@ from mlflow.exceptions import MlflowException
 RUN_KIND_TAG = "harness.run_kind"
 SWEEP_NAME_TAG = "harness.sweep_name"
 ERROR_TAG = "harness.error"
+COLLAPSED_TAG = "harness.collapsed"
 PARENT_TAG = "mlflow.parentRunId"
 
 # Metrics whose per-epoch history the report needs (besides the ranked metric).
@@ -35,6 +37,7 @@ class Trial:
     params: dict[str, str]
     metrics: dict[str, float]
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    collapsed: bool = False  # the run ended collapsed: finished, but its numbers mean nothing
 
 
 @dataclass
@@ -164,6 +167,7 @@ def select_sweep(client: MlflowClient, *, experiment: str | None, sweep_run_id: 
             start_time=r.info.start_time or 0,
             params=dict(r.data.params),
             metrics=dict(r.data.metrics),
+            collapsed=r.data.tags.get(COLLAPSED_TAG) == "true",
         )
         for r in runs
         if r.data.tags.get(RUN_KIND_TAG) in (None, "trial")

@@ -154,8 +154,8 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
     noise_label_set, condition, condition_order, method, method_order, topology, value (``metric`` at the final
     epoch or best over epochs, as logged), memorized, acc_clean (final epoch), time_epoch_s,
     img_per_s (median over epochs: robust to first-epoch warm-up and compilation), peak_mem_mb (max
-    over epochs), train_params, inference_params, usable (finished with a metric value, not a
-    duplicate), plus one column per method param. Returns the frame and notes.
+    over epochs), train_params, inference_params, collapsed (tagged harness.collapsed), usable
+    (finished with a metric value, not collapsed, not a duplicate), plus one column per method param. Returns the frame and notes.
     """
     if mode not in ("final", "best"):
         raise ValueError(f"mode must be 'final' or 'best', got {mode!r}")
@@ -188,6 +188,8 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
                 "peak_mem_mb": max((v for _, v in h.get("gpu/peak_mem_mb", [])), default=math.nan),
                 "train_params": t.metrics.get("model/train_params", math.nan),
                 "inference_params": t.metrics.get("model/inference_params", math.nan),
+                "collapsed": t.collapsed,
+                "epochs": len(h.get(metric, [])),
                 **{k: t.params.get(k) for k in keys},
             }
         )
@@ -209,7 +211,8 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
 
     finished = frame.status == "FINISHED"
     has_value = frame.value.notna()
-    frame["usable"] = finished & has_value
+    # A collapsed run finished, but its numbers say nothing about the method: never average it in.
+    frame["usable"] = finished & has_value & ~frame.collapsed
     # One value per (condition, method, seed): a retried trial must not count twice.
     usable = frame[frame.usable].sort_values("start_time", ascending=False)
     dup = usable.duplicated(["condition", "method", "seed"]) & usable.seed.notna()
@@ -398,6 +401,15 @@ def memorization_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def collapsed_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs whose kept head ended collapsed (tag harness.collapsed = true), left out of the
+    aggregates. Columns: run_name, run_id, condition, method, seed, value (the metric, as a fraction
+    where it is one), epochs (how many it logged: fewer than planned when run.stop_on_collapse ended it)."""
+    rows = frame[(frame.status == "FINISHED") & frame.collapsed]
+    columns = ["run_name", "run_id", "condition", "method", "seed", "value", "epochs"]
+    return rows[columns].reset_index(drop=True).astype({"seed": "Int64"})
+
+
 def failed_table(frame: pd.DataFrame, *, metric: str) -> pd.DataFrame:
     """Runs left out of the aggregates, and grid points with no run at all.
 
@@ -407,8 +419,8 @@ def failed_table(frame: pd.DataFrame, *, metric: str) -> pd.DataFrame:
     """
     rows = []
     for _, r in frame[~frame.usable].iterrows():
-        if r.status == "FINISHED" and not math.isnan(r.value):
-            continue  # a duplicate, reported in the notes
+        if r.status == "FINISHED" and (r.collapsed or not math.isnan(r.value)):
+            continue  # collapsed (a table of its own) or a duplicate (reported in the notes)
         error = r.error
         if r.status == "FINISHED":
             error = f"metric {metric!r} was not logged"

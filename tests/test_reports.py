@@ -54,11 +54,14 @@ def _log_trial(
     error=None,
     gpu=False,
     start=0,
+    collapsed=None,
 ):
     name = f"{kind}-{rate} {topology}-{heads} seed{seed}"
     tags = {"mlflow.parentRunId": parent_id, "harness.run_kind": "trial"}
     if error:
         tags["harness.error"] = error
+    if collapsed is not None:
+        tags["harness.collapsed"] = "true" if collapsed else "false"
     run = client.create_run(exp_id, start_time=start, tags=tags, run_name=name)
     params = {
         "data.name": "synthetic",
@@ -163,6 +166,24 @@ def store(tmp_path_factory):
                     status="FAILED" if failed else "FINISHED",
                     error="RuntimeError: CUDA out of memory" if failed else None,
                 )
+    # Experiment "noise-collapse": one collaborative seed ended collapsed (at chance), tagged so.
+    exp = client.create_experiment("noise-collapse", artifact_location=str(root / "artifacts-collapse"))
+    ids["collapse"] = _parent(client, exp, "collapse-sweep", now, planned=6)
+    for topo, heads in (("individual", 1), ("hierarchical", 4)):
+        for seed in SEEDS:
+            collapsed = topo == "hierarchical" and seed == 1
+            _log_trial(
+                client,
+                exp,
+                ids["collapse"],
+                kind="symmetric",
+                rate=0.4,
+                topology=topo,
+                heads=heads,
+                seed=seed,
+                acc=0.10 if collapsed else ACC[(0.4, topo)][seed],
+                collapsed=collapsed,
+            )
     # Experiment with runs but no sweep parent (e.g. `harness train`).
     exp = client.create_experiment("loose", artifact_location=str(root / "artifacts-loose"))
     run = client.create_run(exp, run_name="one-off", tags={"harness.run_kind": "trial"})
@@ -302,6 +323,29 @@ def test_failed_and_missing_runs_are_listed_not_averaged(store, tmp_path, capsys
     assert cost.loc["simple-2", "peak_mem_mb"] == pytest.approx(203.0)  # max over epochs
     md = (tmp_path / "report.md").read_text()
     assert "CUDA out of memory" in md and "the sweep planned 12 trials; 11 runs were logged" in md
+
+
+def test_collapsed_runs_are_listed_apart_and_left_out_of_means_and_gains(store, tmp_path):
+    result = build_report(
+        experiment="noise-collapse", out_dir=tmp_path, tracking_uri=store["uri"], log_to_mlflow=False
+    )
+    acc = result.tables["accuracy"].set_index("method")
+    kept = [ACC[(0.4, "hierarchical")][s] for s in (0, 2)]
+    assert acc.loc["hierarchical-4", "n"] == 2
+    assert acc.loc["hierarchical-4", "mean"] == pytest.approx(100 * np.mean(kept), abs=1e-9)
+    assert acc.loc["individual", "n"] == 3
+    gains = result.tables["gains"]
+    assert gains.n_pairs.tolist() == [2]  # seed 1 has no collaborative partner left
+    individual = [ACC[(0.4, "individual")][s] for s in (0, 2)]
+    assert gains.diff_mean.iloc[0] == pytest.approx(100 * (np.mean(kept) - np.mean(individual)), abs=1e-9)
+    collapsed = result.tables["collapsed"]
+    assert collapsed.run_name.tolist() == ["symmetric-0.4 hierarchical-4 seed1"]
+    assert collapsed.value.tolist() == [pytest.approx(0.10)] and collapsed.epochs.tolist() == [EPOCHS]
+    assert result.tables["failed"].empty  # collapsed is not failed, and nothing is ABSENT
+    md = (tmp_path / "report.md").read_text()
+    assert "## Collapsed runs" in md and "symmetric-0.4 hierarchical-4 seed1" in md
+    assert "6 runs, 5 aggregated, 1 collapsed (left out), 0 missing or failed" in md
+    assert (tmp_path / "collapsed.csv").exists()
 
 
 def test_bad_selection_raises_value_error_naming_what_exists(store, tmp_path):
