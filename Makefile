@@ -30,4 +30,4 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf .cache ray_results runs reports/out mlflow.db mlartifacts
+	rm -rf .cache ray_results runs reports-out mlflow.db mlartifacts

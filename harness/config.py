@@ -271,6 +271,14 @@ def check_config(cfg: TrialConfig) -> list[tuple[str, str]]:
             problems.append(
                 ("noise.label_set", "human noise needs a label set (aggre, worse, random1..3, noisy)")
             )
+    if n.kind == "none" and n.rate > 0:
+        problems.append(
+            (
+                "noise.rate",
+                f"noise kind none trains on the clean labels, so rate {n.rate:g} would be ignored; "
+                "set noise.kind (e.g. symmetric, pairflip, asymmetric) or leave rate at 0",
+            )
+        )
     if n.kind == "matrix" and n.matrix is None:
         problems.append(("noise.matrix", "matrix noise needs noise.matrix (K x K, rows sum to 1)"))
     if n.kind == "asymmetric" and d.name not in ("cifar10", "cifar100"):

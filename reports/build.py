@@ -75,7 +75,7 @@ def build_report(
     Selects the sweep by ``sweep_run_id`` (its parent run) or the latest sweep parent run of
     ``experiment`` (of any experiment when both are None). ``metric`` is compared at the final epoch
     (``mode="final"``) or at its best epoch (``mode="best"``: max, min for losses). ``out_dir``
-    defaults to ``reports/out/<experiment>/``. When ``log_to_mlflow``, the files are logged on the
+    defaults to ``reports-out/<experiment>/`` in the working directory. When ``log_to_mlflow``, the files are logged on the
     sweep's parent run under the artifact path ``report/`` (skipped, with a note, without a parent).
 
     Raises ValueError for an unknown experiment or run id, a store without runs, a ``metric`` that no
@@ -123,7 +123,7 @@ def build_report(
     curve_conds = _curve_conditions(acc)
     curves = tables.curves(sweep.trials, frame, (metric, "train/memorized"))
 
-    out = Path(out_dir) if out_dir is not None else Path("reports/out") / _safe_name(sweep.experiment_name)
+    out = Path(out_dir) if out_dir is not None else Path("reports-out") / _safe_name(sweep.experiment_name)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     table_map = {
@@ -302,7 +302,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         metavar="DIR",
         type=Path,
         dest="out_dir",
-        help="output folder (default: reports/out/<experiment>/)",
+        help="output folder (default: ./reports-out/<experiment>/)",
     )
     parser.add_argument("--metric", default="test/acc", help="metric to compare (default: test/acc)")
     parser.add_argument(

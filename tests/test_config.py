@@ -81,3 +81,10 @@ def test_yaml_round_trip(tmp_path):
     assert C.build_config(C.load_yaml(path)) == cfg
     with pytest.raises(FileNotFoundError, match="config file not found"):
         C.load_yaml(tmp_path / "missing.yaml")
+
+
+def test_a_noise_rate_without_a_noise_kind_is_an_error_that_suggests_one():
+    with pytest.raises(C.ConfigError, match=r"noise\.rate: noise kind none trains on the clean labels") as info:
+        C.build_config({"noise": {"kind": "none", "rate": 0.4}})
+    assert "set noise.kind (e.g. symmetric" in str(info.value)
+    assert C.build_config({"noise": {"kind": "none", "rate": 0.0}}).noise.rate == 0.0

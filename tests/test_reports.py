@@ -8,6 +8,7 @@ import shutil
 import statistics
 import subprocess
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -346,6 +347,13 @@ def test_collapsed_runs_are_listed_apart_and_left_out_of_means_and_gains(store, 
     assert "## Collapsed runs" in md and "symmetric-0.4 hierarchical-4 seed1" in md
     assert "6 runs, 5 aggregated, 1 collapsed (left out), 0 missing or failed" in md
     assert (tmp_path / "collapsed.csv").exists()
+
+
+def test_default_output_folder_is_where_the_user_runs_the_command(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = build_report(experiment="noise-collapse", tracking_uri=store["uri"], log_to_mlflow=False)
+    assert result.out_dir == Path("reports-out") / "noise-collapse"
+    assert (tmp_path / "reports-out" / "noise-collapse" / "report.html").is_file()
 
 
 def test_bad_selection_raises_value_error_naming_what_exists(store, tmp_path):
