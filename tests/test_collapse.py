@@ -291,3 +291,18 @@ def test_plain_he_init_blows_the_logits_up_in_its_first_steps(cifar_batches):
     """The cause, kept as evidence: without zero-init the same steps push the logit scale past 3."""
     _, scales = first_steps(cifar_batches, zero_init_residual=False, steps=6)
     assert max(scales) > 3.0, scales
+
+
+def test_sweep_summary_names_collapsed_trials():
+    from harness.tune_runner import SweepOutcome, TrialOutcome, format_summary
+
+    trials = [
+        TrialOutcome(0, "sym-0.4 individual seed0", "a", "ok", {"test/acc": 0.61, "train/collapsed": 0.0}),
+        TrialOutcome(
+            1, "sym-0.4 hierarchical-4 seed0", "b", "ok", {"test/acc": 0.10, "train/collapsed": 1.0}
+        ),
+    ]
+    text = format_summary(SweepOutcome(trials, Path("ray_results/x"), "run123", "sqlite:///m.db"))
+    rows = {line.split()[0]: line for line in text.splitlines() if line[:1].isdigit()}
+    assert "ok, collapsed" in rows["1"] and "collapsed" not in rows["0"]
+    assert "1 trial(s) ended collapsed" in text and "2 of 2 trials succeeded" in text
