@@ -358,6 +358,7 @@ def collaborative_loss(
     T: float,
     beta: float,
     per_head: bool = False,
+    soft_weight: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """Song & Chai's objective summed over heads (eq. 3 of the paper).
 
@@ -365,6 +366,9 @@ def collaborative_loss(
     ``loss_h = beta * CE(z_h, y) + (1 - beta) * T^2 * mean_n(-sum_k q_h[n, k] * log_softmax(z_h / T)[n, k])``
     with the soft target ``q_h = softmax(mean_{j != h} z_j / T)`` computed from detached logits (no
     gradient flows through it). With H = 1 it is plain ``CE(z_0, y)`` (beta is not applied).
+    ``soft_weight`` w in [0, 1] (a float, or a 0-dim tensor a captured CUDA graph reads) moves the
+    soft target's share in: ``(1 - (1 - beta) w) * CE + (1 - beta) w * T^2 * soft``, plain
+    cross-entropy per head at w = 0 and the paper's objective at w = 1 (the default).
     Computed in float32 whatever the logits' dtype. Returns a scalar, or the (H,) per-head losses
     when ``per_head``.
     """
@@ -392,6 +396,7 @@ def collaborative_loss(
         q = F.softmax(others / T, dim=1)
         soft = -(q * F.log_softmax(z[h] / T, dim=1)).sum(dim=1).mean()
         hard = F.cross_entropy(z[h], target)
-        losses.append(beta * hard + (1.0 - beta) * T**2 * soft)
+        share = (1.0 - beta) * soft_weight
+        losses.append((1.0 - share) * hard + share * T**2 * soft)
     per = torch.stack(losses)
     return per if per_head else per.sum()

@@ -60,6 +60,9 @@ class CollabConfig:
     split: int | list | None = None  # None: the arch's default split points
     T: float = 2.0
     beta: float = 0.5
+    # the soft target's weight grows linearly from 0 (plain cross-entropy per head) to the paper's
+    # objective over these first epochs; 0: the paper's objective from the first step
+    soft_rampup_epochs: int = 0
     kept_head: int = 0
     update: str = "simultaneous"
 
@@ -217,6 +220,9 @@ def check_value(key: str, value: Any) -> str | None:
         "collab.T": lambda v: _in_range(v, 0, math.inf, lo_open=True),
         "collab.beta": lambda v: _in_range(v, 0, 1),
         "collab.kept_head": lambda v: None if v >= 0 else f"must be >= 0, got {v}",
+        "collab.soft_rampup_epochs": lambda v: (
+            None if v >= 0 else f"must be >= 0 epochs (0: no ramp), got {v}"
+        ),
         "collab.update": lambda v: _choice(v, ["simultaneous", "alternating"], "update mode"),
         "optim.epochs": lambda v: None if v >= 1 else f"must be >= 1, got {v}",
         "optim.batch_size": lambda v: None if v >= 1 else f"must be >= 1, got {v}",

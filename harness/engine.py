@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import safeload
-from harness.optim import SGD, build_scheduler
+from harness.optim import SGD, build_scheduler, ramp_factor
 from harness.step import EagerStep, autocast, make_loss_fn, make_train_step
 
 
@@ -42,6 +42,7 @@ class FitOptions:
     warmup_epochs: int = 0
     T: float = 2.0
     beta: float = 0.5
+    soft_rampup_epochs: int = 0  # the soft target's weight grows linearly from 0 over these epochs
     kept_head: int = 0
     update: str = "simultaneous"  # or "alternating": one head's loss (and parameters) per step
     amp: bool = True
@@ -89,14 +90,20 @@ def class_counts(logits: torch.Tensor) -> torch.Tensor:
     return F.one_hot(logits.argmax(1), logits.shape[1]).sum(0)
 
 
-def train_one_epoch(step, loader, scheduler, *, kept_head: int, device) -> dict[str, float]:
-    """One pass over the training loader. Counters stay on the device: no sync per step."""
+def train_one_epoch(
+    step, loader, scheduler, *, kept_head: int, device, after_step: Callable[[], None] | None = None
+) -> dict[str, float]:
+    """One pass over the training loader. Counters stay on the device: no sync per step.
+
+    ``after_step()`` runs after every optimizer step and scheduler step (the soft-target ramp)."""
     zeros = lambda: torch.zeros((), device=device, dtype=torch.float64)  # noqa: E731
     loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top = (zeros() for _ in range(7))
     steps = 0
     for batch in loader:
         loss, logits = step(batch.x, batch.y)
         scheduler.step()
+        if after_step is not None:
+            after_step()
         pred = logits[kept_head].argmax(1)
         is_flipped = batch.y != batch.clean
         loss_sum += loss.double() * batch.y.shape[0]
@@ -203,13 +210,27 @@ def fit(
         start_epoch, history = resume["epoch"] + 1, list(resume["history"])
         log(f"resuming at epoch {start_epoch} of {opts.epochs}")
 
+    # The soft target's weight in the loss: 1 (the paper), or ramped in from 0 over the first
+    # soft_rampup_epochs, as a device tensor refilled outside any captured graph. Its value follows
+    # from the scheduler's step count, so a resumed run picks the ramp up where it was.
+    ramp_steps = opts.soft_rampup_epochs * len(train_loader)
+    soft_weight: float | torch.Tensor = 1.0
+    after_step = None
+    if ramp_steps:
+        soft_weight = torch.tensor(ramp_factor(scheduler.last_epoch, ramp_steps), device=device)
+
+        def after_step() -> None:
+            soft_weight.fill_(ramp_factor(scheduler.last_epoch, ramp_steps))
+
     if opts.update == "alternating":
         # one step per head in turn; each head's loss only, so only its path is updated
         steps = [
             EagerStep(
                 model,
                 optimizer,
-                make_loss_fn(T=opts.T, beta=opts.beta, loss_scale=loss_scale, head=h),
+                make_loss_fn(
+                    T=opts.T, beta=opts.beta, loss_scale=loss_scale, head=h, soft_weight=soft_weight
+                ),
                 device=device,
                 amp=opts.amp,
             )
@@ -220,7 +241,7 @@ def fit(
         step = make_train_step(
             model,
             optimizer,
-            make_loss_fn(T=opts.T, beta=opts.beta, loss_scale=loss_scale),
+            make_loss_fn(T=opts.T, beta=opts.beta, loss_scale=loss_scale, soft_weight=soft_weight),
             device=device,
             amp=opts.amp,
             cuda_graph=opts.cuda_graph,
@@ -235,7 +256,9 @@ def fit(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        metrics = train_one_epoch(step, train_loader, scheduler, kept_head=opts.kept_head, device=device)
+        metrics = train_one_epoch(
+            step, train_loader, scheduler, kept_head=opts.kept_head, device=device, after_step=after_step
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_s = time.perf_counter() - t0
@@ -247,6 +270,7 @@ def fit(
             {
                 "epoch": epoch,
                 "lr": optimizer.param_groups[0]["lr"],
+                "train/soft_weight": ramp_factor(scheduler.last_epoch, ramp_steps),
                 "time/epoch_s": time.perf_counter() - t0,
                 "time/train_s": train_s,
                 "perf/img_per_s": metrics["train/images"] / train_s,

@@ -104,3 +104,8 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, steps_per_epoch=steps_per_epoch, **schedule)
     )
+
+
+def ramp_factor(step: int, ramp_steps: int) -> float:
+    """Linear ramp from 0 before the first step to 1 after ``ramp_steps`` steps (1 when ramp_steps <= 0)."""
+    return 1.0 if ramp_steps <= 0 else min(1.0, step / ramp_steps)

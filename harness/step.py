@@ -19,13 +19,25 @@ from harness.collab import collaborative_loss
 LossFn = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
 
 
-def make_loss_fn(*, T: float, beta: float, loss_scale: float = 1.0, head: int | None = None) -> LossFn:
-    """The summed collaborative loss (or one head's share of it, for alternating updates)."""
+def make_loss_fn(
+    *,
+    T: float,
+    beta: float,
+    loss_scale: float = 1.0,
+    head: int | None = None,
+    soft_weight: float | torch.Tensor = 1.0,
+) -> LossFn:
+    """The summed collaborative loss (or one head's share of it, for alternating updates).
+
+    A ramped ``soft_weight`` is a device tensor that the engine refills between steps: a captured
+    step reads the tensor, so every replay sees the current weight.
+    """
 
     def loss_fn(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        kw = dict(T=T, beta=beta, soft_weight=soft_weight)
         if head is None:
-            return collaborative_loss(logits, target, T=T, beta=beta) * loss_scale
-        return collaborative_loss(logits, target, T=T, beta=beta, per_head=True)[head] * loss_scale
+            return collaborative_loss(logits, target, **kw) * loss_scale
+        return collaborative_loss(logits, target, per_head=True, **kw)[head] * loss_scale
 
     return loss_fn
 

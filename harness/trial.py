@@ -81,6 +81,7 @@ def fit_options(cfg: C.TrialConfig) -> FitOptions:
         warmup_epochs=o.warmup_epochs,
         T=c.T,
         beta=c.beta,
+        soft_rampup_epochs=c.soft_rampup_epochs,
         kept_head=c.kept_head,
         update=c.update,
         amp=r.amp,

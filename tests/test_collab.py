@@ -411,3 +411,18 @@ def test_default_splits_cover_every_arch():
 def test_bad_graph_arguments_fail_with_a_clear_message(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_training_graph(*args, **kwargs)
+
+
+def test_soft_weight_moves_from_plain_cross_entropy_to_the_papers_objective():
+    torch.manual_seed(0)
+    logits = [torch.randn(8, 5, requires_grad=True) for _ in range(3)]
+    y = torch.randint(0, 5, (8,))
+    plain = sum(F.cross_entropy(z, y) for z in logits)
+    paper = collaborative_loss(logits, y, T=2.0, beta=0.3)
+    torch.testing.assert_close(collaborative_loss(logits, y, T=2.0, beta=0.3, soft_weight=0.0), plain)
+    torch.testing.assert_close(collaborative_loss(logits, y, T=2.0, beta=0.3, soft_weight=1.0), paper)
+    # linear in the weight, also when the weight is a device tensor (as a captured step reads it)
+    half = collaborative_loss(logits, y, T=2.0, beta=0.3, soft_weight=torch.tensor(0.5))
+    torch.testing.assert_close(half, (plain + paper) / 2)
+    half.backward()
+    assert all(z.grad is not None and torch.isfinite(z.grad).all() for z in logits)

@@ -306,3 +306,39 @@ def test_sweep_summary_names_collapsed_trials():
     rows = {line.split()[0]: line for line in text.splitlines() if line[:1].isdigit()}
     assert "ok, collapsed" in rows["1"] and "collapsed" not in rows["0"]
     assert "1 trial(s) ended collapsed" in text and "2 of 2 trials succeeded" in text
+
+
+def test_soft_target_ramp_grows_over_its_epochs_and_survives_a_resume(tmp_path):
+    overrides = {
+        **QUICK,
+        "data.train_subset": 40,
+        "collab.topology": "simple",
+        "collab.heads": 2,
+        "collab.soft_rampup_epochs": 2,
+        "optim.epochs": 3,
+    }
+    cfg = C.build_config({}, overrides)
+    weights = []
+    straight = run_trial(
+        cfg,
+        out_dir=tmp_path / "a",
+        on_epoch=lambda e, m, c: weights.append(m["train/soft_weight"]),
+        log=quiet,
+    )
+    assert weights == [0.5, 1.0, 1.0]
+    paper = run_trial(
+        C.build_config({}, {**overrides, "collab.soft_rampup_epochs": 0}), out_dir=tmp_path / "b", log=quiet
+    )
+    assert paper["train/soft_weight"] == 1.0 and paper["train/loss"] != straight["train/loss"]
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(epoch, metrics, ckpt):
+        if epoch == 1:
+            raise Stop  # mid-ramp
+
+    with pytest.raises(Stop):
+        run_trial(cfg, out_dir=tmp_path / "c", on_epoch=stop_after_one, log=quiet)
+    resumed = run_trial(cfg, out_dir=tmp_path / "c", resume_from=tmp_path / "c" / "checkpoint", log=quiet)
+    assert resumed["train/loss"] == straight["train/loss"] and resumed["test/acc"] == straight["test/acc"]
