@@ -33,10 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.models import ARCHS, Backbone, build_backbone, count_parameters
+from harness.models import ARCHS, Backbone, build_backbone, count_parameters, num_stages
 
 __all__ = [
-    "DEFAULT_SPLITS",
     "TOPOLOGIES",
     "BackpropRescale",
     "GradScale",
@@ -50,27 +49,6 @@ __all__ = [
 ]
 
 TOPOLOGIES = ("individual", "instances", "simple", "hierarchical")
-
-_THREE_STAGE_SPLITS = {"simple": 1, "hierarchical": {2: (1,), 4: (1, 2), 8: (0, 1, 2)}}
-_FOUR_STAGE_SPLITS = {"simple": 2, "hierarchical": {2: (2,), 4: (2, 3), 8: (1, 2, 3)}}
-
-# Default split boundaries per arch and topology (the number of stages above the fork, see the
-# module docstring). The paper shares the low layers and lets the heads own the high ones: on the
-# three-stage CIFAR nets the trunk is stem + stage 1 and each head owns stages 2-3 (simple); the
-# four-head tree forks after stage 1 and again after stage 2. ResNet-50 (four stages) shares
-# stem + layer1 + layer2 and forks again after layer3. "hierarchical" maps heads -> boundaries; other
-# head counts need an explicit ``split``.
-DEFAULT_SPLITS: dict[str, dict[str, int | dict[int, tuple[int, ...]]]] = {
-    "cnn_small": _THREE_STAGE_SPLITS,
-    "resnet20": _THREE_STAGE_SPLITS,
-    "resnet32": _THREE_STAGE_SPLITS,
-    "resnet56": _THREE_STAGE_SPLITS,
-    "resnet110": _THREE_STAGE_SPLITS,
-    "wrn28_10": _THREE_STAGE_SPLITS,
-    "densenet40": _THREE_STAGE_SPLITS,
-    "resnet50": _FOUR_STAGE_SPLITS,
-}
-
 
 # --- backpropagation rescaling -----------------------------------------------------------------
 
@@ -227,17 +205,28 @@ class TrainingGraph(nn.Module):
 
 
 def default_split(arch: str, topology: str, heads: int) -> int | tuple[int, ...] | None:
-    """The split used when none is given: None for individual/instances, else ``DEFAULT_SPLITS``."""
+    """The split used when none is given, from the arch's number of stages S (see the module docstring).
+
+    The paper shares the low layers and lets the heads own the high ones. ``simple``: the trunk is
+    the stem and the first S - 2 stages, each head owns the last two. ``hierarchical`` with
+    H = 2^L heads: the first fork at boundary S - 2 and one more at each later boundary; a deeper
+    tree forks earlier instead, so every head still owns its last stage. On the three-stage CIFAR
+    nets 4 heads fork after stages 1 and 2, 8 heads after 0, 1, 2; on ResNet-50 (four stages) 4 heads
+    fork after layer2 and layer3. None for individual/instances (nothing is shared).
+    """
     if topology in ("individual", "instances"):
         return None
-    default = DEFAULT_SPLITS.get(arch, {}).get(topology)
-    if isinstance(default, dict):
-        default = default.get(heads)
-    if default is None:
+    stages = num_stages(arch)
+    if topology == "simple":
+        return max(0, stages - 2)
+    levels = heads.bit_length() - 1
+    first = max(0, min(stages - 2, stages - levels))
+    if levels < 1 or first + levels > stages:
         raise ValueError(
-            f"no default split for arch {arch!r}, topology {topology!r}, heads {heads}; give split explicitly"
+            f"no default split for arch {arch!r} ({stages} stages), topology {topology!r}, heads {heads}; "
+            "give split explicitly"
         )
-    return default
+    return tuple(range(first, first + levels))
 
 
 def _validate(arch: str, topology: str, heads: int, rescale: bool | str) -> None:

@@ -37,6 +37,7 @@ are unchanged by it.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -51,6 +52,7 @@ __all__ = [
     "build_backbone",
     "count_parameters",
     "list_archs",
+    "num_stages",
     "register_model",
     "zero_init_residual_",
 ]
@@ -141,6 +143,13 @@ def build_backbone(
     if zero_init_residual:
         zero_init_residual_(net)
     return net
+
+
+@functools.cache
+def num_stages(arch: str) -> int:
+    """How many stages a registered arch has (built once on the meta device: no memory, no init cost)."""
+    with torch.device("meta"):
+        return len(build_backbone(arch, 2).stages)
 
 
 def zero_init_residual_(net: nn.Module) -> int:

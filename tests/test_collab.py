@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from harness.collab import (
-    DEFAULT_SPLITS,
     TOPOLOGIES,
     BackpropRescale,
     GradScale,
@@ -21,7 +21,7 @@ from harness.collab import (
     default_split,
     grad_scale,
 )
-from harness.models import Backbone, build_backbone, list_archs
+from harness.models import ARCHS, Backbone, build_backbone, list_archs, num_stages
 
 torch.set_num_threads(1)
 
@@ -370,18 +370,43 @@ def test_loss_rejects_empty_or_mismatched_logits():
 # --- defaults and errors ------------------------------------------------------------------------
 
 
-def test_default_splits_cover_every_arch():
-    assert sorted(DEFAULT_SPLITS) == list_archs()
+def test_default_splits_follow_each_archs_number_of_stages():
     for arch in list_archs():
-        stages = 4 if arch == "resnet50" else 3
-        assert 0 <= default_split(arch, "simple", 2) <= stages
+        stages = num_stages(arch)
+        assert stages == (4 if arch == "resnet50" else 3)
+        assert default_split(arch, "simple", 2) == stages - 2
         for heads in (2, 4, 8):
             split = default_split(arch, "hierarchical", heads)
             assert len(split) == int(math.log2(heads)) and list(split) == sorted(set(split))
-            assert split[0] >= 0 and split[-1] <= stages
+            assert split[0] >= 0 and split[-1] <= stages - 1  # every head owns its last stage
     assert default_split("resnet20", "hierarchical", 4) == (1, 2)
+    assert default_split("resnet32", "hierarchical", 8) == (0, 1, 2)
     assert default_split("resnet50", "hierarchical", 4) == (2, 3)
+    assert default_split("resnet50", "hierarchical", 8) == (1, 2, 3)
     assert default_split("resnet20", "instances", 3) is None
+    with pytest.raises(ValueError, match="no default split for arch 'resnet20' \\(3 stages\\)"):
+        default_split("resnet20", "hierarchical", 16)
+
+
+def test_a_newly_registered_arch_gets_its_default_split_from_its_stages(monkeypatch):
+    def two_stage(num_classes, in_channels=3):
+        conv = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())  # noqa: E731
+        head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+        return Backbone(
+            conv(in_channels, 4),
+            [conv(4, 8), conv(8, 8)],
+            head,
+            arch="two_stage",
+            num_classes=num_classes,
+            in_channels=in_channels,
+        )
+
+    monkeypatch.setitem(ARCHS, "two_stage", two_stage)
+    assert default_split("two_stage", "simple", 3) == 0
+    graph = build_training_graph("two_stage", 5, "hierarchical", 4)
+    assert graph.split == (0, 1)
+    assert len(graph(torch.randn(2, 3, 8, 8))) == 4
+    num_stages.cache_clear()
 
 
 @pytest.mark.parametrize(
