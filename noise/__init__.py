@@ -29,6 +29,7 @@ __all__ = [
     "NoisyLabels",
     "UnsafeFileError",
     "corrupt",
+    "kind_names",
     "load_human_labels",
     "realized_transition",
     "register_kind",

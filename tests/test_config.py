@@ -84,7 +84,19 @@ def test_yaml_round_trip(tmp_path):
 
 
 def test_a_noise_rate_without_a_noise_kind_is_an_error_that_suggests_one():
-    with pytest.raises(C.ConfigError, match=r"noise\.rate: noise kind none trains on the clean labels") as info:
+    with pytest.raises(
+        C.ConfigError, match=r"noise\.rate: noise kind none trains on the clean labels"
+    ) as info:
         C.build_config({"noise": {"kind": "none", "rate": 0.4}})
     assert "set noise.kind (e.g. symmetric" in str(info.value)
     assert C.build_config({"noise": {"kind": "none", "rate": 0.0}}).noise.rate == 0.0
+
+
+def test_a_noise_kind_registered_after_import_is_accepted(monkeypatch):
+    from noise import registry
+
+    with pytest.raises(C.ConfigError, match="unknown noise kind 'reverse'"):
+        C.build_config({"noise": {"kind": "reverse", "rate": 0.2}})
+    kind = registry.Kind("reverse", lambda labels, spec, *, num_classes, **_: num_classes - 1 - labels)
+    monkeypatch.setitem(registry._REGISTRY, "reverse", kind)
+    assert C.build_config({"noise": {"kind": "reverse", "rate": 0.2}}).noise.kind == "reverse"
