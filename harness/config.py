@@ -212,8 +212,6 @@ def check_value(key: str, value: Any) -> str | None:
     names = _registries()
     checks: dict[str, typing.Callable[[Any], str | None]] = {
         "data.name": lambda v: _choice(v, names["dataset"], "dataset"),
-        "data.train_subset": lambda v: None if v >= 1 else f"must be >= 1 images per class, got {v}",
-        "data.val_fraction": lambda v: _in_range(v, 0, 1, hi_open=True),
         "data.num_workers": lambda v: None if v >= 0 else f"must be >= 0, got {v}",
         "noise.kind": lambda v: _choice(v, names["kind"], "noise kind"),
         "noise.rate": lambda v: _in_range(v, 0, 1),
@@ -267,13 +265,12 @@ def check_config(cfg: TrialConfig) -> list[tuple[str, str]]:
         problems.append(("collab.heads", f"hierarchical sharing needs a power of two heads, got {c.heads}"))
     if c.kept_head >= c.heads:
         problems.append(("collab.kept_head", f"must be < heads ({c.heads}), got {c.kept_head}"))
-    if d.name in ("cifar10", "cifar100", "imagefolder"):
-        if not d.root:
-            problems.append(("data.root", f"data set {d.name} needs data.root (the folder holding it)"))
-        elif not d.download and not Path(os.path.expanduser(d.root)).exists():
-            problems.append(("data.root", f"folder does not exist: {d.root}"))
-    if d.download and d.name not in ("cifar10", "cifar100"):
-        problems.append(("data.download", f"only cifar10/cifar100 can be downloaded, not {d.name}"))
+    from harness.data import config_problems  # the data sets' own rules (root, download, subsets)
+
+    given = dict(root=d.root, download=d.download, train_subset=d.train_subset, val_fraction=d.val_fraction)
+    problems += [
+        (f"data.{key}", message) for key, message in config_problems(d.name, **given) if key != "name"
+    ]
     if n.kind == "human":
         if not n.label_file:
             problems.append(("noise.label_file", "human noise needs the CIFAR-N .pt file"))

@@ -13,6 +13,7 @@ elsewhere (`noise.corrupt`). Conventions:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,72 @@ import torch
 
 from harness.safeload import UnsafeFileError, load_cifar_pickle
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registered data set: its loader and what a config of it needs.
+
+    ``load(root, *, download, holdout, **options)`` returns the full ImageData (``root`` a Path,
+    or None for data sets that need none; ``holdout``: a validation share will be drawn).
+    """
+
+    name: str
+    load: Callable[..., ImageData]
+    needs_root: bool = False
+    downloadable: bool = False
+    options: tuple[str, ...] = ()
+
+
+# name -> Dataset, filled by @register_dataset below; config validation reads it live.
+DATASETS: dict[str, Dataset] = {}
+
+
+def register_dataset(
+    name: str, *, needs_root: bool = False, downloadable: bool = False, options: tuple[str, ...] = ()
+) -> Callable[[Callable[..., ImageData]], Callable[..., ImageData]]:
+    """Register the decorated loader as data set ``name`` (see `Dataset`)."""
+
+    def decorate(fn: Callable[..., ImageData]) -> Callable[..., ImageData]:
+        if name in DATASETS:
+            raise ValueError(f"dataset {name!r} is already registered")
+        DATASETS[name] = Dataset(name, fn, needs_root, downloadable, tuple(options))
+        return fn
+
+    return decorate
+
+
+def config_problems(
+    name: str,
+    *,
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    train_subset: int | None = None,
+    val_fraction: float = 0.0,
+) -> list[tuple[str, str]]:
+    """What is wrong with a ``data`` config, as (key in the data section, message); [] when nothing.
+
+    The one place these rules live: `load_dataset` raises on them, config validation reports them.
+    """
+    if name not in DATASETS:
+        return [("name", f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")]
+    spec, problems = DATASETS[name], []
+    if train_subset is not None and (
+        isinstance(train_subset, bool) or int(train_subset) != train_subset or train_subset < 1
+    ):
+        problems.append(
+            ("train_subset", f"must be a positive integer (images per class) or null, got {train_subset!r}")
+        )
+    if not 0.0 <= float(val_fraction) < 1.0:
+        problems.append(("val_fraction", f"must be in [0, 1), got {val_fraction!r}"))
+    if spec.needs_root and not root:
+        problems.append(("root", f"data set {name} needs data.root (the folder holding it)"))
+    elif spec.needs_root and not download and not Path(os.path.expanduser(root)).exists():
+        problems.append(("root", f"folder does not exist: {root}"))
+    if download and not spec.downloadable:
+        downloadable = [d.name for d in DATASETS.values() if d.downloadable]
+        problems.append(("download", f"only {'/'.join(downloadable)} can be downloaded, not {name}"))
+    return problems
+
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -106,36 +172,22 @@ def load_dataset(
     options: `synthetic`: num_classes, image_size, channels, train_per_class, test_per_class;
         `imagefolder`: image_size (default 224).
     """
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    if train_subset is not None and (
-        isinstance(train_subset, bool) or int(train_subset) != train_subset or train_subset < 1
-    ):
-        raise ValueError(
-            f"data.train_subset must be a positive integer (images per class) or null, got {train_subset!r}"
-        )
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction!r}")
-    allowed = {"synthetic": set(_SYNTHETIC_DEFAULTS), "imagefolder": {"image_size"}}.get(name, set())
-    unknown = sorted(set(options) - allowed)
+    # root is not checked here: None means $HARNESS_DATA_ROOT or ~/data, and a missing file is
+    # reported by the loader with the path it expected
+    checked = config_problems(name, download=download, train_subset=train_subset, val_fraction=val_fraction)
+    problems = [(key, message) for key, message in checked if key != "root"]
+    if problems:
+        raise ValueError("; ".join(f"data.{key}: {message}" for key, message in problems))
+    spec = DATASETS[name]
+    unknown = sorted(set(options) - set(spec.options))
     if unknown:
         raise ValueError(
             f"Unknown option(s) {', '.join(unknown)} for dataset {name!r}; "
-            f"allowed: {', '.join(sorted(allowed)) or 'none'}"
+            f"allowed: {', '.join(sorted(spec.options)) or 'none'}"
         )
-
-    if name == "digits":
-        data = _load_digits()
-    elif name == "synthetic":
-        data = _make_synthetic(**options)
-    else:
-        base = Path(root if root is not None else os.environ.get("HARNESS_DATA_ROOT", "~/data")).expanduser()
-        if name == "cifar10":
-            data = _load_cifar(base, _CIFAR10, download)
-        elif name == "cifar100":
-            data = _load_cifar(base, _CIFAR100, download)
-        else:
-            data = _load_imagefolder(base, int(options.get("image_size", 224)), holdout=val_fraction > 0)
+    if spec.needs_root:
+        root = Path(root if root is not None else os.environ.get("HARNESS_DATA_ROOT", "~/data")).expanduser()
+    data = spec.load(root, download=download, holdout=val_fraction > 0, **options)
 
     if train_subset is not None:
         data = _take_train(data, first_per_class(data.train_y, int(train_subset)))
@@ -202,6 +254,11 @@ def _split_val(data: ImageData, fraction: float, seed: int) -> ImageData:
 
 # ---------------------------------------------------------------------------------------------
 # digits (scikit-learn's bundled 8x8 images: the offline CPU quickstart)
+
+
+@register_dataset("digits")
+def _digits(root: Path | None, *, download: bool, holdout: bool) -> ImageData:
+    return _load_digits()
 
 
 def _load_digits() -> ImageData:
@@ -350,6 +407,16 @@ def _read_cifar_batch(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
+@register_dataset("cifar10", needs_root=True, downloadable=True)
+def _cifar10(root: Path, *, download: bool, holdout: bool) -> ImageData:
+    return _load_cifar(root, _CIFAR10, download)
+
+
+@register_dataset("cifar100", needs_root=True, downloadable=True)
+def _cifar100(root: Path, *, download: bool, holdout: bool) -> ImageData:
+    return _load_cifar(root, _CIFAR100, download)
+
+
 def _load_cifar(root: Path, layout: _CifarLayout, download: bool) -> ImageData:
     folder = _cifar_folder(root, layout, download)
     meta = _read_pickle(folder / layout.meta_file, f"{layout.name} class names")
@@ -403,6 +470,11 @@ def _scan_split(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
     if not files:
         raise FileNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {split_dir}/<class>/")
     return files
+
+
+@register_dataset("imagefolder", needs_root=True, options=("image_size",))
+def _imagefolder(root: Path, *, download: bool, holdout: bool, image_size: int = 224) -> ImageData:
+    return _load_imagefolder(root, int(image_size), holdout=holdout)
 
 
 def _load_imagefolder(root: Path, image_size: int, *, holdout: bool) -> ImageData:
@@ -471,6 +543,11 @@ _SYNTHETIC_DEFAULTS = {
     "train_per_class": 100,
     "test_per_class": 20,
 }
+
+
+@register_dataset("synthetic", options=tuple(_SYNTHETIC_DEFAULTS))
+def _synthetic(root: Path | None, *, download: bool, holdout: bool, **options: int) -> ImageData:
+    return _make_synthetic(**options)
 
 
 def _make_synthetic(**options: int) -> ImageData:

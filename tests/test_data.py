@@ -282,3 +282,35 @@ def test_malformed_pickles_raise_value_error(tmp_path):
     train.write_bytes(b"definitely not a pickle")
     with pytest.raises(ValueError, match=str(train)):
         load_dataset("cifar100", root=tmp_path)
+
+
+def test_a_dataset_registered_after_import_is_accepted_by_config_and_loads(monkeypatch):
+    from harness import config as C
+    from harness import data as D
+
+    tiny = D.DATASETS["synthetic"].load(
+        None, download=False, holdout=False, train_per_class=3, test_per_class=2
+    )
+    monkeypatch.setitem(D.DATASETS, "tiny", D.Dataset("tiny", lambda root, **_: tiny))
+    assert C.build_config({"data": {"name": "tiny"}}).data.name == "tiny"
+    assert load_dataset("tiny").num_train == tiny.num_train
+
+
+def test_data_rules_live_in_one_place_and_config_reports_them_with_their_key():
+    from harness import config as C
+    from harness.data import config_problems
+
+    assert config_problems("cifar10", root=None) == [
+        ("root", "data set cifar10 needs data.root (the folder holding it)")
+    ]
+    assert config_problems("digits", download=True) == [
+        ("download", "only cifar10/cifar100 can be downloaded, not digits")
+    ]
+    with pytest.raises(C.ConfigError) as info:
+        C.build_config({"data": {"train_subset": 0, "val_fraction": 1.0}})
+    assert info.value.problems == [
+        "data.train_subset: must be a positive integer (images per class) or null, got 0",
+        "data.val_fraction: must be in [0, 1), got 1.0",
+    ]
+    with pytest.raises(ValueError, match=r"data\.train_subset: must be a positive integer"):
+        load_dataset("digits", train_subset=0)

@@ -247,7 +247,9 @@ def test_every_problem_is_listed_at_once(tmp_path, monkeypatch, capsys):
         "seeds[0]",
     ):
         assert f"{path}: {place}: " in err, f"{place} missing in:\n{err}"
-    assert "6 problem(s)" in err
+    # noise.kind is left at none, so the valid rate 0.2 is a problem too
+    assert f"{path}: grid.noise.rate[0]: noise kind none trains on the clean labels" in err
+    assert "7 problem(s)" in err
 
 
 def test_missing_file_exits_2(tmp_path, monkeypatch, capsys):
@@ -308,7 +310,7 @@ def test_mps_needs_a_local_ray_a_gpu_fraction_and_the_control_program(tmp_path, 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-cuda-mps-control here
     path = tmp_path / "m.yaml"
-    path.write_text("name: m\ngrid:\n  noise.rate: [0.2]\nresources: {cpu: 1, gpu: 1}\n")
+    path.write_text("name: m\ngrid:\n  noise.kind: [symmetric]\n  noise.rate: [0.2]\nresources: {cpu: 1, gpu: 1}\n")
     assert cli.main(["sweep", str(path), "--mps", "--address", "10.0.0.1:6379"]) == 2
     err = capsys.readouterr().err
     assert "--mps starts CUDA MPS for a local Ray" in err
@@ -322,5 +324,5 @@ def test_mps_launch_is_accepted_with_the_control_program_and_a_gpu_fraction(
 ):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     path = tmp_path / "m.yaml"
-    path.write_text("name: m\ngrid:\n  noise.rate: [0.2]\nresources: {cpu: 1, gpu: 0.25}\n")
+    path.write_text("name: m\ngrid:\n  noise.kind: [symmetric]\n  noise.rate: [0.2]\nresources: {cpu: 1, gpu: 0.25}\n")
     assert check_launch(load_sweep(path), storage=tmp_path / "ray_results", mps=True) == []
