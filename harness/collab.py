@@ -348,6 +348,7 @@ def collaborative_loss(
     beta: float,
     per_head: bool = False,
     soft_weight: float | torch.Tensor = 1.0,
+    head: int | None = None,
 ) -> torch.Tensor:
     """Song & Chai's objective summed over heads (eq. 3 of the paper).
 
@@ -359,7 +360,8 @@ def collaborative_loss(
     soft target's share in: ``(1 - (1 - beta) w) * CE + (1 - beta) w * T^2 * soft``, plain
     cross-entropy per head at w = 0 and the paper's objective at w = 1 (the default).
     Computed in float32 whatever the logits' dtype. Returns a scalar, or the (H,) per-head losses
-    when ``per_head``.
+    when ``per_head``, or head ``head``'s loss alone (for alternating updates: no other head's
+    parameters take part in its backward pass, so the optimizer leaves them untouched).
     """
     if not isinstance(T, numbers.Real) or isinstance(T, bool) or not T > 0:
         raise ValueError(f"T (temperature) must be > 0, got {T!r}")
@@ -380,12 +382,14 @@ def collaborative_loss(
 
     frozen = [zh.detach() for zh in z]
     losses = []
-    for h in range(heads):
+    for h in range(heads) if head is None else [head]:
         others = torch.stack([frozen[j] for j in range(heads) if j != h]).mean(dim=0)
         q = F.softmax(others / T, dim=1)
         soft = -(q * F.log_softmax(z[h] / T, dim=1)).sum(dim=1).mean()
         hard = F.cross_entropy(z[h], target)
         share = (1.0 - beta) * soft_weight
         losses.append((1.0 - share) * hard + share * T**2 * soft)
+    if head is not None:
+        return losses[0]
     per = torch.stack(losses)
     return per if per_head else per.sum()

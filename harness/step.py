@@ -34,10 +34,10 @@ def make_loss_fn(
     """
 
     def loss_fn(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        kw = dict(T=T, beta=beta, soft_weight=soft_weight)
-        if head is None:
-            return collaborative_loss(logits, target, **kw) * loss_scale
-        return collaborative_loss(logits, target, per_head=True, **kw)[head] * loss_scale
+        return (
+            collaborative_loss(logits, target, T=T, beta=beta, soft_weight=soft_weight, head=head)
+            * loss_scale
+        )
 
     return loss_fn
 

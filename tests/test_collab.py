@@ -451,3 +451,29 @@ def test_soft_weight_moves_from_plain_cross_entropy_to_the_papers_objective():
     torch.testing.assert_close(half, (plain + paper) / 2)
     half.backward()
     assert all(z.grad is not None and torch.isfinite(z.grad).all() for z in logits)
+
+
+def test_an_alternating_step_changes_only_the_parameters_on_that_heads_path():
+    from harness.optim import SGD
+    from harness.step import EagerStep, make_loss_fn
+
+    torch.manual_seed(0)
+    graph = build_training_graph("cnn_small", 4, "hierarchical", 4, in_channels=1)
+    opt = SGD(graph.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 4, (8,))
+    for head in (2, 0):
+        before = {name: p.detach().clone() for name, p in graph.named_parameters()}
+        on_path = {id(p) for p in graph.head_parameters(head)}
+        EagerStep(graph, opt, make_loss_fn(T=2.0, beta=0.5, head=head), device="cpu", amp=False)(x, y)
+        for name, p in graph.named_parameters():
+            moved = not torch.equal(p.detach(), before[name])
+            assert moved == (id(p) in on_path), f"head {head}: {name} moved={moved}"
+
+
+def test_one_heads_loss_equals_its_share_of_the_per_head_losses():
+    torch.manual_seed(0)
+    logits = [torch.randn(6, 4) for _ in range(4)]
+    y = torch.randint(0, 4, (6,))
+    per = collaborative_loss(logits, y, T=2.0, beta=0.5, per_head=True)
+    for h in range(4):
+        torch.testing.assert_close(collaborative_loss(logits, y, T=2.0, beta=0.5, head=h), per[h])
