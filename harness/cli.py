@@ -1,8 +1,8 @@
-"""The `harness` command line: sweep, validate, train, report, ui, bench.
+"""The `harness` command line: sweep, validate, train, run, sync, report, ui, bench.
 
 Each subcommand lives in its own module, which provides `add_arguments(parser)` and
-`main(args) -> int`. Modules are imported only when their command runs, so `harness bench`
-and `harness train` work where only torch is installed (no Ray, no MLflow).
+`main(args) -> int`. Modules are imported only when their command runs, so `harness bench`,
+`harness train` and `harness run` work where only torch is installed (no Ray, no MLflow).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ COMMANDS = {
     "sweep": ("harness.sweep", "run a sweep file as Ray Tune trials, tracked in MLflow"),
     "validate": ("harness.sweep", "check a sweep file completely and start nothing"),
     "train": ("harness.train_cli", "run one trial without Ray (config file and/or --set key=value)"),
+    "run": ("harness.run_cli", "run an exported sweep's trials here, one by one, with torch alone"),
+    "sync": ("harness.sync", "log an exported sweep's results into MLflow, as `sweep` would have"),
     "report": ("reports.cli", "comparison tables and plots from a sweep's MLflow runs"),
     "ui": ("harness.ui", "start the MLflow UI on the harness's store"),
     "bench": ("harness.bench", "time the training step of each topology on synthetic data"),

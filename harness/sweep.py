@@ -1,4 +1,5 @@
-"""Sweep files: parsing, grid x seeds expansion, complete validation, and the `sweep`/`validate` commands.
+"""Sweep files: parsing, grid x seeds expansion, complete validation, and the `sweep`/`validate` commands
+(`sweep --export DIR` writes the trials for `harness run`, harness.export).
 
 A sweep file (DESIGN.md, "Trial config and sweep files"):
 
@@ -485,6 +486,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "--dry-run", action="store_true", help="list the trials (name and overrides) and start nothing"
     )
     parser.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the trials into DIR instead of running them, for `harness run DIR` on a machine with "
+        "torch alone (then `harness sync DIR`); exporting again adds only missing trials",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="finish an interrupted run of this sweep: unfinished trials go on from their checkpoints",
@@ -595,6 +604,8 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"--max-failures must be >= 0, got {args.max_failures}", file=sys.stderr)
         return 2
     print(_describe(sweep))
+    if args.export is not None:
+        return _export(sweep, args)
     if args.dry_run:
         width = max(len(t.name) for t in sweep.trials)
         for t in sweep.trials:
@@ -636,3 +647,39 @@ def _sweep(args: argparse.Namespace) -> int:
         return 2
     print(tune_runner.format_summary(outcome, sweep.metric))
     return outcome.exit_code
+
+
+def _export(sweep: Sweep, args: argparse.Namespace) -> int:
+    """`--export DIR`: the trials as folders for `harness run` (harness.export), nothing run."""
+    launch = {
+        "--dry-run": args.dry_run,
+        "--resume": args.resume,
+        "--overwrite": args.overwrite,
+        "--address": args.address,
+        "--num-cpus": args.num_cpus,
+        "--num-gpus": args.num_gpus,
+        "--mps": args.mps,
+        "--max-failures": args.max_failures,
+    }
+    clash = [flag for flag, value in launch.items() if value not in (None, False)]
+    if clash:
+        print(f"harness sweep: --export runs nothing; {', '.join(clash)} do not apply", file=sys.stderr)
+        return 2
+    from harness.export import ExportError, write_export
+
+    try:
+        added, kept = write_export(
+            sweep, C.load_yaml(args.file), C.parse_overrides(args.overrides), args.export
+        )
+    except ExportError as exc:
+        print(f"harness sweep: {exc}", file=sys.stderr)
+        return 2
+    root = args.export.resolve()
+    kept_note = f" ({len(kept)} already there, left as they are)" if kept else ""
+    print(f"exported {len(added)} trial(s) to {root}{kept_note}")
+    print(
+        f"next: copy {args.export} to the machine that trains; there, `harness run {args.export}` "
+        f"(with torch alone: `PYTHONPATH=<checkout> python3 -m harness.cli run {args.export}`); "
+        f"copy it back, then `harness sync {args.export}`"
+    )
+    return 0

@@ -15,19 +15,17 @@ Names (reports/ reads these):
   harness.trial_key (the trial's stable id: a resumed sweep finds and continues its run),
   harness.sweep_name, git commit, device, torch/CUDA versions, harness.ray_trial_id;
   harness.error on failure; harness.collapsed (true/false) on a run that ended with
-  train/collapsed logged (true: its kept head ended collapsed; reports leave such runs out). Params: the resolved config flattened with dots. Metrics: every
-  numeric value a trial reports per epoch, step = epoch. Artifacts: the files of the final
-  checkpoint's artifacts/ folder (config.yaml, noise_transition.csv, metrics.json,
-  inference_head.pt) at the run's artifact root.
+  train/collapsed logged (true: its kept head ended collapsed; reports leave such runs out);
+  harness.launcher, harness.export_id, harness.unfinished and harness.synced on runs that
+  `harness sync` logged from an exported sweep (harness.sync). Params: the resolved config
+  flattened with dots. Metrics: every numeric value a trial reports per epoch, step = epoch.
+  Artifacts: the files of the final checkpoint's artifacts/ folder (config.yaml,
+  noise_transition.csv, metrics.json, inference_head.pt) at the run's artifact root.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
-import socket
-import subprocess
 import sys
 import time
 import traceback
@@ -40,6 +38,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from harness import config as C
+from harness.runtime import GIT_COMMIT_TAG, code_tags, runtime_tags  # noqa: F401 (re-exported)
 from reports.store import default_tracking_uri  # one definition for sweeps, reports and UI
 
 try:  # the sweep callback needs Ray; `harness train` needs only MLflow
@@ -55,8 +54,14 @@ TRIAL_INDEX_TAG = "harness.trial_index"
 ERROR_TAG = "harness.error"
 COLLAPSED_TAG = "harness.collapsed"
 RAY_TRIAL_TAG = "harness.ray_trial_id"
+# harness sync's runs (harness.sync): launcher=run (`harness train` sets train, a Ray sweep none), the
+# export they came from, true on a run whose trial had not ended when synced (KILLED), and what the
+# last sync logged (a later sync skips the trial when that is unchanged)
+LAUNCHER_TAG = "harness.launcher"
+EXPORT_TAG = "harness.export_id"
+UNFINISHED_TAG = "harness.unfinished"
+SYNCED_TAG = "harness.synced"
 PARENT_TAG = "mlflow.parentRunId"
-GIT_COMMIT_TAG = "mlflow.source.git.commit"
 # Result keys Ray Tune adds to every report; everything else numeric is a trial metric.
 RAY_RESULT_KEYS = frozenset(
     {
@@ -104,45 +109,6 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
     return exp.experiment_id
-
-
-def code_tags() -> dict[str, str]:
-    """The git commit of the code that runs (and whether it had uncommitted changes)."""
-    repo = Path(__file__).resolve().parents[1]
-    tags = {"harness.python": platform.python_version()}
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return tags  # not a git checkout (an installed wheel) or no commit yet
-    return {**tags, GIT_COMMIT_TAG: commit, "harness.git_dirty": str(bool(dirty)).lower()}
-
-
-def runtime_tags(device: str = "auto") -> dict[str, str]:
-    """Where a trial runs: device, torch and CUDA versions, host. Call it in the trial's process."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    tags = {
-        "harness.device": device,
-        "harness.torch": torch.__version__,
-        "harness.cuda": torch.version.cuda or "none",
-        "harness.host": socket.gethostname(),
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        tags["harness.gpu"] = torch.cuda.get_device_name(torch.device(device))
-    if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):  # `harness sweep --mps`: the GPU is shared under MPS
-        tags["harness.mps_pipe"] = os.environ["CUDA_MPS_PIPE_DIRECTORY"]
-    return tags
 
 
 def _now_ms() -> int:
@@ -250,7 +216,7 @@ class TrialLogger:
         name = (
             f"{cfg.data.name} {cfg.model.arch} {n.kind}-{n.rate:g} {c.topology}-{c.heads} seed{cfg.run.seed}"
         )
-        tags = {**code_tags(), **runtime_tags(cfg.run.device), "harness.launcher": "train"}
+        tags = {**code_tags(), **runtime_tags(cfg.run.device), LAUNCHER_TAG: "train"}
         return cls.start(cfg, experiment=experiment, run_name=name, tags=tags, tracking_uri=tracking_uri)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -317,13 +283,20 @@ def start_sweep_run(
     sweep_file: str,
     num_trials: int,
     run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> str:
-    """The sweep's parent run: a new one, or (resume) `run_id` set running again."""
+    """The sweep's parent run: a new one (with `tags` besides ours), or (resume) `run_id` running again."""
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
         return run_id
     exp_id = experiment_id(client, experiment)
-    tags = {RUN_KIND_TAG: "sweep", SWEEP_NAME_TAG: sweep_name, SWEEP_FILE_TAG: sweep_file, **code_tags()}
+    tags = {
+        RUN_KIND_TAG: "sweep",
+        SWEEP_NAME_TAG: sweep_name,
+        SWEEP_FILE_TAG: sweep_file,
+        **code_tags(),
+        **(tags or {}),
+    }
     run = client.create_run(exp_id, run_name=sweep_name, tags=tags)
     client.log_param(run.info.run_id, "sweep.trials", num_trials)
     if Path(sweep_file).is_file():

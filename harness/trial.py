@@ -172,6 +172,18 @@ def run_trial(
         if on_epoch is not None:
             on_epoch(epoch, metrics, written)
 
+    if resume is not None and has_ended(resume, opts):
+        # Killed after the last epoch's checkpoint but before the run was reported: report that
+        # epoch again from the checkpoint. fit would start past the end (or past a collapse stop).
+        graph.load_state_dict(resume["model"])
+        epoch, last = resume["epoch"], {**sizes, **resume["history"][-1]}
+        log(f"epoch {epoch} of {opts.epochs} was the last and is in the checkpoint: nothing left to train")
+        save_checkpoint(resume, ckpt_dir / CHECKPOINT_FILE)
+        write_artifacts(ckpt_dir / "artifacts", cfg, graph, noisy, last)
+        if on_epoch is not None:
+            on_epoch(epoch, last, ckpt_dir)
+        return last
+
     final = fit(
         graph,
         train_loader,
@@ -184,6 +196,12 @@ def run_trial(
         log=log,
     )
     return {**sizes, **final}
+
+
+def has_ended(state: dict, opts: FitOptions) -> bool:
+    """Whether the checkpoint `state` is of a trial's last epoch (the final one, or a collapse stop)."""
+    history = state["history"]
+    return state["epoch"] >= opts.epochs or (bool(history) and stops_on_collapse(opts, history[-1]))
 
 
 def write_artifacts(folder: Path, cfg: C.TrialConfig, graph, noisy: noise.NoisyLabels, metrics: dict) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import config as C
+from harness.summary import TrialOutcome, trial_table
 from harness.sweep import Sweep, Trial
 
 STATE_FILE = "harness_sweep.json"
@@ -38,19 +39,6 @@ PROGRESS_COLUMNS = {
     "train/memorized": "memorized",
     "time/epoch_s": "s/epoch",
 }
-
-
-@dataclass
-class TrialOutcome:
-    """How one trial ended: status 'ok', 'failed' or 'unfinished' (interrupted)."""
-
-    index: int
-    name: str
-    key: str
-    status: str
-    metrics: dict[str, Any]
-    error: str | None = None
-    path: str | None = None
 
 
 @dataclass
@@ -426,39 +414,9 @@ def _reconcile(callback, results, outcomes: list[TrialOutcome]) -> None:
 
 
 def format_summary(outcome: SweepOutcome, metric: str = "test/acc") -> str:
-    """The closing table: trial, status, test accuracy, time; then the errors and where things are."""
-    rows = [("#", "trial", "status", metric, "time")]
-    collapsed = [t for t in outcome.trials if t.status == "ok" and t.metrics.get("train/collapsed")]
-    for t in outcome.trials:
-        value = t.metrics.get(metric)
-        seconds = t.metrics.get("time_total_s")
-        rows.append(
-            (
-                str(t.index),
-                t.name,
-                "ok, collapsed" if t in collapsed else t.status,
-                f"{value:.4f}" if isinstance(value, (int, float)) else "-",
-                f"{seconds:.0f}s" if isinstance(seconds, (int, float)) else "-",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    counts = {s: sum(t.status == s for t in outcome.trials) for s in ("ok", "failed", "unfinished")}
-    lines.append(
-        f"{counts['ok']} of {len(outcome.trials)} trials succeeded"
-        + "".join(f", {n} {s}" for s, n in counts.items() if s != "ok" and n)
-    )
-    if collapsed:
-        lines.append(
-            f"  {len(collapsed)} trial(s) ended collapsed (one predicted class for almost every image; "
-            "tagged harness.collapsed=true): `harness report` lists them apart and leaves them out of "
-            "means and gains"
-        )
-    for t in outcome.trials:
-        if t.status == "failed":
-            lines.append(f"  failed: {t.name}: {t.error} (details: {t.path}/error.txt)")
-    if counts["unfinished"]:
+    """The closing table (harness.summary), then what to do after an interruption and where things are."""
+    lines = trial_table(outcome.trials, metric)
+    if any(t.status == "unfinished" for t in outcome.trials):
         lines.append("  interrupted: run the same command with --resume to finish the unfinished trials")
     for problem in outcome.tracking_problems:
         lines.append(f"  tracking: {problem}")

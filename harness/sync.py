@@ -1,0 +1,238 @@
+"""`harness sync DIR`: an exported sweep's results into MLflow, as if the sweep had run under Ray.
+
+One parent run for the sweep, one child run per started trial, logged with harness.tracking's
+`TrialLogger` like a Ray trial: params (the config as run: config.yaml plus `harness run`'s
+--device/--data-root), every epoch's metrics at step = epoch, tags, the artifacts of
+checkpoint/artifacts/, and a status. `harness report --experiment NAME` then reads it as it reads
+a Ray sweep.
+
+Status: finished or collapsed -> FINISHED (TrialLogger.finish sets harness.collapsed from the final
+metrics), failed -> FAILED with harness.error, running (not ended when synced) -> RUNNING while
+logged, then KILLED with harness.unfinished=true and a run description saying so. Trials never
+started get no run, as under Ray.
+
+Identity and duplicates. A sweep in a store is (experiment, sweep name); a trial is its key
+(harness.trial_key, a digest of its config) under the sweep's parent run, the key `harness sweep`
+gives the same trial. The rule:
+- Parent: the newest sweep run of that name in the experiment that this export made, or whose
+  trials share a key with it (a `harness sweep` of the same file, an earlier sync); else a new one.
+- A trial whose run this export logged (harness.export_id) is continued with what is new (epochs
+  after the last logged step, artifacts when it ended, its status), or left alone when nothing
+  changed since the last sync (harness.synced). A FINISHED run is never taken back.
+- A trial with a run from elsewhere (`harness sweep`, another export): a FINISHED or RUNNING run is
+  kept and the export's copy is not logged; a FAILED or KILLED one gives way when the export's
+  trial ended: it is deleted (`mlflow runs restore --run-id ID` brings it back) and the export's
+  run logged instead.
+So every trial has one run, and the first finished result stays.
+
+Everything in DIR is read and checked before the store is opened: unusable input logs nothing
+(exit 2). A sync that fails midway leaves runs RUNNING or KILLED that the next sync completes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+from harness import config as C
+from harness import export as X
+
+RUN_STATUS = {"finished": "FINISHED", "collapsed": "FINISHED", "failed": "FAILED", "running": "KILLED"}
+ACTIONS = ("logged", "updated", "up to date", "kept", "not started")  # what a sync does with a trial folder
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("dir", type=Path, metavar="DIR", help="an export folder that `harness run` filled")
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        default=None,
+        help="MLflow store [$MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db]",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    checked = _read(args.dir)
+    if isinstance(checked, list):
+        for problem in checked:
+            print(f"harness sync: {problem}", file=sys.stderr)
+        print(f"harness sync: {len(checked)} problem(s); nothing was logged", file=sys.stderr)
+        return 2
+    export, trials = checked
+    from harness import tracking
+
+    uri = args.tracking_uri or tracking.default_tracking_uri()
+    try:
+        client = tracking.open_store(uri)
+        exp_id = tracking.experiment_id(client, export.experiment)
+        parent, how = _sweep_run(client, exp_id, export, {t.key for t, _ in trials})
+        print(f"MLflow: experiment {export.experiment!r}, sweep run {parent} ({how}) in {uri}")
+        rows = [(trial, *_sync_trial(client, exp_id, parent, export, trial, cfg)) for trial, cfg in trials]
+        statuses = [status for *_, status in rows]
+        if any(s in (None, "RUNNING", "KILLED") for s in statuses):
+            client.set_terminated(parent, status="KILLED")
+        else:
+            client.set_terminated(parent, status="FAILED" if "FAILED" in statuses else "FINISHED")
+    except Exception as exc:  # noqa: BLE001 - the store went away, refused a write, ...
+        print(
+            f"harness sync: MLflow failed: {type(exc).__name__}: {exc}\n"
+            f"harness sync: what was logged stays; run `harness sync {args.dir}` again to complete it",
+            file=sys.stderr,
+        )
+        return 1
+    print(_table(rows))
+    print(f"next: harness report --experiment {export.experiment}")
+    return 0
+
+
+def _read(root: Path):
+    """(export, [(trial, config)]) with every folder read and checked, or the list of problems."""
+    try:
+        export = X.open_export(root)
+    except X.ExportError as exc:
+        return [str(exc)]
+    problems, trials = [], []
+    for path in export.trial_dirs:
+        try:
+            trial = X.read_trial(path, export)
+            trials.append((trial, X.trial_config(trial, trial.runtime.get("overrides"), need_data=False)))
+        except X.ExportError as exc:
+            problems.append(str(exc))
+    if not export.trial_dirs:
+        problems.append(f"{export.root}: holds no trial folders")
+    return problems or (export, trials)
+
+
+def _sweep_run(client, exp_id: str, export: X.Export, keys: set[str]) -> tuple[str, str]:
+    """The parent run to log under (the rule in the module docstring) and how it was found."""
+    from harness import tracking as T
+
+    parents = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{T.RUN_KIND_TAG}` = 'sweep' and tags.`{T.SWEEP_NAME_TAG}` = '{export.sweep}'",
+        order_by=["attributes.start_time DESC"],
+    )
+    for run in parents:
+        if run.data.tags.get(T.EXPORT_TAG) == export.id:
+            client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id, "made by an earlier sync of this export"
+        children = client.search_runs(
+            [exp_id], filter_string=f"tags.`{T.PARENT_TAG}` = '{run.info.run_id}'", max_results=5000
+        )
+        if keys & {c.data.tags.get(T.TRIAL_KEY_TAG) for c in children}:
+            client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id, f"joined: {_made_by(run)} holds trials of this sweep"
+    run_id = T.start_sweep_run(
+        client,
+        experiment=export.experiment,
+        sweep_name=export.sweep,
+        sweep_file=str(export.sweep_file),
+        num_trials=len(export.trial_dirs),
+        tags={T.EXPORT_TAG: export.id, T.LAUNCHER_TAG: "run"},
+    )
+    return run_id, "new"
+
+
+def _made_by(run) -> str:
+    from harness import tracking as T
+
+    tags = run.data.tags
+    if T.EXPORT_TAG in tags:
+        return f"the sync of export {tags[T.EXPORT_TAG]}"
+    return {"train": "harness train"}.get(tags.get(T.LAUNCHER_TAG, ""), "harness sweep")
+
+
+def _sync_trial(client, exp_id, parent, export: X.Export, trial: X.TrialDir, cfg: C.TrialConfig):
+    """Log one trial folder under `parent`; return (what was done, details, the trial run's status after)."""
+    from harness import tracking as T
+
+    run = T.find_child_run(client, exp_id, parent, trial.key)
+    if trial.state == X.PENDING:
+        return "not started", "no run", run.info.status if run else None
+    want = RUN_STATUS[trial.state]
+    replaced = ""
+    if run is not None and run.data.tags.get(T.EXPORT_TAG) != export.id:
+        status, run_id = run.info.status, run.info.run_id
+        if status in ("FINISHED", "RUNNING") or trial.state not in X.ENDED_OK:
+            return "kept", f"the {status} run {run_id} of {_made_by(run)}", status
+        client.delete_run(run_id)
+        replaced = f"; replaced the {status} run {run_id} of {_made_by(run)} (deleted, restorable)"
+        run = None
+    if run is not None and run.info.status == "FINISHED" and want != "FINISHED":
+        return "kept", f"FINISHED in the store; this copy of the trial is {trial.state}", "FINISHED"
+    stamp = _stamp(trial)
+    if run is not None and run.info.status == want and run.data.tags.get(T.SYNCED_TAG) == stamp:
+        return "up to date", "", want
+
+    tags = {
+        **trial.runtime.get("tags", {}),
+        T.SWEEP_NAME_TAG: export.sweep,
+        T.TRIAL_INDEX_TAG: str(trial.index),
+        T.LAUNCHER_TAG: "run",
+        T.EXPORT_TAG: export.id,
+    }
+    logger = T.TrialLogger.start(
+        cfg,
+        experiment=export.experiment,
+        run_name=trial.name,
+        parent_run_id=parent,
+        trial_key=trial.key,
+        tags=tags,
+        client=client,
+    )
+    logged_before = logger.last_step
+    for row in trial.history:
+        logger.log_epoch(row["epoch"], row)
+    old_tags = run.data.tags if run is not None else {}
+    stale = {T.ERROR_TAG, T.UNFINISHED_TAG, NOTE_TAG}
+    if trial.state == "failed":
+        stale -= {T.ERROR_TAG}
+    elif trial.state == "running":
+        stale -= {T.UNFINISHED_TAG, NOTE_TAG}
+    for key in stale & set(old_tags):
+        client.delete_tag(logger.run_id, key)
+    if trial.state in X.ENDED_OK:
+        artifacts = trial.path / X.ARTIFACTS
+        # the last epoch's metrics, as the Ray callback finishes a run (metrics.json adds only the sizes
+        # logged at epoch 1)
+        logger.finish(trial.history[-1], artifacts if artifacts.is_dir() else None, status="FINISHED")
+    elif trial.state == "failed":
+        logger.finish(
+            status="FAILED", error=trial.error or f"unknown error (see {trial.path / X.ERROR_FILE})"
+        )
+    else:
+        logger.set_tags(
+            {
+                T.UNFINISHED_TAG: "true",
+                NOTE_TAG: f"Unfinished when synced: epoch {trial.last_epoch} of {cfg.optim.epochs}. "
+                "`harness run` resumes the trial; a later `harness sync` continues this run.",
+            }
+        )
+        logger.finish(status="KILLED")
+    logger.set_tags({T.SYNCED_TAG: stamp})
+    new = max(trial.last_epoch - logged_before, 0)
+    detail = f"{new} new epoch(s), {want}{' (unfinished)' if trial.state == 'running' else ''}{replaced}"
+    return ("logged" if run is None else "updated"), detail, want
+
+
+def _stamp(trial: X.TrialDir) -> str:
+    """What a sync logs of a trial: its state, last epoch and error. Same stamp, nothing new to log."""
+    error = hashlib.sha1((trial.error or "").encode()).hexdigest()[:8] if trial.error else ""
+    return f"{trial.state}@{trial.last_epoch}" + (f":{error}" if error else "")
+
+
+def _table(rows) -> str:
+    lines = [("#", "trial", "folder", "MLflow")]
+    for trial, action, detail, _ in rows:
+        state = trial.state if trial.state != "running" else f"running ({trial.last_epoch} epochs)"
+        lines.append((str(trial.index), trial.name, state, f"{action}: {detail}" if detail else action))
+    widths = [max(len(r[i]) for r in lines) for i in range(3)]
+    text = ["  ".join([*(c.ljust(w) for c, w in zip(r[:3], widths)), r[3]]).rstrip() for r in lines]
+    text.insert(1, "  ".join(["-" * w for w in widths] + ["------"]))
+    actions = [action for _, action, *_ in rows]
+    counts = [f"{actions.count(a)} {a}" for a in ACTIONS if a in actions]
+    text.append(f"{len(rows)} trial folder(s): " + ", ".join(counts))
+    return "\n".join(text)
