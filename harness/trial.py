@@ -7,6 +7,7 @@ it directly; neither needs anything here but torch, numpy and PyYAML.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -107,6 +108,12 @@ def run_trial(
     """
     out_dir = Path(out_dir)
     device = resolve_device(cfg.run.device)
+    if device.type == "cuda":
+        # gpu/peak_mem_mb is this trial's own, also after other trials in this process (harness run):
+        # free what they left in the caching allocator and start the peak anew
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     seed_everything(cfg.run.seed)
 
     data = load_dataset(
