@@ -310,7 +310,9 @@ def test_mps_needs_a_local_ray_a_gpu_fraction_and_the_control_program(tmp_path, 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-cuda-mps-control here
     path = tmp_path / "m.yaml"
-    path.write_text("name: m\ngrid:\n  noise.kind: [symmetric]\n  noise.rate: [0.2]\nresources: {cpu: 1, gpu: 1}\n")
+    path.write_text(
+        "name: m\ngrid:\n  noise.kind: [symmetric]\n  noise.rate: [0.2]\nresources: {cpu: 1, gpu: 1}\n"
+    )
     assert cli.main(["sweep", str(path), "--mps", "--address", "10.0.0.1:6379"]) == 2
     err = capsys.readouterr().err
     assert "--mps starts CUDA MPS for a local Ray" in err
@@ -324,5 +326,7 @@ def test_mps_launch_is_accepted_with_the_control_program_and_a_gpu_fraction(
 ):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     path = tmp_path / "m.yaml"
-    path.write_text("name: m\ngrid:\n  noise.kind: [symmetric]\n  noise.rate: [0.2]\nresources: {cpu: 1, gpu: 0.25}\n")
+    path.write_text(
+        "name: m\ngrid:\n  noise.kind: [symmetric]\n  noise.rate: [0.2]\nresources: {cpu: 1, gpu: 0.25}\n"
+    )
     assert check_launch(load_sweep(path), storage=tmp_path / "ray_results", mps=True) == []
