@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import yaml
 
@@ -107,14 +107,24 @@ class TrialConfig:
 SECTIONS: dict[str, type] = typing.get_type_hints(TrialConfig)
 
 
-class ConfigError(ValueError):
-    """Bad config; `problems` lists every one as 'place: message'."""
+class Problem(NamedTuple):
+    """One thing wrong with a config: where (a dotted key, or a place in a sweep file) and what."""
 
-    def __init__(self, problems: list[str], source: str | None = None):
+    place: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.place}: {self.message}" if self.place else self.message
+
+
+class ConfigError(ValueError):
+    """Bad config; `problems` lists every one as a `Problem` (place, message)."""
+
+    def __init__(self, problems: list[Problem], source: str | None = None):
         self.problems = list(problems)
         self.source = source
         where = f" in {source}" if source else ""
-        super().__init__(f"{len(problems)} problem(s){where}:\n" + "\n".join(f"  {p}" for p in problems))
+        super().__init__(f"{len(problems)} problem(s){where}:\n" + "\n".join(f"  {p}" for p in self.problems))
 
 
 def all_keys() -> list[str]:
@@ -319,7 +329,7 @@ def set_dotted(tree: dict, key: str, value: Any) -> None:
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError([f"{key}: {part} is not a section"])
+            raise ConfigError([Problem(key, f"{part} is not a section")])
     node[last] = value
 
 
@@ -333,9 +343,9 @@ def build_config(
     for key, value in flat.items():
         if key.split(".")[0] not in SECTIONS:
             hint = did_you_mean(key, all_keys())
-            problems.append(f"{key}: unknown section {key.split('.')[0]!r}{hint}")
+            problems.append(Problem(key, f"unknown section {key.split('.')[0]!r}{hint}"))
         elif (msg := check_value(key, value)) is not None:
-            problems.append(f"{key}: {msg}")
+            problems.append(Problem(key, msg))
     if problems:
         raise ConfigError(problems, source)
     sections = {name: {} for name in SECTIONS}
@@ -348,7 +358,7 @@ def build_config(
     cfg = TrialConfig(**{name: SECTIONS[name](**values) for name, values in sections.items()})
     cross = check_config(cfg)
     if cross:
-        raise ConfigError([f"{key}: {msg}" for key, msg in cross], source)
+        raise ConfigError([Problem(key, msg) for key, msg in cross], source)
     return cfg
 
 
@@ -368,9 +378,9 @@ def load_yaml(path: str | Path) -> dict:
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from exc
+        raise ConfigError([Problem("", f"not valid YAML: {exc}")], str(path)) from exc
     if not isinstance(tree, dict):
-        raise ConfigError([f"top level must be a mapping, got {type(tree).__name__}"], str(path))
+        raise ConfigError([Problem("", f"top level must be a mapping, got {type(tree).__name__}")], str(path))
     return tree
 
 
@@ -380,7 +390,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError([f"--set {item!r}: expected key=value, e.g. optim.lr=0.05"])
+            raise ConfigError([Problem(f"--set {item!r}", "expected key=value, e.g. optim.lr=0.05")])
         out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
     return out
 

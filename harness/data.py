@@ -37,6 +37,8 @@ class Dataset:
     needs_root: bool = False
     downloadable: bool = False
     options: tuple[str, ...] = ()
+    num_classes: int | None = None  # known without loading it (None: depends on the files or options)
+    num_train: int | None = None  # training images in the official order, before any subset
 
 
 # name -> Dataset, filled by @register_dataset below; config validation reads it live.
@@ -44,14 +46,20 @@ DATASETS: dict[str, Dataset] = {}
 
 
 def register_dataset(
-    name: str, *, needs_root: bool = False, downloadable: bool = False, options: tuple[str, ...] = ()
+    name: str,
+    *,
+    needs_root: bool = False,
+    downloadable: bool = False,
+    options: tuple[str, ...] = (),
+    num_classes: int | None = None,
+    num_train: int | None = None,
 ) -> Callable[[Callable[..., ImageData]], Callable[..., ImageData]]:
     """Register the decorated loader as data set ``name`` (see `Dataset`)."""
 
     def decorate(fn: Callable[..., ImageData]) -> Callable[..., ImageData]:
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
-        DATASETS[name] = Dataset(name, fn, needs_root, downloadable, tuple(options))
+        DATASETS[name] = Dataset(name, fn, needs_root, downloadable, tuple(options), num_classes, num_train)
         return fn
 
     return decorate
@@ -256,7 +264,7 @@ def _split_val(data: ImageData, fraction: float, seed: int) -> ImageData:
 # digits (scikit-learn's bundled 8x8 images: the offline CPU quickstart)
 
 
-@register_dataset("digits")
+@register_dataset("digits", num_classes=10, num_train=1347)
 def _digits(root: Path | None, *, download: bool, holdout: bool) -> ImageData:
     return _load_digits()
 
@@ -407,12 +415,12 @@ def _read_cifar_batch(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
-@register_dataset("cifar10", needs_root=True, downloadable=True)
+@register_dataset("cifar10", needs_root=True, downloadable=True, num_classes=10, num_train=50_000)
 def _cifar10(root: Path, *, download: bool, holdout: bool) -> ImageData:
     return _load_cifar(root, _CIFAR10, download)
 
 
-@register_dataset("cifar100", needs_root=True, downloadable=True)
+@register_dataset("cifar100", needs_root=True, downloadable=True, num_classes=100, num_train=50_000)
 def _cifar100(root: Path, *, download: bool, holdout: bool) -> ImageData:
     return _load_cifar(root, _CIFAR100, download)
 

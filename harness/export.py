@@ -268,7 +268,7 @@ def read_trial(path: Path, export: Export) -> TrialDir:
     try:
         tree = C.load_yaml(path / CONFIG_FILE)
     except C.ConfigError as exc:
-        raise ExportError(f"{path / CONFIG_FILE}: {'; '.join(exc.problems)}") from exc
+        raise ExportError(f"{path / CONFIG_FILE}: {'; '.join(map(str, exc.problems))}") from exc
     trial = TrialDir(path, index, name, key, tree)
     if (path / RUNTIME_FILE).is_file():
         trial.runtime = _read_runtime(path)
@@ -386,7 +386,7 @@ def trial_config(
     try:
         cfg = C.build_config(None, flat, source=source)
     except C.ConfigError as exc:
-        raise ExportError(f"{source}: " + "; ".join(exc.problems)) from exc
+        raise ExportError(f"{source}: " + "; ".join(map(str, exc.problems))) from exc
     if "data.root" in elsewhere:
         cfg.data.root = elsewhere["data.root"]
     if "noise.label_file" in elsewhere:

@@ -36,7 +36,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import re
 import sys
 from collections.abc import Mapping
@@ -112,13 +111,13 @@ class Sweep:
 
 
 class _Problems:
-    """Problems as 'place: message', in the order found, each once."""
+    """Problems (place in the file, message), in the order found, each once."""
 
     def __init__(self) -> None:
-        self.items: dict[str, None] = {}
+        self.items: dict[C.Problem, None] = {}
 
     def add(self, place: str, message: str) -> None:
-        self.items[f"{place}: {message}"] = None
+        self.items[C.Problem(place, message)] = None
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -132,7 +131,7 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
 
     `overrides` are dotted keys applied to every trial on top of `base` (`--set`); a key the
     grid varies cannot be overridden. Raises FileNotFoundError for a missing file and
-    ConfigError listing every problem ('place: message') otherwise.
+    ConfigError listing every problem (place, message) otherwise.
     """
     tree = C.load_yaml(path)
     return parse_sweep(tree, source=str(path), overrides=overrides)
@@ -251,15 +250,13 @@ def _build_point(flat: dict[str, Any], places: dict[str, str], problems: _Proble
         return C.build_config(None, flat)
     except C.ConfigError as exc:
         bad = set()
-        for problem in exc.problems:
-            key, _, message = problem.partition(": ")
+        for key, message in exc.problems:
             problems.add(places.get(key, f"base.{key}"), message)
             bad.add(key)
     try:
         C.build_config(None, {k: v for k, v in flat.items() if k not in bad})
     except C.ConfigError as exc:
-        for problem in exc.problems:
-            key, _, message = problem.partition(": ")
+        for key, message in exc.problems:
             problems.add(places.get(key, f"base.{key}"), message)
     return None
 
@@ -547,33 +544,16 @@ def _load(path: Path, raw_overrides: list[str]) -> Sweep | None:
     except FileNotFoundError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return None
-    problems = _unreadable_label_files(sweep)
+    from harness.trial import label_file_problems
+
+    problems = label_file_problems([t.config for t in sweep.trials])
     return _print_problems(sweep.source, problems) if problems else sweep
 
 
-def _print_problems(source: str, problems: list[str]) -> None:
+def _print_problems(source: str, problems: list[C.Problem]) -> None:
     for problem in problems:
         print(f"{source}: {problem}", file=sys.stderr)
     print(f"{source}: {len(problems)} problem(s); nothing was started", file=sys.stderr)
-
-
-def _unreadable_label_files(sweep: Sweep) -> list[str]:
-    """Human-label files that cannot be read safely. They are small, so each is read once here: a
-    crafted one stops the command before any trial starts instead of failing every trial."""
-    files = {
-        os.path.expanduser(t.config.noise.label_file) for t in sweep.trials if t.config.noise.kind == "human"
-    }
-    if not files:
-        return []
-    from noise.human import read_label_file
-
-    problems = []
-    for path in sorted(files):
-        try:
-            read_label_file(path)
-        except ValueError as exc:  # UnsafeFileError among them
-            problems.append(f"noise.label_file: {exc}")
-    return problems
 
 
 def _describe(sweep: Sweep) -> str:

@@ -55,7 +55,11 @@ def main(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"harness train: run.device: {exc}", file=sys.stderr)
         return 2
-    from harness.trial import CHECKPOINT_FILE, run_trial
+    from harness.trial import CHECKPOINT_FILE, label_file_problems, run_trial
+
+    for problem in label_file_problems([cfg]):
+        print(f"harness train: {problem}", file=sys.stderr)
+        return 2
 
     logger = None if args.no_mlflow else _mlflow_logger(cfg, args.experiment)
     on_epoch = (lambda epoch, metrics, ckpt: logger.log_epoch(epoch, metrics)) if logger else None

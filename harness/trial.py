@@ -68,6 +68,30 @@ def corrupt_labels(data: ImageData, spec: C.NoiseConfig, *, seed: int) -> noise.
     return noise.corrupt(data.train_y, ns, num_classes=data.num_classes, seed=seed, features=features)
 
 
+def label_file_problems(configs: list[C.TrialConfig]) -> list[C.Problem]:
+    """Human-label files that a trial would refuse, read once each before any trial starts: a file
+    that could run code, lacks the label set, belongs to another data set or labels another number
+    of images. They are small; checking them here turns a failure of every trial into one message."""
+    from harness.data import DATASETS
+
+    problems, seen = [], set()
+    for cfg in configs:
+        n, d = cfg.noise, DATASETS.get(cfg.data.name)
+        if n.kind != "human" or (n.label_file, n.label_set, cfg.data.name) in seen:
+            continue
+        seen.add((n.label_file, n.label_set, cfg.data.name))
+        try:
+            noise.check_label_file(
+                os.path.expanduser(n.label_file),
+                n.label_set,
+                num_classes=d.num_classes if d else None,
+                num_train=d.num_train if d else None,
+            )
+        except (ValueError, FileNotFoundError) as exc:  # UnsafeFileError among them
+            problems.append(C.Problem("noise.label_file", str(exc)))
+    return problems
+
+
 def fit_options(cfg: C.TrialConfig) -> FitOptions:
     o, c, r = cfg.optim, cfg.collab, cfg.run
     return FitOptions(

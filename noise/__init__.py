@@ -14,7 +14,7 @@ from noise import human as _human  # noqa: F401  (registers human)
 # isort: on
 from noise.cifar import LABEL_SETS
 from noise.corruption import NoisyLabels, corrupt
-from noise.human import load_human_labels
+from noise.human import check_label_file, load_human_labels
 from noise.registry import kind_names, register_kind
 from noise.safeload import UnsafeFileError
 from noise.spec import NoiseSpec
@@ -28,6 +28,7 @@ __all__ = [
     "NoiseSpec",
     "NoisyLabels",
     "UnsafeFileError",
+    "check_label_file",
     "corrupt",
     "kind_names",
     "load_human_labels",

@@ -71,6 +71,34 @@ def load_human_labels(label_file: str | os.PathLike[str], label_set: str) -> tup
     return noisy, clean
 
 
+def check_label_file(
+    label_file: str | os.PathLike[str],
+    label_set: str,
+    *,
+    num_classes: int | None = None,
+    num_train: int | None = None,
+) -> None:
+    """Read a CIFAR-N file as a trial will and check that it fits the data set; ValueError otherwise.
+
+    Checks that ``label_set`` belongs to a data set of ``num_classes`` classes (CIFAR-10N's sets
+    have 10, CIFAR-100N's ``noisy`` 100), that the file holds that set (a CIFAR-100N file has no
+    ``aggre_label``), and that it labels ``num_train`` training images; None skips a check.
+    """
+    key, k = _check_label_set(label_set)
+    if num_classes is not None and num_classes != k:
+        which = "CIFAR-10N" if k == 10 else "CIFAR-100N"
+        raise ValueError(
+            f"noise.label_set {label_set!r} is a {which} label set ({k} classes), but the data set has "
+            f"{num_classes} classes"
+        )
+    _, clean = load_human_labels(label_file, label_set)
+    if num_train is not None and clean.size != num_train:
+        raise ValueError(
+            f"{label_file} labels {clean.size} images, but the data set has {num_train} training images; "
+            "is it the label file of another data set?"
+        )
+
+
 def _check_human(spec: NoiseSpec, num_classes: int | None, check_files: bool) -> None:
     _, k = _check_label_set(spec.label_set)
     if num_classes is not None and num_classes != k:

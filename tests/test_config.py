@@ -33,7 +33,7 @@ def test_every_problem_is_reported_at_once():
                 "model": {"arch": "resnet33"},
             }
         )
-    text = "\n".join(info.value.problems)
+    text = "\n".join(map(str, info.value.problems))
     assert "noise.rate: must be in [0, 1], got 1.5" in text
     assert "unknown noise kind 'symetric'" in text and "did you mean symmetric?" in text
     assert "optim.lr: must be float, got str 'fast'" in text

@@ -308,9 +308,9 @@ def test_data_rules_live_in_one_place_and_config_reports_them_with_their_key():
     ]
     with pytest.raises(C.ConfigError) as info:
         C.build_config({"data": {"train_subset": 0, "val_fraction": 1.0}})
-    assert info.value.problems == [
-        "data.train_subset: must be a positive integer (images per class) or null, got 0",
-        "data.val_fraction: must be in [0, 1), got 1.0",
+    assert [tuple(p) for p in info.value.problems] == [
+        ("data.train_subset", "must be a positive integer (images per class) or null, got 0"),
+        ("data.val_fraction", "must be in [0, 1), got 1.0"),
     ]
     with pytest.raises(ValueError, match=r"data\.train_subset: must be a positive integer"):
         load_dataset("digits", train_subset=0)

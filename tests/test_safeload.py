@@ -219,8 +219,8 @@ def test_train_refuses_a_crafted_label_file(tmp_path):
     proc = harness("train", "--no-mlflow", *(a for kv in human for a in ("--set", kv)), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert (
-        "harness train: evil.pt refers to io.open, which a CIFAR-N label file never holds; refusing to load it"
-        in proc.stderr
+        "harness train: noise.label_file: evil.pt refers to io.open, which a CIFAR-N label file never holds; "
+        "refusing to load it" in proc.stderr
     )
     assert "Traceback" not in proc.stderr and not (tmp_path / "marker").exists()
 

@@ -36,6 +36,56 @@ def _paths_in(tree: dict) -> list[str]:
     return found
 
 
+def cifar_n_file(
+    n: int = 50_000,
+    keys=("aggre_label", "worse_label", "random_label1", "random_label2", "random_label3", "noisy_label"),
+) -> dict:
+    """The shape of a CIFAR-N label file: clean_label and one array per label set, n labels each."""
+    return {key: np.zeros(n, np.int64) for key in ("clean_label", *keys)}
+
+
+@pytest.mark.parametrize(
+    ("data", "label_set", "content", "message"),
+    [
+        (
+            "cifar10",
+            "aggre",
+            {"keys": ("noisy_label",)},
+            "noise.label_set 'aggre' needs keys 'clean_label' and 'aggre_label', but {file} holds clean_label, "
+            "noisy_label (CIFAR-10N sets: aggre, worse, random1..3; CIFAR-100N: noisy)",
+        ),
+        (
+            "cifar100",
+            "aggre",
+            {},
+            "noise.label_set 'aggre' is a CIFAR-10N label set (10 classes), but the data set has 100 classes",
+        ),
+        (
+            "cifar10",
+            "worse",
+            {"n": 10_000},
+            "{file} labels 10000 images, but the data set has 50000 training images; is it the label file of "
+            "another data set?",
+        ),
+    ],
+    ids=["cifar100n-file-with-aggre", "cifar10n-set-on-cifar100", "wrong-length"],
+)
+def test_a_label_file_that_does_not_fit_the_data_is_an_error_before_anything_starts(
+    tmp_path, monkeypatch, capsys, data, label_set, content, message
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    torch.save(cifar_n_file(**content), tmp_path / "labels.pt")
+    (tmp_path / "x.yaml").write_text(
+        f"name: x\nbase:\n  data: {{name: {data}, root: data}}\n"
+        f"  noise: {{kind: human, label_set: {label_set}, label_file: labels.pt}}\n"
+    )
+    assert cli.main(["validate", "x.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert f"x.yaml: noise.label_file: {message.format(file=tmp_path / 'labels.pt')}\n" in err
+    assert "1 problem(s); nothing was started" in err
+
+
 def test_sweeps_folder_holds_the_studies():
     names = {p.stem for p in SWEEPS}
     assert {
@@ -63,7 +113,7 @@ def test_every_sweep_file_validates(path: Path, tmp_path, monkeypatch, capsys):
         target = tmp_path / value[2:]
         if key == "noise.label_file":  # validation reads label files (safely): a CIFAR-N-shaped one
             target.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"clean_label": np.zeros(10, np.int64), "aggre_label": np.zeros(10, np.int64)}, target)
+            torch.save(cifar_n_file(), target)
         else:
             target.mkdir(parents=True, exist_ok=True)
     monkeypatch.chdir(tmp_path)
