@@ -25,11 +25,9 @@ from pathlib import Path
 import torch
 
 from harness.collab import TOPOLOGIES, build_training_graph, count_parameters
-from harness.engine import resolve_device
+from harness.engine import FitOptions, resolve_device, setup_training
 from harness.loaders import TensorLoader
 from harness.mps import MPSDaemon, MPSUnavailable
-from harness.optim import SGD
-from harness.step import make_loss_fn, make_train_step
 
 # (channels, image size) of the synthetic batch by arch family
 INPUT_SHAPES = {"cnn_small": (1, 8), "resnet50": (3, 224)}
@@ -63,6 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the records (a JSON list) here")
     # a --concurrent worker: the folder where the workers meet to start their timed steps together
     parser.add_argument("--barrier", type=Path, default=None, help=argparse.SUPPRESS)
+
+
+def bench_options(*, amp: bool, cuda_graph: bool) -> FitOptions:
+    """The trial defaults (the paper's recipe) at a constant lr 0.05: the scheduler is never stepped here."""
+    from harness import config as C
+    from harness.trial import fit_options
+
+    return fit_options(C.build_config(None, {"optim.lr": 0.05, "run.amp": amp, "run.cuda_graph": cuda_graph}))
 
 
 def bench_one(
@@ -113,16 +119,8 @@ def bench_one(
         seed=0,
         channels_last=channels_last,
     )
-    optimizer = SGD(graph.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    step = make_train_step(
-        graph,
-        optimizer,
-        make_loss_fn(T=2.0, beta=0.5, loss_scale=graph.loss_scale),
-        device=device,
-        amp=amp,
-        cuda_graph=cuda_graph,
-        batch_size=batch_size,
-    )
+    opts = bench_options(amp=amp, cuda_graph=cuda_graph)
+    step = setup_training(graph, opts, device=device, steps_per_epoch=4, batch_size=batch_size).step
 
     def batches():
         epoch = 0

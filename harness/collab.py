@@ -37,6 +37,7 @@ from harness.models import ARCHS, Backbone, build_backbone, count_parameters, nu
 
 __all__ = [
     "TOPOLOGIES",
+    "RESCALE_MODES",
     "BackpropRescale",
     "GradScale",
     "Segment",
@@ -45,6 +46,9 @@ __all__ = [
     "collaborative_loss",
     "count_parameters",
     "default_split",
+    "graph_problems",
+    "loss_scale",
+    "rescale_mode",
     "grad_scale",
 ]
 
@@ -123,9 +127,8 @@ class TrainingGraph(nn.Module):
     (N, num_classes). ``root`` is the tree of :class:`Segment` s; state_dict keys read like
     ``root.body.stem.conv.weight`` and ``root.branches.1.body.stage3.0.conv1.weight``.
 
-    Attributes: ``arch``, ``num_classes``, ``in_channels``, ``topology``, ``heads``, ``rescale``,
-    ``split`` (resolved boundaries: None, an int or a tuple) and ``loss_scale`` (1/H when
-    ``rescale == "loss"``, for the engine to multiply the summed loss by; 1.0 otherwise).
+    Attributes: ``arch``, ``num_classes``, ``in_channels``, ``topology``, ``heads``, ``rescale``
+    (one of `RESCALE_MODES`) and ``split`` (resolved boundaries: None, an int or a tuple).
     """
 
     def __init__(
@@ -137,7 +140,7 @@ class TrainingGraph(nn.Module):
         in_channels: int,
         topology: str,
         heads: int,
-        rescale: bool | str,
+        rescale: str,
         split: int | tuple[int, ...] | None,
         num_stages: int,
     ) -> None:
@@ -151,7 +154,6 @@ class TrainingGraph(nn.Module):
         self.rescale = rescale
         self.split = split
         self.num_stages = num_stages
-        self.loss_scale = 1.0 / heads if rescale == "loss" else 1.0
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.root(x)
@@ -229,21 +231,67 @@ def default_split(arch: str, topology: str, heads: int) -> int | tuple[int, ...]
     return tuple(range(first, first + levels))
 
 
-def _validate(arch: str, topology: str, heads: int, rescale: bool | str) -> None:
+# Backpropagation rescaling (the paper's method), the loss scaled by 1/H instead (the alternative the
+# paper rejects), or neither.
+RESCALE_MODES = ("backprop", "loss", "none")
+
+
+def rescale_mode(value: object) -> str:
+    """The rescale mode named by ``value``; True and False, the old spelling, mean backprop and none."""
+    if value is True or value is False:
+        return "backprop" if value else "none"
+    if value in RESCALE_MODES:
+        return str(value)
+    raise ValueError(f"rescale must be one of {', '.join(RESCALE_MODES)}, got {value!r}")
+
+
+def loss_scale(rescale: str, heads: int) -> float:
+    """What the summed loss is multiplied by: 1/H for rescale "loss", else 1."""
+    return 1.0 / heads if rescale_mode(rescale) == "loss" else 1.0
+
+
+def graph_problems(
+    arch: str,
+    topology: str,
+    heads: int,
+    *,
+    rescale: object = "backprop",
+    split: int | Sequence[int] | None = None,
+    kept_head: int = 0,
+) -> list[tuple[str, str]]:
+    """What keeps these settings from making a training graph, as (setting, message); [] when nothing.
+
+    The one source of these rules: `build_training_graph` raises on the first, config validation
+    reports them all under ``collab.<setting>``.
+    """
     if arch not in ARCHS:
-        build_backbone(arch, 1)  # raises the registry's "Unknown arch ..." error
+        try:
+            build_backbone(arch, 1)
+        except ValueError as exc:  # the registry's "Unknown arch ..." with its list
+            return [("arch", str(exc))]
     if topology not in TOPOLOGIES:
-        raise ValueError(f"Unknown topology {topology!r}; choose from {', '.join(TOPOLOGIES)}")
+        return [("topology", f"Unknown topology {topology!r}; choose from {', '.join(TOPOLOGIES)}")]
     if isinstance(heads, bool) or not isinstance(heads, int):
-        raise ValueError(f"heads must be an integer, got {heads!r}")
+        return [("heads", f"heads must be an integer, got {heads!r}")]
+    problems = []
     if topology == "individual" and heads != 1:
-        raise ValueError(f"topology 'individual' needs heads=1, got heads={heads}")
-    if topology != "individual" and heads < 2:
-        raise ValueError(f"topology {topology!r} is collaborative and needs heads >= 2, got heads={heads}")
-    if topology == "hierarchical" and heads & (heads - 1):
-        raise ValueError(f"topology 'hierarchical' needs heads to be a power of two >= 2, got heads={heads}")
-    if not (rescale is True or rescale is False or rescale == "loss"):
-        raise ValueError(f"rescale must be true, false or 'loss', got {rescale!r}")
+        problems.append(("heads", f"topology individual trains one head, got heads={heads}"))
+    elif topology != "individual" and heads < 2:
+        problems.append(("heads", f"topology {topology} needs at least 2 heads, got {heads}"))
+    elif topology == "hierarchical" and heads & (heads - 1):
+        problems.append(("heads", f"hierarchical sharing needs a power of two heads, got {heads}"))
+    try:
+        rescale_mode(rescale)
+    except ValueError as exc:
+        problems.append(("rescale", str(exc)))
+    if not 0 <= kept_head < max(heads, 1):
+        problems.append(("kept_head", f"must be < heads ({heads}), got {kept_head}"))
+    if not problems:
+        try:
+            _resolve_split(arch, topology, heads, split, num_stages(arch))
+        except ValueError as exc:
+            problems.append(("split", str(exc)))
+    return problems
 
 
 def _resolve_split(
@@ -281,25 +329,30 @@ def build_training_graph(
     topology: str,
     heads: int,
     *,
-    rescale: bool | str = True,
+    rescale: str | bool = "backprop",
     split: int | Sequence[int] | None = None,
     in_channels: int = 3,
     zero_init_residual: bool = True,
 ) -> TrainingGraph:
     """Build the collaborative training graph (see the module docstring for topologies and splits).
 
-    ``rescale``: True applies backpropagation rescaling (the paper's method); False none; "loss" none
-    in the graph but ``graph.loss_scale = 1/H`` for the engine (the paper's rejected alternative).
+    ``rescale``: "backprop" applies backpropagation rescaling (the paper's method); "none" and
+    "loss" put nothing in the graph ("loss": the engine scales the summed loss by 1/H, the paper's
+    rejected alternative, see `loss_scale`). True and False are the old spelling of backprop and none.
     Each head's own segments come from an independently initialised backbone (built with
     ``zero_init_residual``, see :func:`harness.models.build_backbone`); a shared segment is taken
-    from the backbone of the first head below it.
+    from the backbone of the first head below it. Raises ValueError for settings `graph_problems`
+    reports.
     """
-    _validate(arch, topology, heads, rescale)
+    problems = graph_problems(arch, topology, heads, rescale=rescale, split=split)
+    if problems:
+        raise ValueError(problems[0][1])
+    rescale = rescale_mode(rescale)
     init = dict(in_channels=in_channels, zero_init_residual=zero_init_residual)
     first = build_backbone(arch, num_classes, **init)
-    num_stages = len(first.stages)
+    stages = len(first.stages)
     # Resolve the split before building the other H - 1 backbones, so bad input fails fast.
-    resolved = _resolve_split(arch, topology, heads, split, num_stages)
+    resolved = _resolve_split(arch, topology, heads, split, stages)
     others = [build_backbone(arch, num_classes, **init) for _ in range(heads - 1)]
     parts = [b.parts() for b in [first, *others]]
 
@@ -322,7 +375,7 @@ def build_training_graph(
             fanout = forks[depth][1]
             child_span = span // fanout
             children = [segment(depth + 1, first_head + i * child_span, child_span) for i in range(fanout)]
-        return Segment(body, children, rescale_grad=rescale is True)
+        return Segment(body, children, rescale_grad=rescale == "backprop")
 
     return TrainingGraph(
         segment(0, 0, heads),
@@ -333,7 +386,7 @@ def build_training_graph(
         heads=heads,
         rescale=rescale,
         split=resolved,
-        num_stages=num_stages,
+        num_stages=stages,
     )
 
 

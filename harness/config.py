@@ -17,6 +17,7 @@ import math
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Union
@@ -56,7 +57,8 @@ class ModelConfig:
 class CollabConfig:
     topology: str = "individual"
     heads: int = 1
-    rescale: bool | str = True  # True: backprop rescaling, False: none, "loss": scale the loss instead
+    # backprop: backpropagation rescaling (the paper), loss: the loss scaled by 1/H instead, none
+    rescale: str | bool = "backprop"
     split: int | list | None = None  # None: the arch's default split points
     T: float = 2.0
     beta: float = 0.5
@@ -197,7 +199,7 @@ def _in_range(
 def _registries() -> dict[str, list[str]]:
     # Imported lazily: the registries pull in torch, which plain YAML checks do not need.
     # Live views: an arch, dataset or noise kind registered after import is accepted too.
-    from harness.collab import TOPOLOGIES
+    from harness.collab import RESCALE_MODES, TOPOLOGIES
     from harness.data import DATASETS
     from harness.models import ARCHS
     from noise import kind_names
@@ -207,6 +209,7 @@ def _registries() -> dict[str, list[str]]:
         "dataset": list(DATASETS),
         "kind": list(kind_names()),
         "topology": list(TOPOLOGIES),
+        "rescale": list(RESCALE_MODES),
     }
 
 
@@ -229,7 +232,7 @@ def check_value(key: str, value: Any) -> str | None:
         "collab.topology": lambda v: _choice(v, names["topology"], "topology"),
         "collab.heads": lambda v: None if v >= 1 else f"must be >= 1, got {v}",
         "collab.rescale": lambda v: (
-            None if isinstance(v, bool) or v == "loss" else f"must be true, false or 'loss', got {v!r}"
+            None if isinstance(v, bool) else _choice(v, names["rescale"], "rescale mode")
         ),
         "collab.T": lambda v: _in_range(v, 0, math.inf, lo_open=True),
         "collab.beta": lambda v: _in_range(v, 0, 1),
@@ -267,14 +270,13 @@ def check_config(cfg: TrialConfig) -> list[tuple[str, str]]:
     """Checks that involve several keys; returns (key, message) pairs."""
     problems: list[tuple[str, str]] = []
     c, d, n = cfg.collab, cfg.data, cfg.noise
-    if c.topology == "individual" and c.heads != 1:
-        problems.append(("collab.heads", f"topology individual trains one head, got heads={c.heads}"))
-    if c.topology != "individual" and c.heads < 2:
-        problems.append(("collab.heads", f"topology {c.topology} needs at least 2 heads, got {c.heads}"))
-    if c.topology == "hierarchical" and c.heads >= 2 and c.heads & (c.heads - 1):
-        problems.append(("collab.heads", f"hierarchical sharing needs a power of two heads, got {c.heads}"))
-    if c.kept_head >= c.heads:
-        problems.append(("collab.kept_head", f"must be < heads ({c.heads}), got {c.kept_head}"))
+    from harness.collab import graph_problems  # the training graph's own rules (heads, split, ...)
+
+    graph = dict(rescale=c.rescale, split=c.split, kept_head=c.kept_head)
+    problems += [
+        (f"collab.{key}", message)
+        for key, message in graph_problems(cfg.model.arch, c.topology, c.heads, **graph)
+    ]
     from harness.data import config_problems  # the data sets' own rules (root, download, subsets)
 
     given = dict(root=d.root, download=d.download, train_subset=d.train_subset, val_fraction=d.val_fraction)
@@ -356,6 +358,18 @@ def build_config(
             value = float(value)
         sections[section][name] = value
     cfg = TrialConfig(**{name: SECTIONS[name](**values) for name, values in sections.items()})
+    if isinstance(cfg.collab.rescale, bool):
+        from harness.collab import RESCALE_MODES, rescale_mode
+
+        mode = rescale_mode(cfg.collab.rescale)
+        warnings.warn(
+            f"collab.rescale: {str(cfg.collab.rescale).lower()} is the old spelling of {mode}; write "
+            f"collab.rescale: {mode} (one of {', '.join(RESCALE_MODES)})"
+            + (f" in {source}" if source else ""),
+            FutureWarning,
+            stacklevel=2,
+        )
+        cfg.collab.rescale = mode
     cross = check_config(cfg)
     if cross:
         raise ConfigError([Problem(key, msg) for key, msg in cross], source)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import safeload
+from harness.collab import loss_scale
 from harness.optim import SGD, build_scheduler, ramp_factor
 from harness.step import EagerStep, autocast, make_loss_fn, make_train_step
 
@@ -29,26 +30,100 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class FitOptions:
-    """Everything `fit` needs besides the graph and the data (the engine's view of a config)."""
+    """Everything `fit` needs besides the graph and the data: the engine's view of a trial config,
+    built from it by ``harness.trial.fit_options`` (the defaults live in ``harness.config`` only)."""
 
     epochs: int
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    milestones: list[int] | None = None
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-    T: float = 2.0
-    beta: float = 0.5
-    soft_rampup_epochs: int = 0  # the soft target's weight grows linearly from 0 over these epochs
-    kept_head: int = 0
-    update: str = "simultaneous"  # or "alternating": one head's loss (and parameters) per step
-    amp: bool = True
-    cuda_graph: bool = True
-    checkpoint_every: int = 1
-    stop_on_collapse: int = 0  # end training after this many consecutive collapsed epochs; 0: never
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    schedule: str
+    milestones: list[int] | None
+    gamma: float
+    warmup_epochs: int
+    T: float
+    beta: float
+    rescale: str  # "loss": the summed loss is scaled by 1/H (see harness.collab.loss_scale)
+    soft_rampup_epochs: int  # the soft target's weight grows linearly from 0 over these epochs
+    kept_head: int
+    update: str  # "simultaneous", or "alternating": one head's loss (and parameters) per step
+    amp: bool
+    cuda_graph: bool
+    checkpoint_every: int
+    stop_on_collapse: int  # end training after this many consecutive collapsed epochs; 0: never
+
+
+@dataclass
+class Training:
+    """What a run trains with: the optimizer, its per-step schedule, the step and the soft-target ramp.
+
+    ``step(x, y) -> (loss, logits)``; call ``scheduler.step()`` and then ``after_step()`` after each.
+    """
+
+    optimizer: SGD
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    step: Callable
+    ramp_steps: int
+    soft_weight: float | torch.Tensor
+
+    def after_step(self) -> None:
+        """Refill the ramped soft weight from the scheduler's step count (also after a resume)."""
+        if isinstance(self.soft_weight, torch.Tensor):
+            self.soft_weight.fill_(ramp_factor(self.scheduler.last_epoch, self.ramp_steps))
+
+
+def setup_training(
+    model: torch.nn.Module, opts: FitOptions, *, device, steps_per_epoch: int, batch_size: int
+) -> Training:
+    """SGD, its schedule and the fastest step the device allows, for `fit`, `harness bench` and the GPU checks.
+
+    The loss is built here: the collaborative objective at opts.T and opts.beta, scaled by 1/H for
+    rescale "loss". The soft target's weight is 1 (the paper), or ramped in from 0 over the first
+    soft_rampup_epochs as a device tensor refilled outside any captured graph (`Training.after_step`).
+    """
+    device = torch.device(device)
+    optimizer = SGD(
+        model.parameters(),
+        lr=opts.lr,
+        momentum=opts.momentum,
+        nesterov=opts.nesterov,
+        weight_decay=opts.weight_decay,
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        steps_per_epoch=steps_per_epoch,
+        epochs=opts.epochs,
+        schedule=opts.schedule,
+        milestones=opts.milestones,
+        gamma=opts.gamma,
+        warmup_epochs=opts.warmup_epochs,
+    )
+    ramp_steps = opts.soft_rampup_epochs * steps_per_epoch
+    soft_weight: float | torch.Tensor = torch.tensor(0.0, device=device) if ramp_steps else 1.0
+    loss = dict(
+        T=opts.T, beta=opts.beta, loss_scale=loss_scale(opts.rescale, model.heads), soft_weight=soft_weight
+    )
+    if opts.update == "alternating":
+        # one step per head in turn; each head's loss only, so only its path is updated
+        steps = [
+            EagerStep(model, optimizer, make_loss_fn(**loss, head=h), device=device, amp=opts.amp)
+            for h in range(model.heads)
+        ]
+        step = _alternate(steps)
+    else:
+        step = make_train_step(
+            model,
+            optimizer,
+            make_loss_fn(**loss),
+            device=device,
+            amp=opts.amp,
+            cuda_graph=opts.cuda_graph,
+            batch_size=batch_size,
+        )
+    training = Training(optimizer, scheduler, step, ramp_steps, soft_weight)
+    training.after_step()
+    return training
 
 
 def resolve_device(name: str) -> torch.device:
@@ -171,7 +246,6 @@ def fit(
     opts: FitOptions,
     *,
     device: torch.device,
-    loss_scale: float = 1.0,
     resume: dict | None = None,
     on_epoch: EpochCallback | None = None,
     log: Callable[[str], None] = print,
@@ -182,71 +256,21 @@ def fit(
     checkpoint needs (see `checkpoint_state`); `resume` is such a state, to continue from.
     """
     device = torch.device(device)
-    heads = model.heads
-    optimizer = SGD(
-        model.parameters(),
-        lr=opts.lr,
-        momentum=opts.momentum,
-        nesterov=opts.nesterov,
-        weight_decay=opts.weight_decay,
+    training = setup_training(
+        model, opts, device=device, steps_per_epoch=len(train_loader), batch_size=train_loader.batch_size
     )
-    scheduler = build_scheduler(
-        optimizer,
-        steps_per_epoch=len(train_loader),
-        epochs=opts.epochs,
-        schedule=opts.schedule,
-        milestones=opts.milestones,
-        gamma=opts.gamma,
-        warmup_epochs=opts.warmup_epochs,
-    )
+    optimizer, scheduler = training.optimizer, training.scheduler
     start_epoch, history = 1, []
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
+        training.after_step()  # the ramp where the restored schedule is
         torch.set_rng_state(resume["rng"]["torch"])
         if device.type == "cuda" and resume["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
         start_epoch, history = resume["epoch"] + 1, list(resume["history"])
         log(f"resuming at epoch {start_epoch} of {opts.epochs}")
-
-    # The soft target's weight in the loss: 1 (the paper), or ramped in from 0 over the first
-    # soft_rampup_epochs, as a device tensor refilled outside any captured graph. Its value follows
-    # from the scheduler's step count, so a resumed run picks the ramp up where it was.
-    ramp_steps = opts.soft_rampup_epochs * len(train_loader)
-    soft_weight: float | torch.Tensor = 1.0
-    after_step = None
-    if ramp_steps:
-        soft_weight = torch.tensor(ramp_factor(scheduler.last_epoch, ramp_steps), device=device)
-
-        def after_step() -> None:
-            soft_weight.fill_(ramp_factor(scheduler.last_epoch, ramp_steps))
-
-    if opts.update == "alternating":
-        # one step per head in turn; each head's loss only, so only its path is updated
-        steps = [
-            EagerStep(
-                model,
-                optimizer,
-                make_loss_fn(
-                    T=opts.T, beta=opts.beta, loss_scale=loss_scale, head=h, soft_weight=soft_weight
-                ),
-                device=device,
-                amp=opts.amp,
-            )
-            for h in range(heads)
-        ]
-        step = _alternate(steps)
-    else:
-        step = make_train_step(
-            model,
-            optimizer,
-            make_loss_fn(T=opts.T, beta=opts.beta, loss_scale=loss_scale, soft_weight=soft_weight),
-            device=device,
-            amp=opts.amp,
-            cuda_graph=opts.cuda_graph,
-            batch_size=train_loader.batch_size,
-        )
 
     model.train()
     metrics: dict[str, float] = {}
@@ -257,7 +281,12 @@ def fit(
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         metrics = train_one_epoch(
-            step, train_loader, scheduler, kept_head=opts.kept_head, device=device, after_step=after_step
+            training.step,
+            train_loader,
+            scheduler,
+            kept_head=opts.kept_head,
+            device=device,
+            after_step=training.after_step,
         )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -270,7 +299,7 @@ def fit(
             {
                 "epoch": epoch,
                 "lr": optimizer.param_groups[0]["lr"],
-                "train/soft_weight": ramp_factor(scheduler.last_epoch, ramp_steps),
+                "train/soft_weight": ramp_factor(scheduler.last_epoch, training.ramp_steps),
                 "time/epoch_s": time.perf_counter() - t0,
                 "time/train_s": train_s,
                 "perf/img_per_s": metrics["train/images"] / train_s,

@@ -7,6 +7,7 @@ it directly; neither needs anything here but torch, numpy and PyYAML.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -93,27 +94,13 @@ def label_file_problems(configs: list[C.TrialConfig]) -> list[C.Problem]:
 
 
 def fit_options(cfg: C.TrialConfig) -> FitOptions:
-    o, c, r = cfg.optim, cfg.collab, cfg.run
-    return FitOptions(
-        epochs=o.epochs,
-        lr=o.lr,
-        momentum=o.momentum,
-        nesterov=o.nesterov,
-        weight_decay=o.weight_decay,
-        schedule=o.schedule,
-        milestones=o.milestones,
-        gamma=o.gamma,
-        warmup_epochs=o.warmup_epochs,
-        T=c.T,
-        beta=c.beta,
-        soft_rampup_epochs=c.soft_rampup_epochs,
-        kept_head=c.kept_head,
-        update=c.update,
-        amp=r.amp,
-        cuda_graph=r.cuda_graph,
-        checkpoint_every=r.checkpoint_every,
-        stop_on_collapse=r.stop_on_collapse,
-    )
+    """The engine's options, read by name from the config's optim, collab and run sections."""
+    values = {
+        **dataclasses.asdict(cfg.optim),
+        **dataclasses.asdict(cfg.collab),
+        **dataclasses.asdict(cfg.run),
+    }
+    return FitOptions(**{f.name: values[f.name] for f in dataclasses.fields(FitOptions)})
 
 
 def run_trial(
@@ -221,7 +208,6 @@ def run_trial(
         eval_loaders,
         opts,
         device=device,
-        loss_scale=graph.loss_scale,
         resume=resume,
         on_epoch=epoch_done,
         log=log,

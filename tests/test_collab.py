@@ -20,6 +20,7 @@ from harness.collab import (
     count_parameters,
     default_split,
     grad_scale,
+    loss_scale,
 )
 from harness.models import ARCHS, Backbone, build_backbone, list_archs, num_stages
 
@@ -49,7 +50,7 @@ def test_forward_gives_h_logits_and_backward_reaches_every_parameter(arch, topol
     torch.manual_seed(0)
     heads = HEADS[topology]
     graph = tiny_graph(arch, topology, heads)
-    assert graph.heads == heads and graph.topology == topology and graph.loss_scale == 1.0
+    assert graph.heads == heads and graph.topology == topology and graph.rescale == "backprop"
     out = graph(tiny_input(arch))
     assert isinstance(out, list) and len(out) == heads
     assert all(z.shape == (2, 5) and torch.isfinite(z).all() for z in out)
@@ -235,13 +236,14 @@ def test_rescaling_gives_shared_layers_the_single_network_gradient(topology, hea
         torch.testing.assert_close(g, g_single, rtol=1e-7, atol=1e-10, msg=name)
 
 
-@pytest.mark.parametrize("rescale", [False, "loss"])
+@pytest.mark.parametrize("rescale", ["none", "loss", False])
 @pytest.mark.parametrize(
     ("topology", "heads", "split"), [("simple", 2, None), ("simple", 3, 2), ("hierarchical", 4, None)]
 )
 def test_without_rescaling_shared_gradients_are_multiplied_by_the_fanout(topology, heads, split, rescale):
     graph, grads = shared_grads_vs_single(topology, heads, rescale, split)
-    assert graph.loss_scale == (1.0 / heads if rescale == "loss" else 1.0)
+    assert graph.rescale == ("none" if rescale is False else rescale)
+    assert loss_scale(graph.rescale, heads) == (1.0 / heads if rescale == "loss" else 1.0)
     for segment, name, g, g_single in grads:
         # Root: fed to all H heads; a hierarchical mid-level segment: fed to its 2 children.
         times = heads if segment is graph.root else 2
@@ -256,7 +258,7 @@ def test_rescaling_modules_sit_only_at_forks():
     assert [m.scale for m in simple.modules() if isinstance(m, BackpropRescale)] == [pytest.approx(1 / 3)]
     instances = build_training_graph("resnet20", 5, "instances", 2)
     assert not any(isinstance(m, BackpropRescale) for m in instances.modules())  # nothing shared
-    for rescale in (False, "loss"):
+    for rescale in ("none", "loss"):
         graph = build_training_graph("resnet20", 5, "simple", 3, rescale=rescale)
         assert not any(isinstance(m, BackpropRescale) for m in graph.modules())
 
@@ -414,13 +416,13 @@ def test_a_newly_registered_arch_gets_its_default_split_from_its_stages(monkeypa
     [
         (("resnet33", 10, "simple", 2), {}, "Unknown arch 'resnet33'"),
         (("resnet20", 10, "tree", 2), {}, "Unknown topology 'tree'; choose from individual, instances"),
-        (("resnet20", 10, "individual", 2), {}, "needs heads=1"),
-        (("resnet20", 10, "simple", 1), {}, "needs heads >= 2"),
-        (("resnet20", 10, "instances", 1), {}, "needs heads >= 2"),
+        (("resnet20", 10, "individual", 2), {}, "topology individual trains one head, got heads=2"),
+        (("resnet20", 10, "simple", 1), {}, "topology simple needs at least 2 heads, got 1"),
+        (("resnet20", 10, "instances", 1), {}, "needs at least 2 heads"),
         (("resnet20", 10, "hierarchical", 6), {}, "power of two"),
-        (("resnet20", 10, "hierarchical", 1), {}, "needs heads >= 2"),
+        (("resnet20", 10, "hierarchical", 1), {}, "needs at least 2 heads"),
         (("resnet20", 10, "simple", 2.0), {}, "heads must be an integer"),
-        (("resnet20", 10, "simple", 2), {"rescale": "grad"}, "rescale must be"),
+        (("resnet20", 10, "simple", 2), {"rescale": "grad"}, "rescale must be one of backprop, loss, none"),
         (("resnet20", 10, "simple", 2), {"split": 4}, "out of range.*0..3"),
         (("resnet20", 10, "simple", 2), {"split": -1}, "out of range"),
         (("resnet20", 10, "simple", 2), {"split": [1, 2]}, "one boundary"),

@@ -51,7 +51,11 @@ def test_every_problem_is_reported_at_once():
         ({"data.name": "cifar10", "data.root": "/no/such/folder"}, "folder does not exist: /no/such/folder"),
         ({"noise.kind": "human"}, "needs the CIFAR-N .pt file"),
         ({"optim.schedule": "step"}, "needs milestones"),
-        ({"collab.rescale": "grad"}, "must be true, false or 'loss'"),
+        ({"collab.rescale": "grad"}, "unknown rescale mode 'grad'; choose from backprop, loss, none"),
+        (
+            {"collab.topology": "simple", "collab.heads": 2, "collab.split": 7},
+            "collab.split: split boundary 7",
+        ),
         ({"run.device": "tpu"}, "must be auto, cpu, cuda or cuda:N"),
         ({"optim.batch_size": True}, "must be int, got bool"),
     ],
@@ -100,3 +104,11 @@ def test_a_noise_kind_registered_after_import_is_accepted(monkeypatch):
     kind = registry.Kind("reverse", lambda labels, spec, *, num_classes, **_: num_classes - 1 - labels)
     monkeypatch.setitem(registry._REGISTRY, "reverse", kind)
     assert C.build_config({"noise": {"kind": "reverse", "rate": 0.2}}).noise.kind == "reverse"
+
+
+def test_the_old_rescale_spelling_is_accepted_with_a_deprecation_warning():
+    with pytest.warns(FutureWarning, match="collab.rescale: true is the old spelling of backprop"):
+        assert C.build_config({"collab": {"rescale": True}}).collab.rescale == "backprop"
+    with pytest.warns(FutureWarning, match="false is the old spelling of none"):
+        assert C.build_config({"collab": {"rescale": False}}).collab.rescale == "none"
+    assert C.build_config({}).collab.rescale == "backprop"

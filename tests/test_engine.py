@@ -145,3 +145,19 @@ def test_alternating_update_trains_every_head(tmp_path):
         **{"collab.topology": "simple", "collab.heads": 2, "collab.update": "alternating", "optim.epochs": 6},
     )
     assert min(final["test/acc_head0"], final["test/acc_head1"]) > 0.5
+
+
+@pytest.mark.parametrize("heads", [2, 4])
+def test_rescale_loss_scales_the_loss_fit_trains_on_by_one_over_the_heads(tmp_path, heads):
+    # one batch per epoch (60 images, batch 64): train/loss is the loss of the first step, before any update
+    one_step = {
+        "data.train_subset": 6,
+        "optim.epochs": 1,
+        "collab.topology": "hierarchical",
+        "collab.heads": heads,
+        "optim.batch_size": 64,
+    }
+    summed = trial(tmp_path, "none", **one_step, **{"collab.rescale": "none"})
+    scaled = trial(tmp_path, "loss", **one_step, **{"collab.rescale": "loss"})
+    assert summed["train/steps"] == 1
+    assert scaled["train/loss"] == pytest.approx(summed["train/loss"] / heads, rel=1e-6)

@@ -22,11 +22,9 @@ from pathlib import Path
 import torch
 
 from harness import config as C
-from harness.bench import bench_one, format_table
+from harness.bench import bench_one, bench_options, format_table
 from harness.collab import build_training_graph
-from harness.engine import resolve_device
-from harness.optim import SGD
-from harness.step import make_loss_fn, make_train_step
+from harness.engine import resolve_device, setup_training
 
 
 def section(title):
@@ -59,16 +57,9 @@ def check_equivalence(device, steps=30):
         graph = build_training_graph("resnet32", 10, "hierarchical", 4).to(
             device, memory_format=torch.channels_last
         )
-        opt = SGD(graph.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        step = make_train_step(
-            graph,
-            opt,
-            make_loss_fn(T=2.0, beta=0.5),
-            device=device,
-            amp=True,
-            cuda_graph=(mode == "graph"),
-            batch_size=128,
-        )
+        opts = bench_options(amp=True, cuda_graph=mode == "graph")
+        training = setup_training(graph, opts, device=device, steps_per_epoch=steps, batch_size=128)
+        opt, step = training.optimizer, training.step
         out = []
         for i in range(steps):
             for g in opt.param_groups:  # a changing learning rate must reach the captured step

@@ -171,9 +171,11 @@ def ramp(args, out: Path) -> None:
 
 def ramp_graph(args, out: Path, steps: int = 20) -> None:
     print("\n=== CUDA-graph step vs eager step under a ramping soft weight (hierarchical-4, bf16) ===")
+    import dataclasses
+
+    from harness.bench import bench_options
     from harness.collab import build_training_graph
-    from harness.optim import SGD, ramp_factor
-    from harness.step import make_loss_fn, make_train_step
+    from harness.engine import setup_training
 
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -183,17 +185,14 @@ def ramp_graph(args, out: Path, steps: int = 20) -> None:
     for mode in ("eager", "graph"):
         torch.manual_seed(1)
         graph = build_training_graph("resnet32", 10, "hierarchical", 4).to(device)
-        opt = SGD(graph.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        weight = torch.tensor(0.0, device=device)
-        loss_fn = make_loss_fn(T=2.0, beta=0.5, soft_weight=weight)
-        step = make_train_step(
-            graph, opt, loss_fn, device=device, amp=True, cuda_graph=mode == "graph", batch_size=128
-        )
+        opts = dataclasses.replace(bench_options(amp=True, cuda_graph=mode == "graph"), soft_rampup_epochs=1)
+        training = setup_training(graph, opts, device=device, steps_per_epoch=steps // 2, batch_size=128)
         losses[mode] = []
-        for i in range(steps):
-            loss, _ = step(x[i], y[i])
+        for i in range(steps):  # the weight ramps from 0 to 1 over the first half, as fit drives it
+            loss, _ = training.step(x[i], y[i])
             losses[mode].append(loss.item())
-            weight.fill_(ramp_factor(i + 1, steps // 2))
+            training.scheduler.step()
+            training.after_step()
     rel = max(abs(a - b) / abs(a) for a, b in zip(losses["eager"], losses["graph"]))
     print(f"eager {[round(v, 3) for v in losses['eager'][::4]]}")
     print(f"graph {[round(v, 3) for v in losses['graph'][::4]]}")
