@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from harness import config as C
+from harness.contract import TRAIN_COLLAPSED
 from harness.sweep import PATH_KEYS, Sweep
 
 FORMAT = 1
@@ -289,11 +290,11 @@ def read_trial(path: Path, export: Export) -> TrialDir:
             raise ExportError(
                 f"{path / HISTORY_FILE}: holds epochs 1..{trial.last_epoch}, but {METRICS_FILE} is of epoch {epoch}"
             )
-        collapsed = trial.final.get("train/collapsed") == 1.0
+        collapsed = trial.final.get(TRAIN_COLLAPSED) == 1.0
         if collapsed != (trial.state == "collapsed"):
             raise ExportError(
                 f"{path / STATUS_FILE}: says {trial.state}, but {METRICS_FILE} has "
-                f"train/collapsed = {trial.final.get('train/collapsed')}"
+                f"{TRAIN_COLLAPSED} = {trial.final.get(TRAIN_COLLAPSED)}"
             )
     return trial
 

@@ -27,6 +27,7 @@ import traceback
 from pathlib import Path
 
 from harness import export as X
+from harness.contract import TIME_EPOCH_S, TRAIN_COLLAPSED
 from harness.summary import TrialOutcome, trial_table
 
 
@@ -185,7 +186,7 @@ def _run_one(trial: X.TrialDir, cfg, overrides: dict, prefix: str) -> TrialOutco
             print(f"{prefix} {path.name}: failed: {error}")
             outcome.status, outcome.error = "failed", error
             return outcome
-    state = "collapsed" if final.get("train/collapsed") == 1.0 else "finished"
+    state = "collapsed" if final.get(TRAIN_COLLAPSED) == 1.0 else "finished"
     X.write_final(path, final)  # before the status: a trial whose status says it ended has its metrics
     X.set_status(path, state)
     outcome.metrics = {**final, "time_total_s": _seconds(X.read_history(path))}
@@ -242,4 +243,4 @@ def _error(exc: BaseException) -> str:
 
 
 def _seconds(history: list[dict]) -> float:
-    return sum(row.get("time/epoch_s", 0.0) for row in history)
+    return sum(row.get(TIME_EPOCH_S, 0.0) for row in history)

@@ -13,13 +13,23 @@ import socket
 import subprocess
 from pathlib import Path
 
-GIT_COMMIT_TAG = "mlflow.source.git.commit"
+from harness.contract import (
+    CUDA_TAG,
+    DEVICE_TAG,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    GPU_TAG,
+    HOST_TAG,
+    MPS_PIPE_TAG,
+    PYTHON_TAG,
+    TORCH_TAG,
+)
 
 
 def code_tags() -> dict[str, str]:
     """The git commit of the code that runs (and whether it had uncommitted changes)."""
     repo = Path(__file__).resolve().parents[1]
-    tags = {"harness.python": platform.python_version()}
+    tags = {PYTHON_TAG: platform.python_version()}
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
@@ -33,7 +43,7 @@ def code_tags() -> dict[str, str]:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return tags  # not a git checkout (an installed wheel, a copied tree) or no commit yet
-    return {**tags, GIT_COMMIT_TAG: commit, "harness.git_dirty": str(bool(dirty)).lower()}
+    return {**tags, GIT_COMMIT_TAG: commit, GIT_DIRTY_TAG: str(bool(dirty)).lower()}
 
 
 def runtime_tags(device: str = "auto") -> dict[str, str]:
@@ -43,13 +53,13 @@ def runtime_tags(device: str = "auto") -> dict[str, str]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     tags = {
-        "harness.device": device,
-        "harness.torch": torch.__version__,
-        "harness.cuda": torch.version.cuda or "none",
-        "harness.host": socket.gethostname(),
+        DEVICE_TAG: device,
+        TORCH_TAG: torch.__version__,
+        CUDA_TAG: torch.version.cuda or "none",
+        HOST_TAG: socket.gethostname(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
-        tags["harness.gpu"] = torch.cuda.get_device_name(torch.device(device))
+        tags[GPU_TAG] = torch.cuda.get_device_name(torch.device(device))
     if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):  # `harness sweep --mps`: the GPU is shared under MPS
-        tags["harness.mps_pipe"] = os.environ["CUDA_MPS_PIPE_DIRECTORY"]
+        tags[MPS_PIPE_TAG] = os.environ["CUDA_MPS_PIPE_DIRECTORY"]
     return tags

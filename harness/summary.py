@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from harness.contract import COLLAPSED_TAG, TEST_ACC, TRAIN_COLLAPSED
+
 
 @dataclass
 class TrialOutcome:
@@ -23,10 +25,10 @@ class TrialOutcome:
     path: str | None = None  # the trial's folder (its error.txt is there)
 
 
-def trial_table(trials: list[TrialOutcome], metric: str = "test/acc") -> list[str]:
+def trial_table(trials: list[TrialOutcome], metric: str = TEST_ACC) -> list[str]:
     """Trial, status, metric and time per trial; the counts; what a collapse means; each failure."""
     rows = [("#", "trial", "status", metric, "time")]
-    collapsed = [t for t in trials if t.status == "ok" and t.metrics.get("train/collapsed")]
+    collapsed = [t for t in trials if t.status == "ok" and t.metrics.get(TRAIN_COLLAPSED)]
     for t in trials:
         value = t.metrics.get(metric)
         seconds = t.metrics.get("time_total_s")
@@ -50,7 +52,7 @@ def trial_table(trials: list[TrialOutcome], metric: str = "test/acc") -> list[st
     if collapsed:
         lines.append(
             f"  {len(collapsed)} trial(s) ended collapsed (one predicted class for almost every image; "
-            "tagged harness.collapsed=true): `harness report` lists them apart and leaves them out of "
+            f"tagged {COLLAPSED_TAG}=true): `harness report` lists them apart and leaves them out of "
             "means and gains"
         )
     for t in trials:

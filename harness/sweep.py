@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import config as C
+from harness.contract import EPOCH_METRICS, HEAD_ACC, TEST_ACC, lower_is_better
 
 TOP_KEYS = (
     "name",
@@ -58,18 +59,6 @@ TOP_KEYS = (
     "max_failures",
 )
 RESOURCE_KEYS = ("cpu", "gpu")
-# What a trial reports every epoch (DESIGN.md metric names); test/acc_head{h} besides.
-METRICS = (
-    "test/acc",
-    "test/acc_ensemble",
-    "train/loss",
-    "train/acc_noisy",
-    "train/acc_clean",
-    "train/memorized",
-    "time/epoch_s",
-    "perf/img_per_s",
-)
-_HEAD_METRIC = re.compile(r"test/acc_head(\d+)$")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*$")
 PATH_KEYS = ("data.root", "noise.label_file")
 # Values shown bare in trial names: 'symmetric-0.4 hierarchical-4 seed1'. Others read 'T=4.0'.
@@ -155,13 +144,14 @@ def parse_sweep(tree: Mapping[str, Any], *, source: str, overrides: Mapping[str,
     experiment = tree.get("experiment", name)
     if experiment is not None and (not isinstance(experiment, str) or not experiment.strip()):
         problems.add("experiment", f"must be a non-empty string, got {experiment!r}")
-    metric = tree.get("metric", "test/acc")
-    if not isinstance(metric, str) or not (metric in METRICS or _HEAD_METRIC.match(metric)):
-        hint = C.did_you_mean(str(metric), list(METRICS))
+    metric = tree.get("metric", TEST_ACC)
+    if not isinstance(metric, str) or not (metric in EPOCH_METRICS or HEAD_ACC.match(metric)):
+        hint = C.did_you_mean(str(metric), list(EPOCH_METRICS))
         problems.add(
-            "metric", f"unknown metric {metric!r}; choose from {', '.join(METRICS)}, test/acc_head<h>{hint}"
+            "metric",
+            f"unknown metric {metric!r}; choose from {', '.join(EPOCH_METRICS)}, test/acc_head<h>{hint}",
         )
-    default_mode = "min" if metric in ("train/loss", "time/epoch_s") else "max"
+    default_mode = "min" if isinstance(metric, str) and lower_is_better(metric) else "max"
     mode = tree.get("mode", default_mode)
     if mode not in ("max", "min"):
         problems.add("mode", f"must be max or min, got {mode!r}")
@@ -206,7 +196,7 @@ def parse_sweep(tree: Mapping[str, Any], *, source: str, overrides: Mapping[str,
             continue
         grid_values = {key: value for choice in point for key, value in choice.values.items()}
         configs.append((flat, grid_values, [part for choice in point for part in choice.name_parts], cfg))
-    if metric and (m := _HEAD_METRIC.match(str(metric))):
+    if metric and (m := HEAD_ACC.match(str(metric))):
         fewest = min((cfg.collab.heads for *_, cfg in configs), default=None)
         if fewest is not None and int(m.group(1)) >= fewest:
             problems.add(

@@ -38,10 +38,23 @@ from pathlib import Path
 
 from harness import config as C
 from harness import export as X
+from harness.contract import (
+    ERROR_TAG,
+    EXPORT_TAG,
+    LAUNCHER_TAG,
+    NOTE_TAG,
+    PARENT_TAG,
+    RUN_KIND_TAG,
+    SWEEP_NAME_TAG,
+    SWEEP_RUN,
+    SYNCED_TAG,
+    TRIAL_INDEX_TAG,
+    TRIAL_KEY_TAG,
+    UNFINISHED_TAG,
+)
 
 RUN_STATUS = {"finished": "FINISHED", "collapsed": "FINISHED", "failed": "FAILED", "running": "KILLED"}
 ACTIONS = ("logged", "updated", "up to date", "kept", "not started")  # what a sync does with a trial folder
-NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -112,17 +125,17 @@ def _sweep_run(client, exp_id: str, export: X.Export, keys: set[str]) -> tuple[s
 
     parents = client.search_runs(
         [exp_id],
-        filter_string=f"tags.`{T.RUN_KIND_TAG}` = 'sweep' and tags.`{T.SWEEP_NAME_TAG}` = '{export.sweep}'",
+        filter_string=f"tags.`{RUN_KIND_TAG}` = '{SWEEP_RUN}' and tags.`{SWEEP_NAME_TAG}` = '{export.sweep}'",
         order_by=["attributes.start_time DESC"],
     )
     for run in parents:
-        if run.data.tags.get(T.EXPORT_TAG) == export.id:
+        if run.data.tags.get(EXPORT_TAG) == export.id:
             client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id, "made by an earlier sync of this export"
         children = client.search_runs(
-            [exp_id], filter_string=f"tags.`{T.PARENT_TAG}` = '{run.info.run_id}'", max_results=5000
+            [exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'", max_results=5000
         )
-        if keys & {c.data.tags.get(T.TRIAL_KEY_TAG) for c in children}:
+        if keys & {c.data.tags.get(TRIAL_KEY_TAG) for c in children}:
             client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id, f"joined: {_made_by(run)} holds trials of this sweep"
     run_id = T.start_sweep_run(
@@ -131,18 +144,16 @@ def _sweep_run(client, exp_id: str, export: X.Export, keys: set[str]) -> tuple[s
         sweep_name=export.sweep,
         sweep_file=str(export.sweep_file),
         num_trials=len(export.trial_dirs),
-        tags={T.EXPORT_TAG: export.id, T.LAUNCHER_TAG: "run"},
+        tags={EXPORT_TAG: export.id, LAUNCHER_TAG: "run"},
     )
     return run_id, "new"
 
 
 def _made_by(run) -> str:
-    from harness import tracking as T
-
     tags = run.data.tags
-    if T.EXPORT_TAG in tags:
-        return f"the sync of export {tags[T.EXPORT_TAG]}"
-    return {"train": "harness train"}.get(tags.get(T.LAUNCHER_TAG, ""), "harness sweep")
+    if EXPORT_TAG in tags:
+        return f"the sync of export {tags[EXPORT_TAG]}"
+    return {"train": "harness train"}.get(tags.get(LAUNCHER_TAG, ""), "harness sweep")
 
 
 def _sync_trial(client, exp_id, parent, export: X.Export, trial: X.TrialDir, cfg: C.TrialConfig):
@@ -154,7 +165,7 @@ def _sync_trial(client, exp_id, parent, export: X.Export, trial: X.TrialDir, cfg
         return "not started", "no run", run.info.status if run else None
     want = RUN_STATUS[trial.state]
     replaced = ""
-    if run is not None and run.data.tags.get(T.EXPORT_TAG) != export.id:
+    if run is not None and run.data.tags.get(EXPORT_TAG) != export.id:
         status, run_id = run.info.status, run.info.run_id
         if status in ("FINISHED", "RUNNING") or trial.state not in X.ENDED_OK:
             return "kept", f"the {status} run {run_id} of {_made_by(run)}", status
@@ -164,15 +175,15 @@ def _sync_trial(client, exp_id, parent, export: X.Export, trial: X.TrialDir, cfg
     if run is not None and run.info.status == "FINISHED" and want != "FINISHED":
         return "kept", f"FINISHED in the store; this copy of the trial is {trial.state}", "FINISHED"
     stamp = _stamp(trial)
-    if run is not None and run.info.status == want and run.data.tags.get(T.SYNCED_TAG) == stamp:
+    if run is not None and run.info.status == want and run.data.tags.get(SYNCED_TAG) == stamp:
         return "up to date", "", want
 
     tags = {
         **trial.runtime.get("tags", {}),
-        T.SWEEP_NAME_TAG: export.sweep,
-        T.TRIAL_INDEX_TAG: str(trial.index),
-        T.LAUNCHER_TAG: "run",
-        T.EXPORT_TAG: export.id,
+        SWEEP_NAME_TAG: export.sweep,
+        TRIAL_INDEX_TAG: str(trial.index),
+        LAUNCHER_TAG: "run",
+        EXPORT_TAG: export.id,
     }
     logger = T.TrialLogger.start(
         cfg,
@@ -187,11 +198,11 @@ def _sync_trial(client, exp_id, parent, export: X.Export, trial: X.TrialDir, cfg
     for row in trial.history:
         logger.log_epoch(row["epoch"], row)
     old_tags = run.data.tags if run is not None else {}
-    stale = {T.ERROR_TAG, T.UNFINISHED_TAG, NOTE_TAG}
+    stale = {ERROR_TAG, UNFINISHED_TAG, NOTE_TAG}
     if trial.state == "failed":
-        stale -= {T.ERROR_TAG}
+        stale -= {ERROR_TAG}
     elif trial.state == "running":
-        stale -= {T.UNFINISHED_TAG, NOTE_TAG}
+        stale -= {UNFINISHED_TAG, NOTE_TAG}
     for key in stale & set(old_tags):
         client.delete_tag(logger.run_id, key)
     if trial.state in X.ENDED_OK:
@@ -206,13 +217,13 @@ def _sync_trial(client, exp_id, parent, export: X.Export, trial: X.TrialDir, cfg
     else:
         logger.set_tags(
             {
-                T.UNFINISHED_TAG: "true",
+                UNFINISHED_TAG: "true",
                 NOTE_TAG: f"Unfinished when synced: epoch {trial.last_epoch} of {cfg.optim.epochs}. "
                 "`harness run` resumes the trial; a later `harness sync` continues this run.",
             }
         )
         logger.finish(status="KILLED")
-    logger.set_tags({T.SYNCED_TAG: stamp})
+    logger.set_tags({SYNCED_TAG: stamp})
     new = max(trial.last_epoch - logged_before, 0)
     detail = f"{new} new epoch(s), {want}{' (unfinished)' if trial.state == 'running' else ''}{replaced}"
     return ("logged" if run is None else "updated"), detail, want

@@ -38,30 +38,31 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from harness import config as C
-from harness.runtime import GIT_COMMIT_TAG, code_tags, runtime_tags  # noqa: F401 (re-exported)
-from reports.store import default_tracking_uri  # one definition for sweeps, reports and UI
+from harness.contract import (
+    COLLAPSED_TAG,
+    ERROR_TAG,
+    LAUNCHER_TAG,
+    PARENT_TAG,
+    RAY_TRIAL_TAG,
+    RETRIES_TAG,
+    RUN_KIND_TAG,
+    SWEEP_FILE_TAG,
+    SWEEP_NAME_TAG,
+    SWEEP_RUN,
+    SWEEP_TRIALS_PARAM,
+    TRAIN_COLLAPSED,
+    TRIAL_INDEX_TAG,
+    TRIAL_KEY_TAG,
+    TRIAL_RUN,
+    default_tracking_uri,
+)
+from harness.runtime import code_tags, runtime_tags
 
 try:  # the sweep callback needs Ray; `harness train` needs only MLflow
     from ray.tune import Callback as _TuneCallback
 except ImportError:  # pragma: no cover - exercised where Ray is absent
     _TuneCallback = object
 
-RUN_KIND_TAG = "harness.run_kind"
-SWEEP_NAME_TAG = "harness.sweep_name"
-SWEEP_FILE_TAG = "harness.sweep_file"
-TRIAL_KEY_TAG = "harness.trial_key"
-TRIAL_INDEX_TAG = "harness.trial_index"
-ERROR_TAG = "harness.error"
-COLLAPSED_TAG = "harness.collapsed"
-RAY_TRIAL_TAG = "harness.ray_trial_id"
-# harness sync's runs (harness.sync): launcher=run (`harness train` sets train, a Ray sweep none), the
-# export they came from, true on a run whose trial had not ended when synced (KILLED), and what the
-# last sync logged (a later sync skips the trial when that is unchanged)
-LAUNCHER_TAG = "harness.launcher"
-EXPORT_TAG = "harness.export_id"
-UNFINISHED_TAG = "harness.unfinished"
-SYNCED_TAG = "harness.synced"
-PARENT_TAG = "mlflow.parentRunId"
 # Result keys Ray Tune adds to every report; everything else numeric is a trial metric.
 RAY_RESULT_KEYS = frozenset(
     {
@@ -183,7 +184,7 @@ class TrialLogger:
         """Start (or, for a known trial_key under parent_run_id, continue) the run of one trial."""
         client = client or open_store(tracking_uri)
         exp_id = experiment_id(client, experiment)
-        all_tags = {RUN_KIND_TAG: "trial", **(tags or {})}
+        all_tags = {RUN_KIND_TAG: TRIAL_RUN, **(tags or {})}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         if trial_key:
@@ -259,8 +260,8 @@ class TrialLogger:
             self.client.log_artifacts(self.run_id, str(artifacts_dir))
         if error:
             self.set_tags({ERROR_TAG: error})
-        if "train/collapsed" in final:
-            self.set_tags({COLLAPSED_TAG: "true" if final["train/collapsed"] else "false"})
+        if TRAIN_COLLAPSED in final:
+            self.set_tags({COLLAPSED_TAG: "true" if final[TRAIN_COLLAPSED] else "false"})
         self.client.set_terminated(self.run_id, status=status)
         self.finished = True
 
@@ -291,14 +292,14 @@ def start_sweep_run(
         return run_id
     exp_id = experiment_id(client, experiment)
     tags = {
-        RUN_KIND_TAG: "sweep",
+        RUN_KIND_TAG: SWEEP_RUN,
         SWEEP_NAME_TAG: sweep_name,
         SWEEP_FILE_TAG: sweep_file,
         **code_tags(),
         **(tags or {}),
     }
     run = client.create_run(exp_id, run_name=sweep_name, tags=tags)
-    client.log_param(run.info.run_id, "sweep.trials", num_trials)
+    client.log_param(run.info.run_id, SWEEP_TRIALS_PARAM, num_trials)
     if Path(sweep_file).is_file():
         client.log_artifact(run.info.run_id, sweep_file)
     return run.info.run_id
@@ -436,7 +437,7 @@ class MlflowTuneCallback(_TuneCallback):
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         def tag() -> None:
             logger = self.logger(trial.config["trial"], trial.trial_id)
-            logger.set_tags({"harness.retries": str(trial.num_failures)})
+            logger.set_tags({RETRIES_TAG: str(trial.num_failures)})
 
         self._guard(f"trial {trial}", tag)
 

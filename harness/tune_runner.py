@@ -25,6 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from harness import config as C
+from harness.contract import (
+    TEST_ACC,
+    TEST_ACC_ENSEMBLE,
+    TIME_EPOCH_S,
+    TRAIN_LOSS,
+    TRAIN_MEMORIZED,
+)
 from harness.summary import TrialOutcome, trial_table
 from harness.sweep import Sweep, Trial
 
@@ -33,11 +40,11 @@ DEFAULT_TRIAL_FN = "harness.trial:run_trial"
 # The live table's columns: result key -> heading
 PROGRESS_COLUMNS = {
     "epoch": "epoch",
-    "test/acc": "test acc",
-    "test/acc_ensemble": "ens acc",
-    "train/loss": "loss",
-    "train/memorized": "memorized",
-    "time/epoch_s": "s/epoch",
+    TEST_ACC: "test acc",
+    TEST_ACC_ENSEMBLE: "ens acc",
+    TRAIN_LOSS: "loss",
+    TRAIN_MEMORIZED: "memorized",
+    TIME_EPOCH_S: "s/epoch",
 }
 
 
@@ -413,7 +420,7 @@ def _reconcile(callback, results, outcomes: list[TrialOutcome]) -> None:
     callback._guard("reconcile", fix)
 
 
-def format_summary(outcome: SweepOutcome, metric: str = "test/acc") -> str:
+def format_summary(outcome: SweepOutcome, metric: str = TEST_ACC) -> str:
     """The closing table (harness.summary), then what to do after an interruption and where things are."""
     lines = trial_table(outcome.trials, metric)
     if any(t.status == "unfinished" for t in outcome.trials):

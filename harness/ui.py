@@ -14,9 +14,8 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-from harness.tracking import default_tracking_uri
+from harness.contract import default_tracking_uri, sqlite_path
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -44,10 +43,11 @@ def main(args: argparse.Namespace) -> int:
     if uri.startswith(("http://", "https://")):
         print(f"the store is an MLflow server: open {uri} in a browser")
         return 0
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
         # `mlflow ui` would create an empty store here; more likely this is the wrong folder
         print(
-            f"harness ui: no MLflow store at {uri.removeprefix('sqlite:///')}: run it where you ran the sweep, "
+            f"harness ui: no MLflow store at {db}: run it where you ran the sweep, "
             "or pass --tracking-uri / set MLFLOW_TRACKING_URI",
             file=sys.stderr,
         )

@@ -16,10 +16,16 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from harness.contract import (
+    TEST_ACC,
+    TRAIN_COLLAPSED,
+    TRAIN_MEMORIZED,
+    default_tracking_uri,
+    is_fraction_metric,
+    sqlite_path,
+)
 from reports import plots, render, tables
 from reports.runs import HISTORY_KEYS, load_histories, select_sweep
-from reports.store import default_tracking_uri, sqlite_path
-from reports.tables import is_fraction_metric
 
 
 @dataclass
@@ -65,7 +71,7 @@ def build_report(
     experiment: str | None = None,
     sweep_run_id: str | None = None,
     out_dir: Path | None = None,
-    metric: str = "test/acc",
+    metric: str = TEST_ACC,
     mode: str = "final",
     tracking_uri: str | None = None,
     log_to_mlflow: bool = True,
@@ -121,7 +127,7 @@ def build_report(
             "(see 'Collapsed runs')"
         )
     curve_conds = _curve_conditions(acc)
-    curves = tables.curves(sweep.trials, frame, (metric, "train/memorized"))
+    curves = tables.curves(sweep.trials, frame, (metric, TRAIN_MEMORIZED))
 
     out = Path(out_dir) if out_dir is not None else Path("reports-out") / _safe_name(sweep.experiment_name)
     out.mkdir(parents=True, exist_ok=True)
@@ -269,7 +275,7 @@ def _sections(
             collapsed, percent=is_fraction_metric(metric)
         )
     s_collapsed.notes.append(
-        "A run is collapsed when its last epoch logged train/collapsed = 1: the kept head predicted one "
+        f"A run is collapsed when its last epoch logged {TRAIN_COLLAPSED} = 1: the kept head predicted one "
         "class for at least 95% of the evaluation images, or of each training batch on average (its "
         "features have died and its output no longer depends on the image). It finished, but its "
         "numbers measure the optimization, not the method, so it is left out of every mean and "
@@ -304,7 +310,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         dest="out_dir",
         help="output folder (default: ./reports-out/<experiment>/)",
     )
-    parser.add_argument("--metric", default="test/acc", help="metric to compare (default: test/acc)")
+    parser.add_argument("--metric", default=TEST_ACC, help=f"metric to compare (default: {TEST_ACC})")
     parser.add_argument(
         "--mode",
         choices=("final", "best"),

@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from reports.tables import is_fraction_metric
+from harness.contract import TRAIN_MEMORIZED, is_fraction_metric
 
 DPI = 110
 
@@ -116,7 +116,7 @@ def learning_curves(
     One row of panels per noise condition; fractions are drawn in percent.
     """
     colors = method_colors(methods)
-    panels = [(metric, _metric_label(metric)), ("train/memorized", "Memorized flipped labels (%)")]
+    panels = [(metric, _metric_label(metric)), (TRAIN_MEMORIZED, "Memorized flipped labels (%)")]
     fig, axes = _figure(len(conditions), 2, (11, 3.6 * len(conditions)))
     for row, cond in zip(axes, conditions):
         for ax, (key, ylabel) in zip(row, panels):
@@ -130,7 +130,7 @@ def learning_curves(
                 ax.plot(m.step, mean, marker=".", color=colors[method], label=method)
                 ax.fill_between(m.step, mean - std, mean + std, color=colors[method], alpha=0.15, linewidth=0)
             if sel.empty:
-                why = "no flipped labels" if key == "train/memorized" else "not logged"
+                why = "no flipped labels" if key == TRAIN_MEMORIZED else "not logged"
                 ax.text(
                     0.5, 0.5, f"n/a ({why})", ha="center", va="center", transform=ax.transAxes, color="gray"
                 )

@@ -1,10 +1,9 @@
 """Read one sweep from MLflow: pick the parent run, list its trials, fetch params and metric histories.
 
-The sweep side writes (see DESIGN.md): one parent run per sweep (tag ``harness.run_kind = "sweep"``,
-tag ``harness.sweep_name``), one child run per trial (tag ``mlflow.parentRunId``, tag
-``harness.run_kind = "trial"``, ``harness.error`` on failure, ``harness.collapsed = "true"`` on a run
-whose kept head ended collapsed), params flattened with dots and metrics
-logged per epoch with ``step = epoch`` (1-based).
+What the sweep side writes, and under which names, is harness.contract (the writer's promise, read
+here): one parent run per sweep, one child run per trial, ``ERROR_TAG`` on failure, ``COLLAPSED_TAG =
+"true"`` on a run whose kept head ended collapsed, params flattened with dots and metrics logged per
+epoch with ``step = epoch`` (1-based).
 """
 
 from __future__ import annotations
@@ -15,14 +14,24 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
-RUN_KIND_TAG = "harness.run_kind"
-SWEEP_NAME_TAG = "harness.sweep_name"
-ERROR_TAG = "harness.error"
-COLLAPSED_TAG = "harness.collapsed"
-PARENT_TAG = "mlflow.parentRunId"
+from harness.contract import (
+    COLLAPSED_TAG,
+    ERROR_TAG,
+    GPU_PEAK_MEM_MB,
+    PARENT_TAG,
+    PERF_IMG_PER_S,
+    RUN_KIND_TAG,
+    SWEEP_NAME_TAG,
+    SWEEP_RUN,
+    SWEEP_TRIALS_PARAM,
+    TIME_EPOCH_S,
+    TRAIN_ACC_CLEAN,
+    TRAIN_MEMORIZED,
+    TRIAL_RUN,
+)
 
 # Metrics whose per-epoch history the report needs (besides the ranked metric).
-HISTORY_KEYS = ("train/memorized", "train/acc_clean", "time/epoch_s", "perf/img_per_s", "gpu/peak_mem_mb")
+HISTORY_KEYS = (TRAIN_MEMORIZED, TRAIN_ACC_CLEAN, TIME_EPOCH_S, PERF_IMG_PER_S, GPU_PEAK_MEM_MB)
 
 
 @dataclass
@@ -76,7 +85,7 @@ def _experiment_names(client: MlflowClient) -> list[str]:
 
 
 def _sweep_parents(client: MlflowClient, experiment_ids: list[str]) -> list[Run]:
-    return _search_all(client, experiment_ids, f"tags.`{RUN_KIND_TAG}` = 'sweep'")
+    return _search_all(client, experiment_ids, f"tags.`{RUN_KIND_TAG}` = '{SWEEP_RUN}'")
 
 
 def _describe_sweeps(client: MlflowClient, experiment_ids: list[str]) -> str:
@@ -120,7 +129,7 @@ def select_sweep(client: MlflowClient, *, experiment: str | None, sweep_run_id: 
                 f"{_describe_sweeps(client, [exp.experiment_id])}"
             )
         kind = parent.data.tags.get(RUN_KIND_TAG)
-        if kind not in (None, "sweep"):
+        if kind not in (None, SWEEP_RUN):
             raise ValueError(
                 f"run {sweep_run_id!r} has {RUN_KIND_TAG}={kind!r}, not a sweep parent run; pass the "
                 f"sweep's run id (its parent is {parent.data.tags.get(PARENT_TAG, 'unknown')})"
@@ -150,7 +159,7 @@ def select_sweep(client: MlflowClient, *, experiment: str | None, sweep_run_id: 
     else:
         assert exp is not None
         runs = [
-            r for r in _search_all(client, [exp.experiment_id]) if r.data.tags.get(RUN_KIND_TAG) != "sweep"
+            r for r in _search_all(client, [exp.experiment_id]) if r.data.tags.get(RUN_KIND_TAG) != SWEEP_RUN
         ]
         name = exp.name
         if not runs:
@@ -170,7 +179,7 @@ def select_sweep(client: MlflowClient, *, experiment: str | None, sweep_run_id: 
             collapsed=r.data.tags.get(COLLAPSED_TAG) == "true",
         )
         for r in runs
-        if r.data.tags.get(RUN_KIND_TAG) in (None, "trial")
+        if r.data.tags.get(RUN_KIND_TAG) in (None, TRIAL_RUN)
     ]
     if not trials:
         kinds = sorted({str(r.data.tags.get(RUN_KIND_TAG)) for r in runs})
@@ -187,7 +196,7 @@ def select_sweep(client: MlflowClient, *, experiment: str | None, sweep_run_id: 
 
 
 def _planned(parent: Run | None) -> int | None:
-    value = parent.data.params.get("sweep.trials") if parent is not None else None
+    value = parent.data.params.get(SWEEP_TRIALS_PARAM) if parent is not None else None
     return int(value) if value is not None and value.isdigit() else None
 
 

@@ -16,6 +16,17 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness.contract import (
+    GPU_PEAK_MEM_MB,
+    INFERENCE_PARAMS,
+    PERF_IMG_PER_S,
+    TIME_EPOCH_S,
+    TRAIN_ACC_CLEAN,
+    TRAIN_MEMORIZED,
+    TRAIN_PARAMS,
+    is_fraction_metric,
+    lower_is_better,
+)
 from reports.runs import Trial
 
 # Params that never define a method: the noise condition, the seed and run bookkeeping.
@@ -23,11 +34,6 @@ NON_METHOD_PREFIXES = ("noise.", "run.", "sweep.", "tune.", "harness.")
 NON_METHOD_KEYS = frozenset({"data.root", "data.download", "data.num_workers"})
 TOPOLOGY_ORDER = {"individual": 0, "instances": 1, "simple": 2, "hierarchical": 3}
 CONDITION_COLUMNS = ["noise_kind", "noise_rate", "noise_label_set", "condition"]
-
-
-def is_fraction_metric(key: str) -> bool:
-    """Metrics logged as fractions in [0, 1] (shown as percentages)."""
-    return key.startswith(("test/acc", "train/acc")) or key == "train/memorized"
 
 
 def parse_value(text: str | None) -> object:
@@ -139,8 +145,8 @@ def _select(history: list[tuple[int, float]], mode: str, metric: str) -> float:
     if mode == "final":
         return history[-1][1]
     values = [v for _, v in history]
-    # "best" is the maximum except for losses, where lower is better.
-    return min(values) if "loss" in metric else max(values)
+    # "best" is the maximum except where lower is better (losses, times)
+    return min(values) if lower_is_better(metric) else max(values)
 
 
 def _median(history: list[tuple[int, float]]) -> float:
@@ -181,13 +187,13 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
                 "topology": t.params.get("collab.topology", "individual" if t.params else ""),
                 "_method_key": _method_sort_key(t.params, keys),
                 "value": _select(h.get(metric, []), mode, metric),
-                "memorized": _last(h.get("train/memorized", [])),
-                "acc_clean": _last(h.get("train/acc_clean", [])),
-                "time_epoch_s": _median(h.get("time/epoch_s", [])),
-                "img_per_s": _median(h.get("perf/img_per_s", [])),
-                "peak_mem_mb": max((v for _, v in h.get("gpu/peak_mem_mb", [])), default=math.nan),
-                "train_params": t.metrics.get("model/train_params", math.nan),
-                "inference_params": t.metrics.get("model/inference_params", math.nan),
+                "memorized": _last(h.get(TRAIN_MEMORIZED, [])),
+                "acc_clean": _last(h.get(TRAIN_ACC_CLEAN, [])),
+                "time_epoch_s": _median(h.get(TIME_EPOCH_S, [])),
+                "img_per_s": _median(h.get(PERF_IMG_PER_S, [])),
+                "peak_mem_mb": max((v for _, v in h.get(GPU_PEAK_MEM_MB, [])), default=math.nan),
+                "train_params": t.metrics.get(TRAIN_PARAMS, math.nan),
+                "inference_params": t.metrics.get(INFERENCE_PARAMS, math.nan),
                 "collapsed": t.collapsed,
                 "epochs": len(h.get(metric, [])),
                 **{k: t.params.get(k) for k in keys},

@@ -17,9 +17,9 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from harness.contract import default_tracking_uri
 from reports.build import add_report_arguments, build_report, run_report
 from reports.runs import load_histories, select_sweep
-from reports.store import default_tracking_uri
 from reports.tables import accuracy_table, trial_frame
 
 T_975 = {2: 4.302652729749462, 1: 12.706204736174694}  # t-table: 97.5% quantile by degrees of freedom

@@ -1,0 +1,133 @@
+"""What the harness promises to whoever reads its MLflow runs: the store, tag names, metric names.
+
+The writer (harness.tracking, harness.sync, the engine and the trial) and the readers (reports/, the
+summaries, the tests) import these names from here, so a name changes in one place and a reader
+never defines what the writer writes. Standard library only: `harness run` imports it on machines
+with torch alone, and reports/ imports it without pulling in the trainer.
+
+Runs (DESIGN.md, "Public names"):
+- parent run (one per sweep): name = sweep name; tags RUN_KIND_TAG = SWEEP_RUN, SWEEP_NAME_TAG,
+  SWEEP_FILE_TAG; param SWEEP_TRIALS_PARAM (how many trials the sweep launches).
+- child run (one per trial): name = the trial's readable name; tags PARENT_TAG, RUN_KIND_TAG =
+  TRIAL_RUN, TRIAL_KEY_TAG (the trial's stable id), TRIAL_INDEX_TAG, SWEEP_NAME_TAG, the runtime
+  and code tags; ERROR_TAG on failure; COLLAPSED_TAG ("true"/"false") on a run that ended with
+  TRAIN_COLLAPSED logged. Params: the resolved config flattened with dots. Metrics: per epoch,
+  step = epoch (1-based); accuracies and shares are fractions in [0, 1] (`is_fraction_metric`).
+- experiments: tagged EXPERIMENT_KIND_TAG = MODEL_TRAINING, so MLflow 3's UI opens them on the runs
+  table, not on its GenAI overview.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+# --- the store ---------------------------------------------------------------------------------
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def default_tracking_uri() -> str:
+    """The tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<abs cwd>/mlflow.db``.
+
+    The default is absolute because Ray trials change their working directory; a relative
+    ``sqlite:///mlflow.db`` would give every trial its own empty store.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return uri
+    return f"{SQLITE_PREFIX}{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, or None for any other kind of store."""
+    if not uri.startswith(SQLITE_PREFIX):
+        return None
+    # sqlite:////abs/path keeps the leading slash of the absolute path after the prefix.
+    return Path(uri[len(SQLITE_PREFIX) :])
+
+
+# --- experiments -------------------------------------------------------------------------------
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"  # MLflow 3's "Model training" kind (not genai_development)
+
+# --- run tags ----------------------------------------------------------------------------------
+
+PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+RUN_KIND_TAG = "harness.run_kind"
+SWEEP_RUN, TRIAL_RUN = "sweep", "trial"  # the values of RUN_KIND_TAG
+SWEEP_NAME_TAG = "harness.sweep_name"
+SWEEP_FILE_TAG = "harness.sweep_file"
+TRIAL_KEY_TAG = "harness.trial_key"
+TRIAL_INDEX_TAG = "harness.trial_index"
+ERROR_TAG = "harness.error"
+COLLAPSED_TAG = "harness.collapsed"  # "true" on a run whose kept head ended collapsed (reports leave it out)
+RAY_TRIAL_TAG = "harness.ray_trial_id"
+RETRIES_TAG = "harness.retries"  # how often Ray retried the trial
+# harness sync's runs (harness.sync): launcher=run (`harness train` sets train, a Ray sweep none), the
+# export they came from, true on a run whose trial had not ended when synced (KILLED), and what the
+# last sync logged (a later sync skips the trial when that is unchanged)
+LAUNCHER_TAG = "harness.launcher"
+EXPORT_TAG = "harness.export_id"
+UNFINISHED_TAG = "harness.unfinished"
+SYNCED_TAG = "harness.synced"
+# where a trial ran and with what code (harness.runtime)
+PYTHON_TAG = "harness.python"
+GIT_DIRTY_TAG = "harness.git_dirty"
+DEVICE_TAG = "harness.device"
+TORCH_TAG = "harness.torch"
+CUDA_TAG = "harness.cuda"
+HOST_TAG = "harness.host"
+GPU_TAG = "harness.gpu"
+MPS_PIPE_TAG = "harness.mps_pipe"  # `harness sweep --mps`: the GPU was shared under this MPS daemon
+
+SWEEP_TRIALS_PARAM = "sweep.trials"  # on the parent run
+
+# --- metrics -----------------------------------------------------------------------------------
+
+TEST_ACC = "test/acc"  # the kept inference head
+TEST_ACC_ENSEMBLE = "test/acc_ensemble"
+TRAIN_LOSS = "train/loss"
+TRAIN_ACC_NOISY = "train/acc_noisy"  # against the labels trained on
+TRAIN_ACC_CLEAN = "train/acc_clean"  # against the true labels
+TRAIN_MEMORIZED = "train/memorized"  # share of flipped samples predicted as their wrong label
+TRAIN_COLLAPSED = "train/collapsed"  # 1.0 when the kept head's output has become input-independent
+TIME_EPOCH_S = "time/epoch_s"
+PERF_IMG_PER_S = "perf/img_per_s"
+GPU_PEAK_MEM_MB = "gpu/peak_mem_mb"
+TRAIN_PARAMS = "model/train_params"  # logged at the first epoch
+INFERENCE_PARAMS = "model/inference_params"
+HEAD_ACC = re.compile(r"test/acc_head(\d+)$")  # test/acc_head{h}, one per head
+
+
+def head_acc(head: int) -> str:
+    """The metric of head `head`'s test accuracy."""
+    return f"test/acc_head{head}"
+
+
+# What every trial reports every epoch (test/acc_head{h} besides): the metrics a sweep may rank by.
+EPOCH_METRICS = (
+    TEST_ACC,
+    TEST_ACC_ENSEMBLE,
+    TRAIN_LOSS,
+    TRAIN_ACC_NOISY,
+    TRAIN_ACC_CLEAN,
+    TRAIN_MEMORIZED,
+    TIME_EPOCH_S,
+    PERF_IMG_PER_S,
+)
+FRACTION_METRICS = frozenset({TEST_ACC, TEST_ACC_ENSEMBLE, TRAIN_ACC_NOISY, TRAIN_ACC_CLEAN, TRAIN_MEMORIZED})
+
+
+def is_fraction_metric(key: str) -> bool:
+    """Whether `key` is logged as a fraction in [0, 1] (accuracies and shares; reports show percent)."""
+    return key in FRACTION_METRICS or HEAD_ACC.match(key) is not None
+
+
+def lower_is_better(key: str) -> bool:
+    """Losses, times and memory go down as things improve; accuracies and throughput go up."""
+    return "loss" in key or key.startswith(("time/", "gpu/"))
