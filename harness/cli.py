@@ -14,8 +14,8 @@ import sys
 
 # command -> (module, one-line help)
 COMMANDS = {
-    "sweep": ("harness.sweep", "run a sweep file as Ray Tune trials, tracked in MLflow"),
-    "validate": ("harness.sweep", "check a sweep file completely and start nothing"),
+    "sweep": ("harness.sweep_cli", "run a sweep file as Ray Tune trials, tracked in MLflow"),
+    "validate": ("harness.sweep_cli", "check a sweep file completely and start nothing"),
     "train": ("harness.train_cli", "run one trial without Ray (config file and/or --set key=value)"),
     "run": ("harness.run_cli", "run an exported sweep's trials here, one by one, with torch alone"),
     "sync": ("harness.sync", "log an exported sweep's results into MLflow, as `sweep` would have"),

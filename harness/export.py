@@ -39,7 +39,7 @@ import yaml
 
 from harness import config as C
 from harness.contract import TRAIN_COLLAPSED
-from harness.sweep import PATH_KEYS, Sweep
+from harness.sweepfile import PATH_KEYS, Sweep
 
 FORMAT = 1
 EXPORT_FILE = "export.json"

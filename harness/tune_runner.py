@@ -33,7 +33,7 @@ from harness.contract import (
     TRAIN_MEMORIZED,
 )
 from harness.summary import TrialOutcome, trial_table
-from harness.sweep import Sweep, Trial
+from harness.sweepfile import Sweep, Trial
 
 STATE_FILE = "harness_sweep.json"
 DEFAULT_TRIAL_FN = "harness.trial:run_trial"

@@ -20,7 +20,7 @@ import torch
 
 from harness import cli
 from harness import export as X
-from harness.sweep import load_sweep
+from harness.sweepfile import load_sweep
 from harness.trial import FAIL_ENV
 
 ARTIFACTS = ["config.yaml", "inference_head.pt", "metrics.json", "noise_transition.csv"]

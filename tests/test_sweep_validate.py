@@ -13,7 +13,7 @@ import yaml
 
 from harness import cli
 from harness import config as C
-from harness.sweep import load_sweep, parse_sweep
+from harness.sweepfile import load_sweep, parse_sweep
 from harness.tune_runner import STATE_FILE, check_launch
 
 SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
