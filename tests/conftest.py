@@ -64,3 +64,33 @@ def fake_mps_control(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_MPS_CALLS", str(calls))
     return calls
+
+
+@pytest.fixture
+def interrupted_and_resumed():
+    """`run(cfg, out_dir, stop)`: run_trial interrupted after epoch `stop` (its checkpoint on disk), then
+    resumed from that checkpoint; returns (the resumed run's final metrics, the epochs it trained)."""
+
+    def run(cfg, out_dir: Path, stop: int):
+        from harness.trial import run_trial
+
+        class Interrupted(Exception):
+            pass
+
+        def interrupt(epoch, metrics, checkpoint):
+            if epoch == stop:
+                raise Interrupted
+
+        with pytest.raises(Interrupted):
+            run_trial(cfg, out_dir=out_dir, on_epoch=interrupt, log=lambda _: None)
+        epochs = []
+        final = run_trial(
+            cfg,
+            out_dir=out_dir,
+            resume_from=out_dir / "checkpoint",
+            on_epoch=lambda epoch, metrics, checkpoint: epochs.append(epoch),
+            log=lambda _: None,
+        )
+        return final, epochs
+
+    return run

@@ -142,28 +142,11 @@ def test_without_stop_on_collapse_a_collapsed_run_trains_every_epoch(tmp_path, m
     assert seen == [1, 2, 3] and final["train/collapsed_epochs"] == 3
 
 
-def test_the_collapse_count_survives_a_resume(tmp_path, monkeypatch):
+def test_the_collapse_count_survives_a_resume(tmp_path, monkeypatch, interrupted_and_resumed):
     monkeypatch.setattr(engine, "COLLAPSE_SHARE", 0.0)
     cfg = C.build_config({}, {**QUICK, "data.train_subset": 30, "run.stop_on_collapse": 3})
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(epoch, metrics, ckpt):
-        if epoch == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        run_trial(cfg, out_dir=tmp_path / "run", on_epoch=stop_after_two, log=quiet)
-    seen = []
-    final = run_trial(
-        cfg,
-        out_dir=tmp_path / "run",
-        resume_from=tmp_path / "run" / "checkpoint",
-        on_epoch=lambda e, m, c: seen.append(e),
-        log=quiet,
-    )
-    assert seen == [3] and final["train/collapsed_epochs"] == 3
+    final, epochs = interrupted_and_resumed(cfg, tmp_path / "run", stop=2)
+    assert epochs == [3] and final["train/collapsed_epochs"] == 3
     assert (tmp_path / "run" / "checkpoint" / CHECKPOINT_FILE).exists()
 
 
@@ -308,7 +291,7 @@ def test_sweep_summary_names_collapsed_trials():
     assert "1 trial(s) ended collapsed" in text and "2 of 2 trials succeeded" in text
 
 
-def test_soft_target_ramp_grows_over_its_epochs_and_survives_a_resume(tmp_path):
+def test_soft_target_ramp_grows_over_its_epochs_and_survives_a_resume(tmp_path, interrupted_and_resumed):
     overrides = {
         **QUICK,
         "data.train_subset": 40,
@@ -331,14 +314,6 @@ def test_soft_target_ramp_grows_over_its_epochs_and_survives_a_resume(tmp_path):
     )
     assert paper["train/soft_weight"] == 1.0 and paper["train/loss"] != straight["train/loss"]
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_one(epoch, metrics, ckpt):
-        if epoch == 1:
-            raise Stop  # mid-ramp
-
-    with pytest.raises(Stop):
-        run_trial(cfg, out_dir=tmp_path / "c", on_epoch=stop_after_one, log=quiet)
-    resumed = run_trial(cfg, out_dir=tmp_path / "c", resume_from=tmp_path / "c" / "checkpoint", log=quiet)
+    resumed, epochs = interrupted_and_resumed(cfg, tmp_path / "c", stop=1)  # mid-ramp
+    assert epochs == [2, 3]
     assert resumed["train/loss"] == straight["train/loss"] and resumed["test/acc"] == straight["test/acc"]

@@ -7,7 +7,7 @@ import torch
 
 from harness import config as C
 from harness.engine import TrainingDiverged
-from harness.trial import CHECKPOINT_FILE, run_trial
+from harness.trial import run_trial
 
 QUICK = {"optim.epochs": 3, "optim.batch_size": 64, "optim.lr": 0.05, "run.device": "cpu"}
 
@@ -78,7 +78,7 @@ def test_same_seed_same_result_other_seed_differs(tmp_path):
     assert a["train/loss"] != c["train/loss"]
 
 
-def test_resume_from_checkpoint_reaches_the_same_result(tmp_path):
+def test_resume_from_checkpoint_reaches_the_same_result(tmp_path, interrupted_and_resumed):
     overrides = {
         "collab.topology": "simple",
         "collab.heads": 2,
@@ -87,29 +87,8 @@ def test_resume_from_checkpoint_reaches_the_same_result(tmp_path):
         "optim.epochs": 4,
     }
     straight = trial(tmp_path, "straight", **overrides)
-
-    cfg2 = C.build_config({}, {**QUICK, **overrides, "optim.epochs": 4})
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(epoch, metrics, ckpt):
-        seen.append(epoch)
-        if epoch == 2:
-            raise Stop  # an interrupted run: the checkpoint of epoch 2 is on disk
-
-    with pytest.raises(Stop):
-        run_trial(cfg2, out_dir=tmp_path / "resumed", on_epoch=stop_after_two, log=quiet)
-    assert (tmp_path / "resumed" / "checkpoint" / CHECKPOINT_FILE).exists()
-    epochs = []
-    resumed = run_trial(
-        cfg2,
-        out_dir=tmp_path / "resumed",
-        resume_from=tmp_path / "resumed" / "checkpoint",
-        on_epoch=lambda e, m, c: epochs.append(e),
-        log=quiet,
-    )
+    cfg = C.build_config({}, {**QUICK, **overrides})
+    resumed, epochs = interrupted_and_resumed(cfg, tmp_path / "resumed", stop=2)
     assert epochs == [3, 4]
     for key in ["train/loss", "test/acc", "test/acc_head1", "train/memorized"]:
         assert resumed[key] == straight[key], key

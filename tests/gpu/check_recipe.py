@@ -32,6 +32,14 @@ from harness.engine import resolve_device
 from harness.trial import run_trial
 
 TOPOLOGIES = [("individual", 1), ("instances", 4), ("simple", 4), ("hierarchical", 4)]
+# one epoch at the paper's lr 0.1, held constant (a step schedule whose first milestone never comes)
+ONE_EPOCH_AT_LR_0_1 = {
+    "optim.epochs": 1,
+    "optim.lr": 0.1,
+    "optim.schedule": "step",
+    "optim.milestones": [100],
+}
+NOISE_40 = {"noise.kind": "symmetric", "noise.rate": 0.4}
 COLUMNS = ("test/acc", "test/acc_ensemble", "train/loss", "train/collapsed", "train/pred_top_share")
 
 
@@ -75,10 +83,7 @@ def table(args, out: Path) -> None:
                     "collab.topology": topology,
                     "collab.heads": heads,
                     "model.zero_init_residual": zero_init,
-                    "optim.epochs": 1,
-                    "optim.lr": 0.1,
-                    "optim.schedule": "step",
-                    "optim.milestones": [100],  # constant lr over the one epoch
+                    **ONE_EPOCH_AT_LR_0_1,
                 }
                 label = f"noise {rate:.1f} {'zero-init' if zero_init else 'He init  '} {topology}-{heads}"
                 m = trial(args, out, f"table-{rate}-{zero_init}-{topology}", overrides)
@@ -92,8 +97,7 @@ def epochs(args, out: Path) -> None:
     results = []
     for topology, heads in TOPOLOGIES:
         overrides = {
-            "noise.kind": "symmetric",
-            "noise.rate": 0.4,
+            **NOISE_40,
             "collab.topology": topology,
             "collab.heads": heads,
             "optim.epochs": args.epochs,
@@ -112,14 +116,11 @@ def gap(args, out: Path) -> None:
     for topology, heads in [("instances", 4), ("hierarchical", 4)]:
         for beta in (1.0,):  # beta 0.5 and individual training: the table's rows
             overrides = {
-                "noise.kind": "symmetric",
-                "noise.rate": 0.4,
+                **NOISE_40,
+                **ONE_EPOCH_AT_LR_0_1,
                 "collab.topology": topology,
                 "collab.heads": heads,
                 "collab.beta": beta,
-                "optim.epochs": 1,
-                "optim.schedule": "step",
-                "optim.milestones": [100],
             }
             m = trial(args, out, f"gap-{topology}-{beta}", overrides)
             print(row(f"{topology}-{heads} beta {beta}", m), flush=True)
@@ -138,15 +139,12 @@ def archs(args, out: Path) -> None:
     ]
     for arch, topology, heads, ramp in runs:
         overrides = {
+            **NOISE_40,
+            **ONE_EPOCH_AT_LR_0_1,
             "model.arch": arch,
-            "noise.kind": "symmetric",
-            "noise.rate": 0.4,
             "collab.topology": topology,
             "collab.heads": heads,
             "collab.soft_rampup_epochs": ramp,
-            "optim.epochs": 1,
-            "optim.schedule": "step",
-            "optim.milestones": [100],
         }
         m = trial(args, out, f"arch-{arch}-{topology}-{ramp}", overrides)
         print(row(f"{arch} {topology}-{heads} ramp {ramp}", m), flush=True)
@@ -157,8 +155,7 @@ def archs(args, out: Path) -> None:
 def ramp(args, out: Path) -> None:
     print(f"\n=== hierarchical-4, soft target ramped in over 2 of {args.epochs} epochs, 40 % noise ===")
     overrides = {
-        "noise.kind": "symmetric",
-        "noise.rate": 0.4,
+        **NOISE_40,
         "collab.topology": "hierarchical",
         "collab.heads": 4,
         "collab.soft_rampup_epochs": 2,
