@@ -149,9 +149,10 @@ def seed_everything(seed: int) -> None:
 #   BatchNorm normalizes with the batch's own statistics there, so a dead net's constant class can
 #   change from batch to batch; counting per batch catches that, counting over the epoch would not.
 # Measured on real CIFAR-10 after one epoch (ResNet-32, H200): the collapsed runs gave 0.996-1.0
-# (evaluation) and 0.95-0.99 (training); learning runs at most 0.81 (80 % noise, where a net that
-# is barely above chance still favours one class), far less at lower noise. (The label-based alternative, "loss at its constant-prediction value", cannot tell collapse
-# from learning at 80 % symmetric noise, where even a perfect classifier's loss is within 2 % of it.)
+# (evaluation) and 0.95-0.99 (training); runs that learn at most 0.84 (80 % noise, where a net
+# barely above chance still favours one class), far less at lower noise. The label-based
+# alternative, "loss at its constant-prediction value", cannot tell collapse from learning at 80 %
+# symmetric noise: there even a perfect classifier's loss is within 2 % of it.
 COLLAPSE_SHARE = 0.95
 
 
