@@ -24,6 +24,11 @@ class TrialOutcome:
     error: str | None = None
     path: str | None = None  # the trial's folder (its error.txt is there)
 
+    @property
+    def run_status(self) -> str:
+        """The MLflow status of its run: FINISHED, FAILED, or KILLED (not ended; a resume continues it)."""
+        return {"ok": "FINISHED", "failed": "FAILED"}.get(self.status, "KILLED")
+
 
 def trial_table(trials: list[TrialOutcome], metric: str = TEST_ACC) -> list[str]:
     """Trial, status, metric and time per trial; the counts; what a collapse means; each failure."""

@@ -33,6 +33,7 @@ where the trial runs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -80,6 +81,41 @@ class Trial:
         """A folder name for the trial: index first, so folders sort in run order."""
         safe = re.sub(r"[^A-Za-z0-9._=-]+", "_", self.name).strip("_")
         return f"{self.index:03d}_{safe}"[:120]
+
+
+SPEC_KEY = "trial"  # where a Tune trial's config holds its TrialSpec (as a plain mapping)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What a Tune trial carries in its config, from the driver to its worker and into Ray's
+    experiment state: the trial's identity, its config as a plain tree, and the function that
+    trains it. `TrialSpec.of` builds it; readers take it from a Tune config with `from_config`.
+
+    It travels as a plain mapping (`to_config`): Tune swaps any other object in a config for an
+    object-store placeholder that it resolves only when the trial runs, and keeps plain data
+    readable in its experiment state.
+    """
+
+    index: int
+    key: str
+    name: str
+    dirname: str
+    config: dict[str, Any]  # C.to_dict(trial.config); C.build_config(spec.config) gives it back
+    fn: str  # 'module:function', called like harness.trial.run_trial
+
+    @classmethod
+    def of(cls, trial: Trial, fn: str) -> TrialSpec:
+        return cls(trial.index, trial.key, trial.name, trial.dirname, C.to_dict(trial.config), fn)
+
+    def to_config(self) -> dict[str, Any]:
+        """The spec as the value of SPEC_KEY in a Tune config."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> TrialSpec:
+        """The spec in a Tune trial's config (`trial.config`, `result.config`, the trainable's argument)."""
+        return cls(**config[SPEC_KEY])
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`harness sync DIR`: an exported sweep's results into MLflow, as if the sweep had run under Ray.
 
-One parent run for the sweep, one child run per started trial, logged with harness.tracking's
-`TrialLogger` like a Ray trial: params (the config as run: config.yaml plus `harness run`'s
+One parent run for the sweep (a harness.tracking.SweepRun, as under Ray), one child run per started
+trial, logged with its `start_trial` like a Ray trial: params (the config as run: config.yaml plus `harness run`'s
 --device/--data-root), every epoch's metrics at step = epoch, tags, the artifacts of
 checkpoint/artifacts/, and a status. `harness report --experiment NAME` then reads it as it reads
 a Ray sweep.
@@ -48,7 +48,6 @@ from harness.contract import (
     SWEEP_NAME_TAG,
     SWEEP_RUN,
     SYNCED_TAG,
-    TRIAL_INDEX_TAG,
     TRIAL_KEY_TAG,
     UNFINISHED_TAG,
 )
@@ -79,16 +78,10 @@ def main(args: argparse.Namespace) -> int:
 
     uri = args.tracking_uri or tracking.default_tracking_uri()
     try:
-        client = tracking.open_store(uri)
-        exp_id = tracking.experiment_id(client, export.experiment)
-        parent, how = _sweep_run(client, exp_id, export, {t.key for t, _ in trials})
-        print(f"MLflow: experiment {export.experiment!r}, sweep run {parent} ({how}) in {uri}")
-        rows = [(trial, *_sync_trial(client, exp_id, parent, export, trial, cfg)) for trial, cfg in trials]
-        statuses = [status for *_, status in rows]
-        if any(s in (None, "RUNNING", "KILLED") for s in statuses):
-            client.set_terminated(parent, status="KILLED")
-        else:
-            client.set_terminated(parent, status="FAILED" if "FAILED" in statuses else "FINISHED")
+        sweep_run, how = _sweep_run(tracking.open_store(uri), export, {t.key for t, _ in trials})
+        print(f"MLflow: experiment {export.experiment!r}, sweep run {sweep_run.run_id} ({how}) in {uri}")
+        rows = [(trial, *_sync_trial(sweep_run, export, trial, cfg)) for trial, cfg in trials]
+        sweep_run.close(status for *_, status in rows)
     except Exception as exc:  # noqa: BLE001 - the store went away, refused a write, ...
         print(
             f"harness sync: MLflow failed: {type(exc).__name__}: {exc}\n"
@@ -119,34 +112,37 @@ def _read(root: Path):
     return problems or (export, trials)
 
 
-def _sweep_run(client, exp_id: str, export: X.Export, keys: set[str]) -> tuple[str, str]:
-    """The parent run to log under (the rule in the module docstring) and how it was found."""
-    from harness import tracking as T
+def _sweep_run(client, export: X.Export, keys: set[str]):
+    """The parent run to log under (the rule in the module docstring), open, and how it was found."""
+    from harness.tracking import SweepRun, experiment_id
 
+    exp_id = experiment_id(client, export.experiment)
     parents = client.search_runs(
         [exp_id],
         filter_string=f"tags.`{RUN_KIND_TAG}` = '{SWEEP_RUN}' and tags.`{SWEEP_NAME_TAG}` = '{export.sweep}'",
         order_by=["attributes.start_time DESC"],
     )
+    found, how = None, "new"
     for run in parents:
         if run.data.tags.get(EXPORT_TAG) == export.id:
-            client.update_run(run.info.run_id, status="RUNNING")
-            return run.info.run_id, "made by an earlier sync of this export"
+            found, how = run.info.run_id, "made by an earlier sync of this export"
+            break
         children = client.search_runs(
             [exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}'", max_results=5000
         )
         if keys & {c.data.tags.get(TRIAL_KEY_TAG) for c in children}:
-            client.update_run(run.info.run_id, status="RUNNING")
-            return run.info.run_id, f"joined: {_made_by(run)} holds trials of this sweep"
-    run_id = T.start_sweep_run(
-        client,
+            found, how = run.info.run_id, f"joined: {_made_by(run)} holds trials of this sweep"
+            break
+    sweep_run = SweepRun.open(
+        client=client,
         experiment=export.experiment,
         sweep_name=export.sweep,
         sweep_file=str(export.sweep_file),
         num_trials=len(export.trial_dirs),
+        run_id=found,
         tags={EXPORT_TAG: export.id, LAUNCHER_TAG: "run"},
     )
-    return run_id, "new"
+    return sweep_run, how
 
 
 def _made_by(run) -> str:
@@ -156,11 +152,10 @@ def _made_by(run) -> str:
     return {"train": "harness train"}.get(tags.get(LAUNCHER_TAG, ""), "harness sweep")
 
 
-def _sync_trial(client, exp_id, parent, export: X.Export, trial: X.TrialDir, cfg: C.TrialConfig):
-    """Log one trial folder under `parent`; return (what was done, details, the trial run's status after)."""
-    from harness import tracking as T
-
-    run = T.find_child_run(client, exp_id, parent, trial.key)
+def _sync_trial(sweep_run, export: X.Export, trial: X.TrialDir, cfg: C.TrialConfig):
+    """Log one trial folder under `sweep_run` (a harness.tracking.SweepRun); return (what was done,
+    details, the trial run's status after)."""
+    run = sweep_run.find_trial(trial.key)
     if trial.state == X.PENDING:
         return "not started", "no run", run.info.status if run else None
     want = RUN_STATUS[trial.state]
@@ -169,7 +164,7 @@ def _sync_trial(client, exp_id, parent, export: X.Export, trial: X.TrialDir, cfg
         status, run_id = run.info.status, run.info.run_id
         if status in ("FINISHED", "RUNNING") or trial.state not in X.ENDED_OK:
             return "kept", f"the {status} run {run_id} of {_made_by(run)}", status
-        client.delete_run(run_id)
+        sweep_run.client.delete_run(run_id)
         replaced = f"; replaced the {status} run {run_id} of {_made_by(run)} (deleted, restorable)"
         run = None
     if run is not None and run.info.status == "FINISHED" and want != "FINISHED":
@@ -178,22 +173,8 @@ def _sync_trial(client, exp_id, parent, export: X.Export, trial: X.TrialDir, cfg
     if run is not None and run.info.status == want and run.data.tags.get(SYNCED_TAG) == stamp:
         return "up to date", "", want
 
-    tags = {
-        **trial.runtime.get("tags", {}),
-        SWEEP_NAME_TAG: export.sweep,
-        TRIAL_INDEX_TAG: str(trial.index),
-        LAUNCHER_TAG: "run",
-        EXPORT_TAG: export.id,
-    }
-    logger = T.TrialLogger.start(
-        cfg,
-        experiment=export.experiment,
-        run_name=trial.name,
-        parent_run_id=parent,
-        trial_key=trial.key,
-        tags=tags,
-        client=client,
-    )
+    tags = {**trial.runtime.get("tags", {}), LAUNCHER_TAG: "run", EXPORT_TAG: export.id}
+    logger = sweep_run.start_trial(cfg, name=trial.name, key=trial.key, index=trial.index, tags=tags)
     logged_before = logger.last_step
     for row in trial.history:
         logger.log_epoch(row["epoch"], row)
@@ -204,7 +185,7 @@ def _sync_trial(client, exp_id, parent, export: X.Export, trial: X.TrialDir, cfg
     elif trial.state == "running":
         stale -= {UNFINISHED_TAG, NOTE_TAG}
     for key in stale & set(old_tags):
-        client.delete_tag(logger.run_id, key)
+        logger.client.delete_tag(logger.run_id, key)
     if trial.state in X.ENDED_OK:
         artifacts = trial.path / X.ARTIFACTS
         # the last epoch's metrics, as the Ray callback finishes a run (metrics.json adds only the sizes

@@ -4,32 +4,25 @@ The store is `MLFLOW_TRACKING_URI` when set (e.g. a team's MLflow server), else 
 `mlflow.db` in the working directory, as an absolute URI: Ray trials run in folders of their
 own, where a relative `sqlite:///mlflow.db` would give each one an empty store of its own.
 
-A sweep writes from the Ray driver only (`MlflowTuneCallback`): one writer per store, as a
-fresh SQLite store written by several processes at once fails, and a driver-side writer works
-on a multi-node cluster where trials cannot reach the driver's disk. `TrialLogger` is one run
-for one trial config; the callback drives one per trial and `harness train` uses it directly.
+`SweepRun` owns a sweep's parent run from opening (or resuming) to closing; under Ray it hands
+Tune the `MlflowTuneCallback` that logs every trial from the driver: one writer per store, as a
+fresh SQLite store written by several processes at once fails, and a driver-side writer works on
+a multi-node cluster where trials cannot reach the driver's disk. `TrialLogger` is one run for
+one trial config; the sweep run starts one per trial and `harness train` uses it directly.
 
-Names (reports/ reads these):
-- parent run: name = sweep name; tags harness.run_kind=sweep, harness.sweep_name, harness.sweep_file.
-- child run: name = the trial's readable name; tags mlflow.parentRunId, harness.run_kind=trial,
-  harness.trial_key (the trial's stable id: a resumed sweep finds and continues its run),
-  harness.sweep_name, git commit, device, torch/CUDA versions, harness.ray_trial_id;
-  harness.error on failure; harness.collapsed (true/false) on a run that ended with
-  train/collapsed logged (true: its kept head ended collapsed; reports leave such runs out);
-  harness.launcher, harness.export_id, harness.unfinished and harness.synced on runs that
-  `harness sync` logged from an exported sweep (harness.sync). Params: the resolved config
-  flattened with dots. Metrics: every numeric value a trial reports per epoch, step = epoch.
-  Artifacts: the files of the final checkpoint's artifacts/ folder (config.yaml,
-  noise_transition.csv, metrics.json, inference_head.pt) at the run's artifact root.
+What is written under which name (tags, params, metrics) is harness.contract, the promise that
+reports/ reads. Artifacts: the files of the final checkpoint's artifacts/ folder (config.yaml,
+noise_transition.csv, metrics.json, inference_head.pt) at the run's artifact root.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +50,8 @@ from harness.contract import (
     default_tracking_uri,
 )
 from harness.runtime import code_tags, runtime_tags
+from harness.summary import TrialOutcome
+from harness.sweepfile import Sweep, TrialSpec
 
 try:  # the sweep callback needs Ray; `harness train` needs only MLflow
     from ray.tune import Callback as _TuneCallback
@@ -276,35 +271,6 @@ def _last_logged(client: MlflowClient, run) -> tuple[int, set[str]]:
     return last, {key for key, step in steps.items() if step == last}
 
 
-def start_sweep_run(
-    client: MlflowClient,
-    *,
-    experiment: str,
-    sweep_name: str,
-    sweep_file: str,
-    num_trials: int,
-    run_id: str | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> str:
-    """The sweep's parent run: a new one (with `tags` besides ours), or (resume) `run_id` running again."""
-    if run_id is not None:
-        client.update_run(run_id, status="RUNNING")
-        return run_id
-    exp_id = experiment_id(client, experiment)
-    tags = {
-        RUN_KIND_TAG: SWEEP_RUN,
-        SWEEP_NAME_TAG: sweep_name,
-        SWEEP_FILE_TAG: sweep_file,
-        **code_tags(),
-        **(tags or {}),
-    }
-    run = client.create_run(exp_id, run_name=sweep_name, tags=tags)
-    client.log_param(run.info.run_id, SWEEP_TRIALS_PARAM, num_trials)
-    if Path(sweep_file).is_file():
-        client.log_artifact(run.info.run_id, sweep_file)
-    return run.info.run_id
-
-
 def error_message(exc: BaseException | None) -> str:
     """'RuntimeError: NaN loss at epoch 3' for a trial's exception (Ray's wrapper unwrapped)."""
     if exc is None:
@@ -336,43 +302,58 @@ def _trial_error(trial) -> str:
     return error_message(None)
 
 
-_PROBLEMS: dict[str, list[str]] = {}  # sweep run id -> tracking problems seen in this process
+SWEEP_STATE_FILE = "harness_sweep.json"  # in a sweep's Ray folder: its store, parent run and trials
 
 
-class MlflowTuneCallback(_TuneCallback):
-    """Logs every trial of a sweep from the Ray driver: one child run per trial under the sweep run.
+def read_sweep_state(folder: Path) -> dict | None:
+    """What `SweepRun.open_for` wrote into a sweep's Ray folder, or None: sweep, sweep_file,
+    tracking_uri, experiment, parent_run_id and trials ({key: name})."""
+    path = Path(folder) / SWEEP_STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
-    Tracking trouble (a store that went away) is reported on stderr and counted in
-    `self.problems`, and does not stop the trials: an hour of GPU time is worth more than a
-    missing metric. Pickled with the Tuner for --resume; the client is made anew in setup().
+
+_PROBLEMS: dict[str, list[str]] = {}  # parent run id -> tracking problems seen in this process
+
+
+class SweepRun:
+    """A sweep's MLflow parent run, its one owner from opening to closing.
+
+    Under Ray (harness.tune_runner): `open_for` opens it (on --resume, the run the Ray folder's
+    state file names), `tune_callback` hands Tune the callback that logs every trial from the
+    driver, `reconcile` makes MLflow agree with Ray after Tune, and `close` sets the parent's
+    status from its trials' (`abort` when Tune itself failed). `harness sync` opens or joins one
+    with `open` and logs each exported trial with `start_trial`.
+
+    Tracking trouble inside `guard` (a store that went away) is reported on stderr and kept in
+    `problems`, and does not stop the trials: an hour of GPU time is worth more than a missing
+    metric. Pickles without its client: the Tune callback carries it into Ray's experiment state.
     """
 
     def __init__(
         self,
-        *,
         tracking_uri: str,
+        run_id: str,
+        *,
         experiment: str,
-        parent_run_id: str,
         sweep_name: str,
-        tags: Mapping[str, str],
+        trial_tags: Mapping[str, str] | None = None,
     ):
         self.tracking_uri = tracking_uri
+        self.run_id = run_id
         self.experiment = experiment
-        self.parent_run_id = parent_run_id
         self.sweep_name = sweep_name
-        self.tags = dict(tags)
+        self.trial_tags = dict(trial_tags or {})  # every trial run's, besides its own
         self._reset()
 
     def _reset(self) -> None:
         self._client: MlflowClient | None = None
-        self._loggers: dict[str, TrialLogger] = {}
-        self._env: dict[str, dict] = {}
-        # Shared by every copy of this callback in this process: Tuner.restore runs an unpickled
-        # copy, and the caller reads the problems from its own.
-        self.problems: list[str] = _PROBLEMS.setdefault(self.parent_run_id, [])
+        self._experiment_id: str | None = None
+        # Shared by every copy in this process: Tuner.restore runs an unpickled copy of the callback,
+        # and the runner reads the problems from its own.
+        self.problems: list[str] = _PROBLEMS.setdefault(self.run_id, [])
 
     def __getstate__(self) -> dict:
-        keep = ("tracking_uri", "experiment", "parent_run_id", "sweep_name", "tags")
+        keep = ("tracking_uri", "run_id", "experiment", "sweep_name", "trial_tags")
         return {key: self.__dict__[key] for key in keep}
 
     def __setstate__(self, state: dict) -> None:
@@ -385,10 +366,116 @@ class MlflowTuneCallback(_TuneCallback):
             self._client = open_store(self.tracking_uri)
         return self._client
 
-    def setup(self, **info) -> None:
-        self._guard("setup", lambda: self.client)
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            self._experiment_id = experiment_id(self.client, self.experiment)
+        return self._experiment_id
 
-    def _guard(self, what: str, fn) -> None:
+    @classmethod
+    def open(
+        cls,
+        *,
+        experiment: str,
+        sweep_name: str,
+        sweep_file: str,
+        num_trials: int,
+        tracking_uri: str | None = None,
+        client: MlflowClient | None = None,
+        run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        trial_tags: Mapping[str, str] | None = None,
+    ) -> SweepRun:
+        """A new parent run for sweep `sweep_name` in `experiment` (tagged with `tags` besides ours),
+        or, given `run_id`, that run RUNNING again. `trial_tags` go on every trial run it starts."""
+        uri = client.tracking_uri if client is not None else tracking_uri or default_tracking_uri()
+        client = client or open_store(uri)
+        exp_id = experiment_id(client, experiment)
+        if run_id is not None:
+            client.update_run(run_id, status="RUNNING")
+        else:
+            all_tags = {
+                RUN_KIND_TAG: SWEEP_RUN,
+                SWEEP_NAME_TAG: sweep_name,
+                SWEEP_FILE_TAG: sweep_file,
+                **code_tags(),
+                **(tags or {}),
+            }
+            run_id = client.create_run(exp_id, run_name=sweep_name, tags=all_tags).info.run_id
+            client.log_param(run_id, SWEEP_TRIALS_PARAM, num_trials)
+            if Path(sweep_file).is_file():
+                client.log_artifact(run_id, sweep_file)
+        run = cls(uri, run_id, experiment=experiment, sweep_name=sweep_name, trial_tags=trial_tags)
+        run._client, run._experiment_id = client, exp_id
+        return run
+
+    @classmethod
+    def open_for(cls, sweep: Sweep, folder: Path, *, resume: bool = False) -> SweepRun:
+        """The parent run of a Ray sweep whose Tune experiment lives in `folder`: with `resume`, the
+        run (in the store) that the folder's state file names, else a new one in the default store.
+        Writes the state file; trial runs carry this process's code tags."""
+        state = (read_sweep_state(folder) if resume else None) or {}
+        sweep_file = str(Path(sweep.source).resolve())
+        run = cls.open(
+            experiment=sweep.experiment,
+            sweep_name=sweep.name,
+            sweep_file=sweep_file,
+            num_trials=len(sweep.trials),
+            tracking_uri=state.get("tracking_uri"),
+            run_id=state.get("parent_run_id"),
+            trial_tags=code_tags(),
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / SWEEP_STATE_FILE).write_text(
+            json.dumps(
+                {
+                    "sweep": sweep.name,
+                    "sweep_file": sweep_file,
+                    "tracking_uri": run.tracking_uri,
+                    "experiment": sweep.experiment,
+                    "parent_run_id": run.run_id,
+                    "trials": {t.key: t.name for t in sweep.trials},
+                },
+                indent=2,
+            )
+        )
+        return run
+
+    def start_trial(
+        self,
+        config: C.TrialConfig | Mapping[str, Any],
+        *,
+        name: str,
+        key: str,
+        index: int,
+        tags: Mapping[str, str] | None = None,
+    ) -> TrialLogger:
+        """The run of trial `key` under this parent: started, or continued where it exists."""
+        return TrialLogger.start(
+            config,
+            experiment=self.experiment,
+            run_name=name,
+            parent_run_id=self.run_id,
+            trial_key=key,
+            tags={
+                **self.trial_tags,
+                **(tags or {}),
+                SWEEP_NAME_TAG: self.sweep_name,
+                TRIAL_INDEX_TAG: str(index),
+            },
+            client=self.client,
+        )
+
+    def find_trial(self, key: str):
+        """The run of trial `key` under this parent, or None."""
+        return find_child_run(self.client, self.experiment_id, self.run_id, key)
+
+    def tune_callback(self) -> MlflowTuneCallback:
+        """The Tune callback that logs this sweep's trials from the Ray driver."""
+        return MlflowTuneCallback(self)
+
+    def guard(self, what: str, fn: Callable[[], Any]) -> None:
+        """Run `fn`; tracking trouble is reported and kept in `problems`, not raised (class docstring)."""
         try:
             fn()
         except Exception as exc:  # noqa: BLE001 - see the class docstring
@@ -397,34 +484,99 @@ class MlflowTuneCallback(_TuneCallback):
             print(message, file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
 
-    def logger(self, spec: Mapping[str, Any], ray_trial_id: str | None = None) -> TrialLogger:
-        """The open run of the trial described by `spec` (harness.tune_runner's trial spec), started on first use."""
-        key = spec["key"]
-        if key not in self._loggers:
-            tags = {
-                **self.tags,
-                SWEEP_NAME_TAG: self.sweep_name,
-                TRIAL_INDEX_TAG: str(spec["index"]),
-            }
-            if ray_trial_id:
-                tags[RAY_TRIAL_TAG] = ray_trial_id
-            self._loggers[key] = TrialLogger.start(
-                spec["config"],
-                experiment=self.experiment,
-                run_name=spec["name"],
-                parent_run_id=self.parent_run_id,
-                trial_key=key,
-                tags=tags,
-                client=self.client,
+    def reconcile(self, results, outcomes: Iterable[TrialOutcome]) -> None:
+        """Make MLflow agree with Ray where the driver died between a trial's end and its logging.
+
+        `results`: Tune's ResultGrid; `outcomes`: how each trial ended (harness.tune_runner)."""
+
+        def fix() -> None:
+            by_key = {TrialSpec.from_config(r.config).key: r for r in results}
+            for outcome in outcomes:
+                if outcome.status == "unfinished":
+                    continue
+                run = self.find_trial(outcome.key)
+                if run is not None and run.info.status == outcome.run_status:
+                    continue
+                result = by_key[outcome.key]
+                spec = TrialSpec.from_config(result.config)
+                logger = self.start_trial(spec.config, name=spec.name, key=spec.key, index=spec.index)
+                if result.metrics_dataframe is not None:
+                    for row in result.metrics_dataframe.to_dict("records"):
+                        logger.log_epoch(row.get("epoch"), {k: v for k, v in row.items() if "/" in k})
+                if outcome.status == "ok":
+                    finish_with_checkpoint(logger, outcome.metrics, result.checkpoint, status="FINISHED")
+                else:
+                    logger.finish(status=outcome.run_status, error=outcome.error)
+
+        self.guard("reconcile", fix)
+
+    def abort(self, exc: BaseException) -> None:
+        """Close the run after Tune itself failed: KILLED when interrupted (a second Ctrl-C), else FAILED."""
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        self.client.set_terminated(self.run_id, status=status)
+
+    def close(self, statuses: Iterable[str | None]) -> str:
+        """Close the run with a status from its trials' run statuses (None: a trial without a run) and
+        return it: KILLED while a trial has not ended (--resume or the next sync continues), else FAILED
+        when one failed, else FINISHED."""
+        statuses = list(statuses)
+        if any(s in (None, "RUNNING", "KILLED") for s in statuses):
+            status = "KILLED"
+        else:
+            status = "FAILED" if "FAILED" in statuses else "FINISHED"
+        self.client.set_terminated(self.run_id, status=status)
+        return status
+
+
+class MlflowTuneCallback(_TuneCallback):
+    """Logs every trial of a sweep from the Ray driver: one child run per trial under the sweep's
+    parent run (`SweepRun.tune_callback`). Tracking trouble goes to the SweepRun's `problems` and
+    does not stop the trials. Pickled with the Tuner for --resume, without clients or open runs."""
+
+    def __init__(self, sweep_run: SweepRun):
+        self.sweep_run = sweep_run
+        self._reset()
+
+    def _reset(self) -> None:
+        self._loggers: dict[str, TrialLogger] = {}
+        self._env: dict[str, dict] = {}
+
+    def __getstate__(self) -> dict:
+        return {"sweep_run": self.sweep_run}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def problems(self) -> list[str]:
+        return self.sweep_run.problems
+
+    def _logger(self, trial) -> TrialLogger:
+        """The open run of Ray trial `trial`, started (or continued) on first use."""
+        spec = TrialSpec.from_config(trial.config)
+        if spec.key not in self._loggers:
+            self._loggers[spec.key] = self.sweep_run.start_trial(
+                spec.config,
+                name=spec.name,
+                key=spec.key,
+                index=spec.index,
+                tags={RAY_TRIAL_TAG: trial.trial_id},
             )
-        return self._loggers[key]
+        return self._loggers[spec.key]
+
+    def _guard(self, trial, fn: Callable[[], Any]) -> None:
+        self.sweep_run.guard(f"trial {trial}", fn)
+
+    def setup(self, **info) -> None:
+        self.sweep_run.guard("setup", lambda: self.sweep_run.client)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._guard(f"trial {trial}", lambda: self.logger(trial.config["trial"], trial.trial_id))
+        self._guard(trial, lambda: self._logger(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         def log() -> None:
-            logger = self.logger(trial.config["trial"], trial.trial_id)
+            logger = self._logger(trial)
             env = result.get(ENV_RESULT_KEY)
             if isinstance(env, dict) and self._env.get(logger.run_id) != env:
                 logger.set_tags(env)
@@ -432,37 +584,32 @@ class MlflowTuneCallback(_TuneCallback):
             metrics = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS}
             logger.log_epoch(result.get("epoch"), metrics)
 
-        self._guard(f"trial {trial}", log)
+        self._guard(trial, log)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        def tag() -> None:
-            logger = self.logger(trial.config["trial"], trial.trial_id)
-            logger.set_tags({RETRIES_TAG: str(trial.num_failures)})
-
-        self._guard(f"trial {trial}", tag)
+        self._guard(trial, lambda: self._logger(trial).set_tags({RETRIES_TAG: str(trial.num_failures)}))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         def finish() -> None:
-            logger = self.logger(trial.config["trial"], trial.trial_id)
+            logger = self._logger(trial)
             metrics = {k: v for k, v in (trial.last_result or {}).items() if k not in RAY_RESULT_KEYS}
             metrics["epoch"] = (trial.last_result or {}).get("epoch")
             finish_with_checkpoint(logger, metrics, trial.checkpoint, status="FINISHED")
-            self._loggers.pop(trial.config["trial"]["key"], None)
+            self._loggers.pop(TrialSpec.from_config(trial.config).key, None)
 
-        self._guard(f"trial {trial}", finish)
+        self._guard(trial, finish)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         def finish() -> None:
-            logger = self.logger(trial.config["trial"], trial.trial_id)
-            logger.finish(status="FAILED", error=_trial_error(trial))
-            self._loggers.pop(trial.config["trial"]["key"], None)
+            self._logger(trial).finish(status="FAILED", error=_trial_error(trial))
+            self._loggers.pop(TrialSpec.from_config(trial.config).key, None)
 
-        self._guard(f"trial {trial}", finish)
+        self._guard(trial, finish)
 
     def on_experiment_end(self, trials, **info) -> None:
         # Whatever is still open was interrupted (Ctrl-C): KILLED until --resume continues it.
         for key, logger in list(self._loggers.items()):
-            self._guard(f"trial {key}", lambda logger=logger: logger.finish(status="KILLED"))
+            self.sweep_run.guard(f"trial {key}", lambda logger=logger: logger.finish(status="KILLED"))
         self._loggers.clear()
 
 

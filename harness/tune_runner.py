@@ -7,16 +7,19 @@
   `ray.tune.report(metrics, checkpoint=...)`; a failed trial is retried from its last
   checkpoint `max_failures` times; the others go on.
 - Storage: `<storage>/<sweep name>/` holds Ray's experiment state, the trials' checkpoints (the
-  last two per trial) and `harness_sweep.json` (the MLflow parent run and the trial keys), so
-  `resume=True` continues the same Tune experiment and the same MLflow runs.
-- Tracking: `harness.tracking.MlflowTuneCallback` on the driver, the store's only writer.
+  last two per trial) and `harness_sweep.json` (the MLflow parent run and the trial keys, written
+  by harness.tracking.SweepRun), so `resume=True` continues the same Tune experiment and the same
+  MLflow runs.
+- Tracking: the sweep's `harness.tracking.SweepRun` owns its parent run; its Tune callback logs
+  the trials on the driver, the store's only writer.
+- Each Tune trial's config holds its `harness.sweepfile.TrialSpec` (identity, config tree, and the
+  function that trains it: `trial_fn`, `harness.trial:run_trial` unless a test names another).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import shutil
 import sys
@@ -33,9 +36,8 @@ from harness.contract import (
     TRAIN_MEMORIZED,
 )
 from harness.summary import TrialOutcome, trial_table
-from harness.sweepfile import Sweep, Trial
+from harness.sweepfile import SPEC_KEY, Sweep, TrialSpec
 
-STATE_FILE = "harness_sweep.json"
 DEFAULT_TRIAL_FN = "harness.trial:run_trial"
 # The live table's columns: result key -> heading
 PROGRESS_COLUMNS = {
@@ -68,11 +70,6 @@ def experiment_dir(storage: Path, sweep: Sweep) -> Path:
     return Path(storage).resolve() / sweep.name
 
 
-def read_state(exp_dir: Path) -> dict | None:
-    path = exp_dir / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def check_launch(
     sweep: Sweep,
     *,
@@ -96,7 +93,9 @@ def check_launch(
             "--num-cpus/--num-gpus declare the resources of a local Ray; a cluster (--address) has its own"
         )
     if resume:
-        state = read_state(exp_dir)
+        from harness.tracking import read_sweep_state
+
+        state = read_sweep_state(exp_dir)
         if state is None:
             problems.append(
                 f"nothing to resume: {exp_dir} holds no run of sweep {sweep.name!r} (run it without --resume)"
@@ -116,28 +115,16 @@ def check_launch(
     return problems
 
 
-def trial_spec(trial: Trial, trial_fn: str = DEFAULT_TRIAL_FN) -> dict[str, Any]:
-    """What a Tune trial carries in its config: plain data, readable in Ray's experiment state."""
-    return {
-        "index": trial.index,
-        "key": trial.key,
-        "name": trial.name,
-        "dirname": trial.dirname,
-        "config": C.to_dict(trial.config),
-        "fn": trial_fn,
-    }
-
-
 def trainable(config: dict[str, Any]) -> None:
     """The Tune function trainable: one trial, reporting (and checkpointing) every epoch."""
     from ray import tune
 
     from harness.tracking import ENV_RESULT_KEY, runtime_tags
 
-    spec = config["trial"]
-    module, _, attr = spec.get("fn", DEFAULT_TRIAL_FN).partition(":")
+    spec = TrialSpec.from_config(config)
+    module, _, attr = spec.fn.partition(":")
     run_trial = getattr(importlib.import_module(module), attr)
-    cfg = C.build_config(spec["config"])
+    cfg = C.build_config(spec.config)
     env = runtime_tags(cfg.run.device)
     # Ray gives each trial a working folder of its own; checkpoints are copied to storage on report.
     out_dir = Path.cwd() / "harness_trial"
@@ -146,7 +133,7 @@ def trainable(config: dict[str, Any]) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         resume_from = Path(checkpoint.to_directory(str(out_dir / "restored")))
-        print(f"resuming {spec['name']} from {checkpoint.path}")
+        print(f"resuming {spec.name} from {checkpoint.path}")
 
     def on_epoch(epoch: int, metrics: dict[str, float], ckpt_dir: Path | None) -> None:
         result = {**metrics, "epoch": epoch, ENV_RESULT_KEY: env}
@@ -160,11 +147,11 @@ def trainable(config: dict[str, Any]) -> None:
 
 
 def trial_name(trial) -> str:
-    return trial.config["trial"]["name"]
+    return TrialSpec.from_config(trial.config).name
 
 
 def trial_dirname(trial) -> str:
-    return trial.config["trial"]["dirname"]
+    return TrialSpec.from_config(trial.config).dirname
 
 
 def run_sweep(
@@ -197,7 +184,6 @@ def run_sweep(
     from harness import tracking
 
     exp_dir = experiment_dir(storage, sweep)
-    state = read_state(exp_dir) if resume else None
     started_ray = not ray.is_initialized()
     shared_gpu = contextlib.ExitStack()
     if mps:
@@ -221,40 +207,14 @@ def run_sweep(
         _check_resources(sweep, ray.cluster_resources(), local=started_ray and address == "local")
         if overwrite and exp_dir.exists():
             shutil.rmtree(exp_dir)
-        tracking_uri = (state or {}).get("tracking_uri") or tracking.default_tracking_uri()
-        client = tracking.open_store(tracking_uri)
-        parent_run_id = tracking.start_sweep_run(
-            client,
-            experiment=sweep.experiment,
-            sweep_name=sweep.name,
-            sweep_file=str(Path(sweep.source).resolve()),
-            num_trials=len(sweep.trials),
-            run_id=(state or {}).get("parent_run_id"),
-        )
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        (exp_dir / STATE_FILE).write_text(
-            json.dumps(
-                {
-                    "sweep": sweep.name,
-                    "sweep_file": str(Path(sweep.source).resolve()),
-                    "tracking_uri": tracking_uri,
-                    "experiment": sweep.experiment,
-                    "parent_run_id": parent_run_id,
-                    "trials": {t.key: t.name for t in sweep.trials},
-                },
-                indent=2,
-            )
-        )
-        print(f"MLflow: experiment {sweep.experiment!r}, sweep run {parent_run_id} ({tracking_uri})")
-        callback = tracking.MlflowTuneCallback(
-            tracking_uri=tracking_uri,
-            experiment=sweep.experiment,
-            parent_run_id=parent_run_id,
-            sweep_name=sweep.name,
-            tags=tracking.code_tags(),
+        sweep_run = tracking.SweepRun.open_for(sweep, exp_dir, resume=resume)
+        print(
+            f"MLflow: experiment {sweep.experiment!r}, sweep run {sweep_run.run_id} ({sweep_run.tracking_uri})"
         )
         fn = tune.with_resources(trainable, {"cpu": sweep.resources["cpu"], "gpu": sweep.resources["gpu"]})
-        param_space = {"trial": tune.grid_search([trial_spec(t, trial_fn) for t in sweep.trials])}
+        param_space = {
+            SPEC_KEY: tune.grid_search([TrialSpec.of(t, trial_fn).to_config() for t in sweep.trials])
+        }
         if resume and tune.Tuner.can_restore(str(exp_dir)):
             # Finished trials stay finished; unfinished and errored ones go on from their last checkpoint.
             tuner = tune.Tuner.restore(
@@ -265,23 +225,16 @@ def run_sweep(
                 resume_errored=True,
             )
         else:
-            tuner = _new_tuner(sweep, fn, param_space, exp_dir, callback, max_failures)
+            tuner = _new_tuner(sweep, fn, param_space, exp_dir, sweep_run.tune_callback(), max_failures)
         try:
             results = tuner.fit()
         except BaseException as exc:  # a second Ctrl-C, or Tune itself failing: close the sweep run
-            client.set_terminated(
-                parent_run_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            )
+            sweep_run.abort(exc)
             raise
         outcomes = _outcomes(sweep, results, exp_dir)
-        _reconcile(callback, results, outcomes)
-        status = (
-            "KILLED"
-            if any(t.status == "unfinished" for t in outcomes)
-            else ("FINISHED" if all(t.status == "ok" for t in outcomes) else "FAILED")
-        )
-        client.set_terminated(parent_run_id, status=status)
-        return SweepOutcome(outcomes, exp_dir, parent_run_id, tracking_uri, callback.problems)
+        sweep_run.reconcile(results, outcomes)
+        sweep_run.close(o.run_status for o in outcomes)
+        return SweepOutcome(outcomes, exp_dir, sweep_run.run_id, sweep_run.tracking_uri, sweep_run.problems)
     finally:
         if started_ray:
             ray.shutdown()
@@ -296,7 +249,7 @@ def _new_tuner(sweep: Sweep, fn, param_space, exp_dir: Path, callback, max_failu
     columns.setdefault(sweep.metric, sweep.metric)
     reporter = CLIReporter(
         metric_columns=columns,
-        parameter_columns={"trial/index": "#"},
+        parameter_columns={f"{SPEC_KEY}/index": "#"},
         max_progress_rows=max(20, min(len(sweep.trials), 100)),
         max_report_frequency=10,
         max_column_length=40,
@@ -372,8 +325,10 @@ def _outcomes(sweep: Sweep, results, exp_dir: Path) -> list[TrialOutcome]:
 
     from harness.tracking import error_message
 
-    statuses = {t.config["trial"]["key"]: t.status for t in ExperimentAnalysis(str(exp_dir)).trials}
-    by_key = {r.config["trial"]["key"]: r for r in results}
+    statuses = {
+        TrialSpec.from_config(t.config).key: t.status for t in ExperimentAnalysis(str(exp_dir)).trials
+    }
+    by_key = {TrialSpec.from_config(r.config).key: r for r in results}
     outcomes = []
     for trial in sweep.trials:
         result = by_key.get(trial.key)
@@ -391,33 +346,6 @@ def _outcomes(sweep: Sweep, results, exp_dir: Path) -> list[TrialOutcome]:
             )
         )
     return outcomes
-
-
-def _reconcile(callback, results, outcomes: list[TrialOutcome]) -> None:
-    """Make MLflow agree with Ray where the driver died between a trial's end and its logging."""
-    from harness import tracking
-
-    def fix() -> None:
-        by_key = {r.config["trial"]["key"]: r for r in results}
-        exp_id = tracking.experiment_id(callback.client, callback.experiment)
-        for outcome in outcomes:
-            if outcome.status == "unfinished":
-                continue
-            run = tracking.find_child_run(callback.client, exp_id, callback.parent_run_id, outcome.key)
-            want = "FINISHED" if outcome.status == "ok" else "FAILED"
-            if run is not None and run.info.status == want:
-                continue
-            result = by_key[outcome.key]
-            logger = callback.logger(result.config["trial"])
-            if result.metrics_dataframe is not None:
-                for row in result.metrics_dataframe.to_dict("records"):
-                    logger.log_epoch(row.get("epoch"), {k: v for k, v in row.items() if "/" in k})
-            if outcome.status == "ok":
-                tracking.finish_with_checkpoint(logger, outcome.metrics, result.checkpoint, status=want)
-            else:
-                logger.finish(status=want, error=outcome.error)
-
-    callback._guard("reconcile", fix)
 
 
 def format_summary(outcome: SweepOutcome, metric: str = TEST_ACC) -> str:

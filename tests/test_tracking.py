@@ -40,9 +40,9 @@ def _artifacts(folder: Path) -> Path:
 def test_trial_run_has_params_metric_history_artifacts_and_status(store, tmp_path):
     client = tracking.open_store(store)
     assert (tmp_path / "mlflow.db").exists()
-    parent = tracking.start_sweep_run(
-        client, experiment="e", sweep_name="s", sweep_file="s.yaml", num_trials=1
-    )
+    parent = tracking.SweepRun.open(
+        client=client, experiment="e", sweep_name="s", sweep_file="s.yaml", num_trials=1
+    ).run_id
     cfg = C.build_config({"noise": {"kind": "symmetric", "rate": 0.4}, "optim": {"milestones": [3, 6]}})
     logger = tracking.TrialLogger.start(
         cfg, experiment="e", run_name="sym-0.4 seed0", parent_run_id=parent, trial_key="k1", client=client
@@ -80,9 +80,9 @@ def test_trial_run_has_params_metric_history_artifacts_and_status(store, tmp_pat
 def test_a_resumed_trial_continues_its_run(store):
     """Same parent and trial key: the same run, RUNNING again, epochs already logged skipped."""
     client = tracking.open_store(store)
-    parent = tracking.start_sweep_run(
-        client, experiment="e", sweep_name="s", sweep_file="s.yaml", num_trials=2
-    )
+    parent = tracking.SweepRun.open(
+        client=client, experiment="e", sweep_name="s", sweep_file="s.yaml", num_trials=2
+    ).run_id
     cfg = C.build_config({})
     first = tracking.TrialLogger.start(
         cfg, experiment="e", run_name="t", parent_run_id=parent, trial_key="k", client=client
@@ -119,12 +119,10 @@ def test_a_resumed_trial_continues_its_run(store):
         (2, 0.2),
         (3, 0.3),
     ]
-    assert (
-        tracking.start_sweep_run(
-            client, experiment="e", sweep_name="s", sweep_file="s.yaml", num_trials=2, run_id=parent
-        )
-        == parent
+    resumed = tracking.SweepRun.open(
+        client=client, experiment="e", sweep_name="s", sweep_file="s.yaml", num_trials=2, run_id=parent
     )
+    assert resumed.run_id == parent and client.get_run(parent).info.status == "RUNNING"
 
 
 def test_start_single_is_a_tagged_run_outside_any_sweep(store):
@@ -154,17 +152,24 @@ def test_error_message_unwraps_ray_errors():
 
 
 def test_callback_pickles_without_its_client(store):
-    callback = tracking.MlflowTuneCallback(
-        tracking_uri=store, experiment="e", parent_run_id="p", sweep_name="s", tags={"a": "b"}
+    sweep_run = tracking.SweepRun.open(
+        tracking_uri=store,
+        experiment="e",
+        sweep_name="s",
+        sweep_file="s.yaml",
+        num_trials=0,
+        trial_tags={"a": "b"},
     )
-    callback.client  # noqa: B018 - opens the store
+    callback = sweep_run.tune_callback()
     copy = pickle.loads(pickle.dumps(callback))
-    assert copy._client is None and copy._loggers == {}
-    assert copy.problems is callback.problems, "a restored copy reports to the same list"
-    assert (copy.tracking_uri, copy.experiment, copy.parent_run_id, copy.tags) == (
+    assert copy.sweep_run._client is None and copy._loggers == {}
+    assert copy.problems is sweep_run.problems, "a restored copy reports to the same list"
+    run = copy.sweep_run
+    assert (run.tracking_uri, run.experiment, run.run_id, run.sweep_name, run.trial_tags) == (
         store,
         "e",
-        "p",
+        sweep_run.run_id,
+        "s",
         {"a": "b"},
     )
 
@@ -189,7 +194,9 @@ def test_ui_serves_the_store_until_ctrl_c(store, tmp_path):
     import urllib.request
 
     client = tracking.open_store(store)
-    tracking.start_sweep_run(client, experiment="ui-check", sweep_name="s", sweep_file="s.yaml", num_trials=0)
+    tracking.SweepRun.open(
+        client=client, experiment="ui-check", sweep_name="s", sweep_file="s.yaml", num_trials=0
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
