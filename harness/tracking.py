@@ -34,7 +34,9 @@ from harness import config as C
 from harness.contract import (
     COLLAPSED_TAG,
     ERROR_TAG,
+    EXPERIMENT_KIND_TAG,
     LAUNCHER_TAG,
+    MODEL_TRAINING,
     PARENT_TAG,
     RAY_TRIAL_TAG,
     RETRIES_TAG,
@@ -98,13 +100,32 @@ def open_store(tracking_uri: str | None = None) -> MlflowClient:
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of the experiment `name`, created (or restored from the bin) if need be."""
+    """The id of the experiment `name`, created (or restored from the bin) if need be.
+
+    Tagged as a model-training experiment where it is not tagged yet: MLflow 3's UI then opens it
+    on its runs table instead of the GenAI overview.
+    """
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return exp.experiment_id
+
+
+UI_HOST, UI_PORT = "127.0.0.1", 5000  # where `harness ui` serves the store by default
+
+
+def runs_table_url(tracking_uri: str, experiment_id: str, *, host: str = UI_HOST, port: int = UI_PORT) -> str:
+    """The MLflow UI's runs table of an experiment: on the server itself for an http(s) store, else
+    on `harness ui` at host:port."""
+    if tracking_uri.startswith(("http://", "https://")):
+        base = tracking_uri.rstrip("/")
+    else:
+        base = f"http://{host}:{port}"
+    return f"{base}/#/experiments/{experiment_id}/runs"
 
 
 def _now_ms() -> int:

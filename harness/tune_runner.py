@@ -57,6 +57,7 @@ class SweepOutcome:
     parent_run_id: str
     tracking_uri: str
     tracking_problems: list[str] = field(default_factory=list)
+    runs_url: str | None = None  # the sweep's experiment in the MLflow UI
 
     @property
     def exit_code(self) -> int:
@@ -234,7 +235,10 @@ def run_sweep(
         outcomes = _outcomes(sweep, results, exp_dir)
         sweep_run.reconcile(results, outcomes)
         sweep_run.close(o.run_status for o in outcomes)
-        return SweepOutcome(outcomes, exp_dir, sweep_run.run_id, sweep_run.tracking_uri, sweep_run.problems)
+        runs_url = tracking.runs_table_url(sweep_run.tracking_uri, sweep_run.experiment_id)
+        return SweepOutcome(
+            outcomes, exp_dir, sweep_run.run_id, sweep_run.tracking_uri, sweep_run.problems, runs_url
+        )
     finally:
         if started_ray:
             ray.shutdown()
@@ -356,7 +360,8 @@ def format_summary(outcome: SweepOutcome, metric: str = TEST_ACC) -> str:
     for problem in outcome.tracking_problems:
         lines.append(f"  tracking: {problem}")
     lines.append(f"Ray results: {outcome.experiment_dir}")
-    lines.append(
-        f"MLflow: sweep run {outcome.parent_run_id} in {outcome.tracking_uri} (browse with `harness ui`)"
-    )
+    lines.append(f"MLflow: sweep run {outcome.parent_run_id} in {outcome.tracking_uri}")
+    if outcome.runs_url:
+        server = outcome.tracking_uri.startswith(("http://", "https://"))
+        lines.append(f"  its runs: {outcome.runs_url}" + ("" if server else " (after `harness ui`)"))
     return "\n".join(lines)

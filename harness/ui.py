@@ -1,5 +1,8 @@
 """`harness ui`: the MLflow UI on the harness's store, until Ctrl-C.
 
+It prints the address of the latest sweep's runs table (and of every other experiment's), where
+a person wants to land: MLflow 3's UI otherwise opens on its GenAI overview.
+
 The store is the one sweeps write: `MLFLOW_TRACKING_URI`, else `mlflow.db` in the working
 directory (harness.tracking.default_tracking_uri). The UI binds to 127.0.0.1 by default; reach
 it from another machine through an SSH tunnel (`ssh -L 5000:127.0.0.1:5000 host`) rather than
@@ -15,12 +18,13 @@ import signal
 import subprocess
 import sys
 
-from harness.contract import default_tracking_uri, sqlite_path
+from harness.contract import RUN_KIND_TAG, SWEEP_RUN, default_tracking_uri, sqlite_path
+from harness.tracking import UI_HOST, UI_PORT, runs_table_url
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
-    parser.add_argument("--port", type=int, default=5000, help="port to listen on [5000]")
+    parser.add_argument("--host", default=UI_HOST, help=f"address to listen on [{UI_HOST}]")
+    parser.add_argument("--port", type=int, default=UI_PORT, help=f"port to listen on [{UI_PORT}]")
     parser.add_argument("--workers", type=int, default=2, help="server processes [2: one person browsing]")
     parser.add_argument(
         "--tracking-uri",
@@ -36,6 +40,36 @@ def ui_command(uri: str, host: str, port: int, workers: int = 2) -> list[str]:
         *(sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri),
         *("--host", host, "--port", str(port), "--workers", str(workers)),
     ]
+
+
+def runs_tables(uri: str, host: str = UI_HOST, port: int = UI_PORT) -> list[str]:
+    """One line per experiment with its runs table's address: the latest sweep's first."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(tracking_uri=uri)
+    experiments = client.search_experiments(
+        view_type=ViewType.ACTIVE_ONLY, order_by=["last_update_time DESC"]
+    )
+    latest = client.search_runs(
+        [e.experiment_id for e in experiments],
+        filter_string=f"tags.`{RUN_KIND_TAG}` = '{SWEEP_RUN}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    lines, first = [], None
+    if latest:
+        first = latest[0].info.experiment_id
+        name = next(e.name for e in experiments if e.experiment_id == first)
+        lines.append(
+            f"latest sweep {latest[0].info.run_name!r} (experiment {name!r}): "
+            f"{runs_table_url(uri, first, host=host, port=port)}"
+        )
+    for e in experiments:
+        if e.experiment_id == first or not client.search_runs([e.experiment_id], max_results=1):
+            continue  # MLflow's empty Default experiment, for one
+        lines.append(f"experiment {e.name!r}: {runs_table_url(uri, e.experiment_id, host=host, port=port)}")
+    return lines
 
 
 def main(args: argparse.Namespace) -> int:
@@ -59,6 +93,12 @@ def main(args: argparse.Namespace) -> int:
         )
         return 2
     print(f"MLflow UI: http://{args.host}:{args.port}  (store {uri}); Ctrl-C to stop", flush=True)
+    try:
+        lines = runs_tables(uri, args.host, args.port)
+    except Exception as exc:  # noqa: BLE001 - `mlflow ui` says what is wrong with the store
+        lines = [f"(cannot list the experiments: {type(exc).__name__}: {exc})"]
+    for line in lines:
+        print(f"  {line}", flush=True)
     # The UI in a process group of its own: the server starts helper processes (job consumers),
     # and Ctrl-C here must stop all of them, however this process was interrupted.
     # Browsing needs no job runner (MLflow's GenAI jobs): five fewer processes to start.

@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from harness import config as C
 from harness import tracking
+from harness.contract import EXPERIMENT_KIND_TAG, MODEL_TRAINING
 
 
 @pytest.fixture()
@@ -174,6 +175,54 @@ def test_callback_pickles_without_its_client(store):
     )
 
 
+def test_experiments_are_tagged_as_model_training(store):
+    """MLflow 3's UI opens an experiment without the kind on its GenAI overview, not the runs table."""
+    client = tracking.open_store(store)
+    new = tracking.SweepRun.open(
+        client=client, experiment="new", sweep_name="s", sweep_file="s", num_trials=0
+    )
+    assert client.get_experiment(new.experiment_id).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+    old = client.create_experiment("old")  # made before experiments were tagged
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(old).tags
+    assert tracking.experiment_id(client, "old") == old
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+    chosen = client.create_experiment("chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    tracking.experiment_id(client, "chosen")
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development", (
+        "a kind set is kept"
+    )
+
+
+def test_sweep_summary_and_ui_print_the_runs_table_address(store):
+    from harness.tune_runner import SweepOutcome, format_summary
+    from harness.ui import runs_tables
+
+    client = tracking.open_store(store)
+    older = tracking.SweepRun.open(
+        client=client, experiment="older", sweep_name="a", sweep_file="a", num_trials=0
+    )
+    time.sleep(0.01)
+    latest = tracking.SweepRun.open(
+        client=client, experiment="newer", sweep_name="b", sweep_file="b", num_trials=0
+    )
+    url = f"http://127.0.0.1:5001/#/experiments/{latest.experiment_id}/runs"
+    assert runs_tables(store, "127.0.0.1", 5001) == [
+        f"latest sweep 'b' (experiment 'newer'): {url}",
+        f"experiment 'older': http://127.0.0.1:5001/#/experiments/{older.experiment_id}/runs",
+    ], "the latest sweep first; the empty Default experiment left out"
+    assert (
+        tracking.runs_table_url("https://mlflow.example/", "7")
+        == "https://mlflow.example/#/experiments/7/runs"
+    )
+
+    runs_url = tracking.runs_table_url(store, latest.experiment_id)
+    text = format_summary(SweepOutcome([], Path("ray_results/b"), latest.run_id, store, runs_url=runs_url))
+    assert (
+        f"its runs: http://127.0.0.1:5000/#/experiments/{latest.experiment_id}/runs (after `harness ui`)"
+        in text
+    )
+
+
 def test_ui_refuses_a_missing_store_and_creates_none(tmp_path, monkeypatch, capsys):
     from harness import cli
 
@@ -194,7 +243,7 @@ def test_ui_serves_the_store_until_ctrl_c(store, tmp_path):
     import urllib.request
 
     client = tracking.open_store(store)
-    tracking.SweepRun.open(
+    sweep_run = tracking.SweepRun.open(
         client=client, experiment="ui-check", sweep_name="s", sweep_file="s.yaml", num_trials=0
     )
     with socket.socket() as s:
@@ -213,6 +262,8 @@ def test_ui_serves_the_store_until_ctrl_c(store, tmp_path):
     )
     try:
         assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
+        runs = f"http://127.0.0.1:{port}/#/experiments/{sweep_run.experiment_id}/runs"
+        assert proc.stdout.readline().strip() == f"latest sweep 's' (experiment 'ui-check'): {runs}"
         url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-check"
         deadline = time.monotonic() + 90
         while True:
