@@ -38,10 +38,6 @@ TrialCallback = Callable[[int, dict[str, float], Path | None], None]
 
 CHECKPOINT_FILE = "state.pt"
 
-# For failure-handling tests and drills: a trial whose config has this run.seed raises at
-# this epoch. Set by the environment, so it reaches Ray workers; never set it otherwise.
-FAIL_ENV = "HARNESS_FAIL_AT_EPOCH"
-
 
 def corrupt_labels(data: ImageData, spec: C.NoiseConfig, *, seed: int) -> noise.NoisyLabels:
     """The trial's training labels: the clean ones corrupted as the noise config says."""
@@ -173,11 +169,8 @@ def run_trial(
         resume = load_checkpoint(Path(resume_from) / CHECKPOINT_FILE)
     ckpt_dir = out_dir / "checkpoint"
     opts = fit_options(cfg)
-    fail_at = int(os.environ.get(FAIL_ENV, "0") or 0)
 
     def epoch_done(epoch: int, metrics: dict[str, float], state: dict) -> None:
-        if fail_at and cfg.run.seed == fail_at and epoch == 1:
-            raise RuntimeError(f"{FAIL_ENV}={fail_at}: deliberate failure after epoch {epoch}")
         if epoch == 1 or (resume is not None and epoch == resume["epoch"] + 1):
             metrics = {**sizes, **metrics}
         last = epoch == opts.epochs or stops_on_collapse(opts, metrics)

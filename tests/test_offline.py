@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import cli
+from harness import cli, testing
 from harness import export as X
+from harness import trial as trial_module
 from harness.sweepfile import load_sweep
-from harness.trial import FAIL_ENV
 
 ARTIFACTS = ["config.yaml", "inference_head.pt", "metrics.json", "noise_transition.csv"]
 TIMING = ("time/", "perf/")  # the only metrics that differ between two runs of one trial
@@ -47,7 +47,6 @@ def sweep_file(folder: Path, name: str = "offline", seeds: str = "[0, 1]", epoch
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch):
     threads = torch.get_num_threads()
-    monkeypatch.delenv(FAIL_ENV, raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield
     torch.set_num_threads(threads)
@@ -169,16 +168,17 @@ def test_run_fills_each_trial_folder_and_skips_finished_trials(ran, tmp_path, ca
 def test_a_failing_trial_does_not_stop_the_others_and_is_retried(tmp_path, monkeypatch, capsys):
     out = tmp_path / "X"
     assert cli.main(["sweep", str(sweep_file(tmp_path)), "--export", str(out)]) == 0
-    monkeypatch.setenv(FAIL_ENV, "1")  # the seed-1 trials raise after their first epoch
+    run_trial = trial_module.run_trial
+    monkeypatch.setattr(trial_module, "run_trial", testing.failing_after_epoch(1))  # seed 1 raises at epoch 1
     assert cli.main(["run", str(out)]) == 1
     text = capsys.readouterr().out
     assert "2 of 4 trials succeeded, 2 failed" in text
-    assert "failed: symmetric-0.4 individual-1 seed1: RuntimeError: HARNESS_FAIL_AT_EPOCH=1" in text
+    assert "failed: symmetric-0.4 individual-1 seed1: RuntimeError: deliberate failure after epoch 1" in text
     dirs = trial_dirs(out)
     assert [(d / X.STATUS_FILE).read_text().split("\n")[0] for d in dirs] == ["finished"] * 2 + ["failed"] * 2
     assert "deliberate failure" in (dirs[2] / X.STATUS_FILE).read_text().split("\n")[1]
     assert "Traceback" in (dirs[2] / X.ERROR_FILE).read_text()
-    monkeypatch.delenv(FAIL_ENV)
+    monkeypatch.setattr(trial_module, "run_trial", run_trial)
     assert cli.main(["run", str(out), "--only", "*seed1"]) == 0
     text = capsys.readouterr().out
     assert "2 of 2 trials succeeded" in text and "seed0" not in text.split("#  trial")[1]
@@ -230,7 +230,7 @@ def test_run_resumes_after_sigkill_with_the_same_final_metrics_without_ray_or_ml
     )
     for name in ("X", "ref"):
         assert cli.main(["sweep", str(path), "--export", str(tmp_path / name)]) == 0
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", FAIL_ENV)}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
 
     def command(slow: str = "") -> list[str]:
         return [sys.executable, "-c", BLOCKED.format(slow=slow), "run", "X"]

@@ -7,6 +7,7 @@ Each test starts Ray (tens of seconds on two cores), so all are marked slow.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -22,8 +23,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from harness import cli
-from harness.trial import FAIL_ENV
+from harness import cli, testing, tune_runner
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def _sweep_file(folder: Path, name: str, body: str) -> Path:
 
 def _clean_env(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", FAIL_ENV):
+    for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -70,7 +70,8 @@ def _max_overlap(runs) -> int:
 def test_sweep_tracks_every_trial_shares_a_gpu_and_reports_failures(
     tmp_path, monkeypatch, capsys, fake_mps_control
 ):
-    """Six trials: four succeed, two raise (HARNESS_FAIL_AT_EPOCH picks seed 5) and are retried once.
+    """Six trials: four succeed, two raise (the seed-5 ones: harness.testing's trial function) and are
+    retried once.
 
     Ray is told of one GPU and 4 CPUs; each trial asks for gpu 0.25 and cpu 0.5, so the GPU caps
     the sweep at four trials at once -- which still run on the CPU (run.device: cpu). With --mps
@@ -78,7 +79,9 @@ def test_sweep_tracks_every_trial_shares_a_gpu_and_reports_failures(
     """
     _clean_env(monkeypatch, tmp_path)
     monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
-    monkeypatch.setenv(FAIL_ENV, "5")
+    monkeypatch.setattr(
+        tune_runner, "run_sweep", functools.partial(tune_runner.run_sweep, trial_fn=testing.SEED5_FAILS)
+    )
     path = _sweep_file(
         tmp_path,
         "e2e",
@@ -214,7 +217,7 @@ def test_resume_after_ctrl_c_finishes_from_checkpoints_with_one_run_per_trial(tm
     # time enough for Ctrl-C to land while it runs
     path.write_text(path.read_text().replace("epochs: 2", "epochs: 8").replace(", train_subset: 60", ""))
     command = [sys.executable, "-m", "harness.cli", "sweep", path.name, "--num-cpus", "2"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", FAIL_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     exp = tmp_path / "ray_results" / "resume"
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(
@@ -309,7 +312,7 @@ def test_sweep_on_a_running_ray_cluster(tmp_path, monkeypatch):
     read -- so the driver must be a fresh process that knows this cluster's token.
     """
     _clean_env(monkeypatch, tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", FAIL_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     port = _free_port()
