@@ -20,6 +20,18 @@ import torch.nn.functional as F
 
 from harness import safeload
 from harness.collab import loss_scale
+from harness.contract import (
+    GPU_PEAK_MEM_MB,
+    PERF_IMG_PER_S,
+    TEST_ACC,
+    TEST_ACC_ENSEMBLE,
+    TIME_EPOCH_S,
+    TRAIN_ACC_CLEAN,
+    TRAIN_ACC_NOISY,
+    TRAIN_COLLAPSED,
+    TRAIN_LOSS,
+    TRAIN_MEMORIZED,
+)
 from harness.optim import SGD, build_scheduler, ramp_factor
 from harness.step import EagerStep, autocast, make_loss_fn, make_train_step
 
@@ -199,11 +211,11 @@ def train_one_epoch(
         )
     count = n.item()
     return {
-        "train/loss": loss_mean,
-        "train/acc_noisy": hit_noisy.item() / count,
-        "train/acc_clean": hit_clean.item() / count,
+        TRAIN_LOSS: loss_mean,
+        TRAIN_ACC_NOISY: hit_noisy.item() / count,
+        TRAIN_ACC_CLEAN: hit_clean.item() / count,
         # share of flipped samples the kept head predicts as their wrong label; 0 without noise
-        "train/memorized": memorized.item() / flipped.item() if flipped.item() else 0.0,
+        TRAIN_MEMORIZED: memorized.item() / flipped.item() if flipped.item() else 0.0,
         "train/pred_top_share": top.item() / count,
         "train/images": count,
         "train/steps": steps,
@@ -228,6 +240,7 @@ def evaluate(
         n += batch.clean.shape[0]
     model.train()
     per_head = (hits.double() / n).tolist()
+    # prefix "test": harness.contract's TEST_ACC, TEST_ACC_ENSEMBLE and head_acc(h)
     metrics = {
         f"{prefix}/acc": per_head[kept_head],
         f"{prefix}/acc_ensemble": hit_ens.item() / n,
@@ -301,18 +314,18 @@ def fit(
                 "epoch": epoch,
                 "lr": optimizer.param_groups[0]["lr"],
                 "train/soft_weight": ramp_factor(scheduler.last_epoch, training.ramp_steps),
-                "time/epoch_s": time.perf_counter() - t0,
+                TIME_EPOCH_S: time.perf_counter() - t0,
                 "time/train_s": train_s,
-                "perf/img_per_s": metrics["train/images"] / train_s,
+                PERF_IMG_PER_S: metrics["train/images"] / train_s,
             }
         )
         shares = [metrics["train/pred_top_share"]]
         shares += [metrics[f"{name}/pred_top_share"] for name in list(eval_loaders)[:1]]
-        metrics["train/collapsed"] = float(is_collapsed(*shares))
-        collapsed_for = collapsed_for + 1 if metrics["train/collapsed"] else 0
+        metrics[TRAIN_COLLAPSED] = float(is_collapsed(*shares))
+        collapsed_for = collapsed_for + 1 if metrics[TRAIN_COLLAPSED] else 0
         metrics["train/collapsed_epochs"] = collapsed_for
         if device.type == "cuda":
-            metrics["gpu/peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            metrics[GPU_PEAK_MEM_MB] = torch.cuda.max_memory_allocated(device) / 2**20
         history.append(metrics)
         log(format_epoch(epoch, opts.epochs, metrics))
         if on_epoch is not None:
@@ -375,11 +388,11 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def format_epoch(epoch: int, epochs: int, m: dict[str, float]) -> str:
-    mem = f"  mem {m['gpu/peak_mem_mb']:.0f} MB" if "gpu/peak_mem_mb" in m else ""
-    mem += "  COLLAPSED" if m.get("train/collapsed") else ""
+    mem = f"  mem {m[GPU_PEAK_MEM_MB]:.0f} MB" if GPU_PEAK_MEM_MB in m else ""
+    mem += "  COLLAPSED" if m.get(TRAIN_COLLAPSED) else ""
     return (
-        f"epoch {epoch:>3}/{epochs}  loss {m['train/loss']:.4f}  train {m['train/acc_noisy']:.3f} "
-        f"(clean {m['train/acc_clean']:.3f}, memorized {m['train/memorized']:.3f})  "
-        f"test {m['test/acc']:.4f} (ens {m['test/acc_ensemble']:.4f})  "
-        f"{m['time/epoch_s']:.1f}s  {m['perf/img_per_s']:.0f} img/s{mem}"
+        f"epoch {epoch:>3}/{epochs}  loss {m[TRAIN_LOSS]:.4f}  train {m[TRAIN_ACC_NOISY]:.3f} "
+        f"(clean {m[TRAIN_ACC_CLEAN]:.3f}, memorized {m[TRAIN_MEMORIZED]:.3f})  "
+        f"test {m[TEST_ACC]:.4f} (ens {m[TEST_ACC_ENSEMBLE]:.4f})  "
+        f"{m[TIME_EPOCH_S]:.1f}s  {m[PERF_IMG_PER_S]:.0f} img/s{mem}"
     )

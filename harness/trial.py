@@ -21,6 +21,7 @@ import torch
 import noise
 from harness import config as C
 from harness.collab import build_training_graph, count_parameters
+from harness.contract import INFERENCE_PARAMS, TRAIN_PARAMS
 from harness.data import ImageData, load_dataset
 from harness.engine import (
     FitOptions,
@@ -159,8 +160,8 @@ def run_trial(
         channels_last=channels_last,
     )
     sizes = {
-        "model/train_params": count_parameters(graph),
-        "model/inference_params": count_parameters(graph.export_head(cfg.collab.kept_head)),
+        TRAIN_PARAMS: count_parameters(graph),
+        INFERENCE_PARAMS: count_parameters(graph.export_head(cfg.collab.kept_head)),
         "noise/realized_rate": noisy.rate,
     }
 
