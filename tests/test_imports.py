@@ -132,3 +132,13 @@ def test_the_contract_needs_the_standard_library_only():
     path = MODULES["harness.contract"]
     roots = {name.split(".")[0] for name in _imported(path, "harness.contract")}
     assert roots <= set(sys.stdlib_module_names) | {"__future__"}, roots
+
+
+def test_the_readme_names_every_harness_module_where_it_fits():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## How it fits together", 1)[1].split("\n## ", 1)[0]
+    missing = [
+        f"harness/{p.name}" for p in sorted((ROOT / "harness").glob("*.py")) if p.name != "__init__.py"
+    ]
+    missing = [name for name in missing if f"`{name}`" not in section]
+    assert not missing, f"README's 'How it fits together' does not place {missing}"
