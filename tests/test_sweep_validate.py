@@ -224,7 +224,7 @@ BAD = {
         "name: x\nbase:\n  optim: {epochs: ten}\n  collab: {rescale: maybe}\nseeds: [0, one]\n",
         [
             "base.optim.epochs: must be int, got str 'ten'",
-            "base.collab.rescale: must be",
+            "base.collab.rescale: unknown rescale mode 'maybe'; choose from backprop, loss, none",
             "seeds[1]: must be an integer >= 0",
         ],
     ),
