@@ -142,3 +142,31 @@ def test_the_readme_names_every_harness_module_where_it_fits():
     ]
     missing = [name for name in missing if f"`{name}`" not in section]
     assert not missing, f"README's 'How it fits together' does not place {missing}"
+
+
+# What a third-party import is installed as: every one our packages make must be a declared dependency.
+DISTRIBUTIONS = {"yaml": "PyYAML", "sklearn": "scikit-learn", "PIL": "pillow"}
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {
+        dep.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower()
+        for dep in project["dependencies"]
+    }
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    used = {
+        name.split(".")[0]
+        for module, path in MODULES.items()
+        for name in _imported(path, module)
+        if _ours(name) is None and name.split(".")[0] not in stdlib and name.split(".")[0] not in PACKAGES
+    }
+    missing = {
+        top: DISTRIBUTIONS.get(top, top)
+        for top in used
+        if DISTRIBUTIONS.get(top, top).lower() not in declared
+    }
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+    assert {"pandas", "scipy"} <= used  # reports/ needs them (they were once missing)

@@ -393,6 +393,7 @@ def test_default_tracking_uri(monkeypatch, tmp_path):
     assert default_tracking_uri() == "http://mlflow.example:5000"
 
 
+@pytest.mark.slow  # the one test that needs a browser (CI installs Debian's chromium)
 def test_html_renders_in_headless_chromium(main_report, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
