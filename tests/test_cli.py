@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,6 +29,22 @@ def harness(*args, cwd):
     return subprocess.run(
         [sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
     )
+
+
+@pytest.fixture
+def harness_here(monkeypatch, capsys):
+    """`harness ARGS` in this process (the same main, without a second start of Python and torch):
+    for commands that must stop before they do anything."""
+
+    def run(*args, cwd):
+        from harness import cli
+
+        monkeypatch.chdir(cwd)
+        code = cli.main(list(args))
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return run
 
 
 def test_bench_writes_one_record_per_topology(tmp_path):
@@ -85,17 +102,17 @@ def test_bench_concurrent_sums_the_processes_throughput(tmp_path):
         (("--device", "cuda"), "'cuda' asked for, but CUDA is not available here"),
     ],
 )
-def test_bench_rejects_what_this_machine_cannot_do(tmp_path, args, message):
+def test_bench_rejects_what_this_machine_cannot_do(harness_here, tmp_path, args, message):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     device = () if "--device" in args else ("--device", "cpu")
-    proc = harness("bench", *device, *args, cwd=tmp_path)
+    proc = harness_here("bench", *device, *args, cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_bench_rejects_an_unknown_topology(tmp_path):
-    proc = harness("bench", "--device", "cpu", "--topologies", "tree", cwd=tmp_path)
+def test_bench_rejects_an_unknown_topology(harness_here, tmp_path):
+    proc = harness_here("bench", "--device", "cpu", "--topologies", "tree", cwd=tmp_path)
     assert proc.returncode == 2 and "unknown topology 'tree'" in proc.stderr
 
 
@@ -124,18 +141,18 @@ def test_train_runs_one_trial_and_writes_json(tmp_path):
     assert (tmp_path / "run" / "checkpoint" / "artifacts" / "inference_head.pt").exists()
 
 
-def test_train_rejects_a_bad_key_before_doing_anything(tmp_path):
-    proc = harness("train", "--no-mlflow", "--set", "noise.rte=0.1", "--out", "run", cwd=tmp_path)
+def test_train_rejects_a_bad_key_before_doing_anything(harness_here, tmp_path):
+    proc = harness_here("train", "--no-mlflow", "--set", "noise.rte=0.1", "--out", "run", cwd=tmp_path)
     assert proc.returncode == 2
     assert "noise.rte: unknown key; did you mean noise.rate?" in proc.stderr
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_train_without_cuda_refuses_a_cuda_run_before_writing_anything(tmp_path):
+def test_train_without_cuda_refuses_a_cuda_run_before_writing_anything(harness_here, tmp_path):
     # with MLflow on: the refusal must come before the MLflow run is created
     env_args = ("--set", "run.device=cuda", "--out", "run", "--experiment", "x")
-    proc = harness("train", *env_args, cwd=tmp_path)
+    proc = harness_here("train", *env_args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "run.device: 'cuda' asked for, but CUDA is not available here; use cpu or auto" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -161,9 +178,9 @@ def test_cuda_graph_request_falls_back_to_eager_on_cpu():
         CUDAGraphStep(graph, opt, make_loss_fn(T=2.0, beta=0.5), device="cpu", amp=True, batch_size=4)
 
 
-def test_train_names_the_missing_data_file(tmp_path):
+def test_train_names_the_missing_data_file(harness_here, tmp_path):
     (tmp_path / "data").mkdir()
-    proc = harness(
+    proc = harness_here(
         "train", "--no-mlflow", "--set", "data.name=cifar10", "--set", "data.root=data", cwd=tmp_path
     )
     assert proc.returncode == 2
