@@ -70,7 +70,7 @@ class FitOptions:
 class Training:
     """What a run trains with: the optimizer, its per-step schedule, the step and the soft-target ramp.
 
-    ``step(x, y) -> (loss, logits)``; call ``scheduler.step()`` and then ``after_step()`` after each.
+    ``step(x, y) -> (loss, logits)``; after each, ``scheduler.step()`` and then ``after_step()``.
     """
 
     optimizer: SGD
@@ -178,20 +178,15 @@ def class_counts(logits: torch.Tensor) -> torch.Tensor:
     return F.one_hot(logits.argmax(1), logits.shape[1]).sum(0)
 
 
-def train_one_epoch(
-    step, loader, scheduler, *, kept_head: int, device, after_step: Callable[[], None] | None = None
-) -> dict[str, float]:
-    """One pass over the training loader. Counters stay on the device: no sync per step.
-
-    ``after_step()`` runs after every optimizer step and scheduler step (the soft-target ramp)."""
+def train_one_epoch(training: Training, loader, *, kept_head: int, device) -> dict[str, float]:
+    """One pass over the training loader. Counters stay on the device: no sync per step."""
     zeros = lambda: torch.zeros((), device=device, dtype=torch.float64)  # noqa: E731
     loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top = (zeros() for _ in range(7))
     steps = 0
     for batch in loader:
-        loss, logits = step(batch.x, batch.y)
-        scheduler.step()
-        if after_step is not None:
-            after_step()
+        loss, logits = training.step(batch.x, batch.y)
+        training.scheduler.step()
+        training.after_step()
         pred = logits[kept_head].argmax(1)
         is_flipped = batch.y != batch.clean
         loss_sum += loss.double() * batch.y.shape[0]
@@ -294,14 +289,7 @@ def fit(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        metrics = train_one_epoch(
-            training.step,
-            train_loader,
-            scheduler,
-            kept_head=opts.kept_head,
-            device=device,
-            after_step=training.after_step,
-        )
+        metrics = train_one_epoch(training, train_loader, kept_head=opts.kept_head, device=device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_s = time.perf_counter() - t0

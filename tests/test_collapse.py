@@ -77,10 +77,10 @@ def fake_step(predictions):
 
 
 def epoch_share(predictions: list[torch.Tensor]) -> float:
-    scheduler = SimpleNamespace(step=lambda: None)
-    metrics = train_one_epoch(
-        fake_step(predictions), FakeLoader(predictions), scheduler, kept_head=0, device="cpu"
+    training = SimpleNamespace(
+        step=fake_step(predictions), scheduler=SimpleNamespace(step=lambda: None), after_step=lambda: None
     )
+    metrics = train_one_epoch(training, FakeLoader(predictions), kept_head=0, device="cpu")
     return metrics["train/pred_top_share"]
 
 
