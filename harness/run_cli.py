@@ -22,13 +22,12 @@ import contextlib
 import fnmatch
 import math
 import os
-import sys
 import traceback
 from pathlib import Path
 
 from harness import export as X
 from harness.contract import TIME_EPOCH_S, TRAIN_COLLAPSED
-from harness.summary import TrialOutcome, trial_table
+from harness.summary import TrialOutcome, print_problems, trial_table
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -61,9 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 def main(args: argparse.Namespace) -> int:
     plan = _plan(args)
     if isinstance(plan, list):
-        for problem in plan:
-            print(f"harness run: {problem}", file=sys.stderr)
-        print(f"harness run: {len(plan)} problem(s); nothing was run", file=sys.stderr)
+        print_problems("harness run", plan, "nothing was run")
         return 2
     export, trials = plan
     import torch

@@ -6,6 +6,7 @@ exported sweep fill the same `TrialOutcome`s and print the same table.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,3 +65,10 @@ def trial_table(trials: list[TrialOutcome], metric: str = TEST_ACC) -> list[str]
         if t.status == "failed":
             lines.append(f"  failed: {t.name}: {t.error} (details: {t.path}/error.txt)")
     return lines
+
+
+def print_problems(prefix: str, problems: list, consequence: str) -> None:
+    """Every problem of a refused command on stderr, one a line, then how many and what did not happen."""
+    for problem in problems:
+        print(f"{prefix}: {problem}", file=sys.stderr)
+    print(f"{prefix}: {len(problems)} problem(s); {consequence}", file=sys.stderr)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from harness import config as C
+from harness.summary import print_problems
 from harness.sweepfile import Sweep, load_sweep
 
 
@@ -101,9 +102,7 @@ def _load(path: Path, raw_overrides: list[str]) -> Sweep | None:
 
 
 def _print_problems(source: str, problems: list[C.Problem]) -> None:
-    for problem in problems:
-        print(f"{source}: {problem}", file=sys.stderr)
-    print(f"{source}: {len(problems)} problem(s); nothing was started", file=sys.stderr)
+    print_problems(source, problems, "nothing was started")
 
 
 def _describe(sweep: Sweep) -> str:

@@ -51,6 +51,7 @@ from harness.contract import (
     TRIAL_KEY_TAG,
     UNFINISHED_TAG,
 )
+from harness.summary import print_problems
 
 RUN_STATUS = {"finished": "FINISHED", "collapsed": "FINISHED", "failed": "FAILED", "running": "KILLED"}
 ACTIONS = ("logged", "updated", "up to date", "kept", "not started")  # what a sync does with a trial folder
@@ -69,9 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 def main(args: argparse.Namespace) -> int:
     checked = _read(args.dir)
     if isinstance(checked, list):
-        for problem in checked:
-            print(f"harness sync: {problem}", file=sys.stderr)
-        print(f"harness sync: {len(checked)} problem(s); nothing was logged", file=sys.stderr)
+        print_problems("harness sync", checked, "nothing was logged")
         return 2
     export, trials = checked
     from harness import tracking
