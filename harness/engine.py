@@ -79,10 +79,14 @@ class Training:
     ramp_steps: int
     soft_weight: float | torch.Tensor
 
+    def current_soft_weight(self) -> float:
+        """The soft target's weight for the next step, from the scheduler's step count."""
+        return ramp_factor(self.scheduler.last_epoch, self.ramp_steps)
+
     def after_step(self) -> None:
         """Refill the ramped soft weight from the scheduler's step count (also after a resume)."""
         if isinstance(self.soft_weight, torch.Tensor):
-            self.soft_weight.fill_(ramp_factor(self.scheduler.last_epoch, self.ramp_steps))
+            self.soft_weight.fill_(self.current_soft_weight())
 
 
 def setup_training(
@@ -301,7 +305,7 @@ def fit(
             {
                 "epoch": epoch,
                 "lr": optimizer.param_groups[0]["lr"],
-                "train/soft_weight": ramp_factor(scheduler.last_epoch, training.ramp_steps),
+                "train/soft_weight": training.current_soft_weight(),
                 TIME_EPOCH_S: time.perf_counter() - t0,
                 "time/train_s": train_s,
                 PERF_IMG_PER_S: metrics["train/images"] / train_s,
