@@ -4,12 +4,18 @@ Both loaders yield `Batch(x, y, clean, index)` and keep the labels trained on (`
 relabelling is assignment, as in airbench) beside the true labels (`.clean_labels`), so an engine can
 measure memorization of flipped samples. Iteration order and augmentation depend only on
 (seed, epoch): `set_epoch(e)` picks the epoch of the next pass; without it each pass advances by one.
+
+Data-parallel training (`Shard`): `batch_size` is the global batch. Every process draws the same
+pass (order and augmentation from (seed, epoch)) and takes its part of each global batch
+(`shard_positions`), so the union of the processes' batches is the one-process batch and nothing
+depends on worker timing.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -42,6 +48,44 @@ def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a data-parallel run: rank `rank` of `world_size` processes."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank must be in [0, {self.world_size}), got {self.rank}")
+
+
+def part_size(batch_size: int, shard: Shard) -> int:
+    """How many samples of a global batch of `batch_size` rank `shard.rank` takes.
+
+    A batch of B samples over W processes: the first B % W ranks take B // W + 1, the others
+    B // W (so the parts differ by at most one and add up to B).
+    """
+    q, r = divmod(batch_size, shard.world_size)
+    return q + (shard.rank < r)
+
+
+def shard_positions(n: int, batch_size: int, shard: Shard) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions of a pass of `n` samples that rank `shard.rank` takes, and its batch sizes.
+
+    The pass is cut into global batches of `batch_size` (the last one shorter when `batch_size`
+    does not divide `n`); each is split into `world_size` consecutive parts of `part_size`. Returns
+    (positions (n_local,), sizes (num_global_batches,)); a size may be 0 (a short last batch).
+    """
+    starts = torch.arange(0, n, batch_size)
+    lengths = (n - starts).clamp(max=batch_size)
+    q, r = lengths // shard.world_size, lengths % shard.world_size
+    sizes = q + (shard.rank < r).long()
+    first = starts + q * shard.rank + r.clamp(max=shard.rank)
+    offsets = torch.arange(int(sizes.sum())) - torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes)
+    return torch.repeat_interleave(first, sizes) + offsets, sizes
+
+
 def _check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -53,6 +97,8 @@ class _LabelsMixin:
 
     device: torch.device
     num_samples: int
+    batch_size: int
+    shard: Shard
     _labels: torch.Tensor
 
     def _as_labels(self, values: Any, what: str) -> torch.Tensor:
@@ -70,6 +116,11 @@ class _LabelsMixin:
     @labels.setter
     def labels(self, values: Any) -> None:
         self._labels = self._as_labels(values, "labels")
+
+    @property
+    def local_batch_size(self) -> int:
+        """This process's part of a full batch (`batch_size` itself in a one-process run)."""
+        return part_size(self.batch_size, self.shard)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch `epoch` (its order and augmentation are fixed by (seed, epoch))."""
@@ -106,6 +157,7 @@ class TensorLoader(_LabelsMixin):
         device: str | torch.device,
         seed: int = 0,
         channels_last: bool = False,
+        shard: Shard = Shard(),
     ) -> None:
         images = torch.as_tensor(images_uint8)
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -122,7 +174,7 @@ class TensorLoader(_LabelsMixin):
         self.batch_size = _check_batch_size(batch_size)
         self.augment, self.pad, self.flip = bool(augment), int(pad), bool(flip)
         self.shuffle, self.drop_last, self.seed = bool(shuffle), bool(drop_last), int(seed)
-        self.channels_last = bool(channels_last)
+        self.channels_last, self.shard = bool(channels_last), shard
         self.epoch = 0
         self.images = images.to(self.device)
         self.clean_labels = self._as_labels(clean_labels, "clean_labels")
@@ -142,37 +194,40 @@ class TensorLoader(_LabelsMixin):
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
         self.epoch += 1
-        n, bs = self.num_samples, self.batch_size
-        order, draws = self._plan(epoch)
-        num_batches = len(self)
-        for first in range(0, num_batches, self.batches_per_chunk):
-            last = min(first + self.batches_per_chunk, num_batches)
-            lo, hi = first * bs, min(last * bs, n)
+        order, draws, sizes = self._plan(epoch)
+        ends = sizes.cumsum(0).tolist()
+        starts = [0, *ends[:-1]]
+        for first in range(0, len(sizes), self.batches_per_chunk):
+            last = min(first + self.batches_per_chunk, len(sizes))
+            lo, hi = starts[first], ends[last - 1]
             idx = order[lo:hi]
             x = self._prepare(idx, None if draws is None else draws[lo:hi])
             y, clean = self._labels[idx], self.clean_labels[idx]
-            for b in range(last - first):
-                s = slice(b * bs, (b + 1) * bs)
-                yield Batch(x[s], y[s], clean[s], idx[s])
+            for b in range(first, last):
+                s = slice(starts[b] - lo, ends[b] - lo)
+                if ends[b] > starts[b]:
+                    yield Batch(x[s], y[s], clean[s], idx[s])
 
-    def _plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The pass's order (N,) and augmentation draws (N, 3) = (row offset, column offset, flip), on the device.
+    def _plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """This process's part of the pass: order (n,) and augmentation draws (n, 3) = (row offset,
+        column offset, flip), on the device, and the batch sizes (CPU).
 
-        Drawn on the CPU, so they do not depend on the device, and sent in one copy: there is no
-        host-to-device traffic inside the loop.
+        The whole pass is drawn on the CPU, so it does not depend on the device or the number of
+        processes, and this process's part is sent in one copy: no host-to-device traffic inside the loop.
         """
         n = self.num_samples
         gen = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        if not (self.augment and (self.pad > 0 or self.flip)):
-            return order.to(self.device, non_blocking=True), None
         draws = torch.zeros(n, 3, dtype=torch.long)
-        if self.pad > 0:
+        augmented = self.augment and (self.pad > 0 or self.flip)
+        if augmented and self.pad > 0:
             draws[:, :2] = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=gen)
-        if self.flip:
+        if augmented and self.flip:
             draws[:, 2] = torch.randint(0, 2, (n,), generator=gen)
-        packed = torch.cat([order[:, None], draws], 1).to(self.device, non_blocking=True)
-        return packed[:, 0], packed[:, 1:]
+        used = len(self) * self.batch_size if self.drop_last else n
+        mine, sizes = shard_positions(used, self.batch_size, self.shard)
+        packed = torch.cat([order[mine, None], draws[mine]], 1).to(self.device, non_blocking=True)
+        return packed[:, 0], (packed[:, 1:] if augmented else None), sizes
 
     def _prepare(self, idx: torch.Tensor, draws: torch.Tensor | None) -> torch.Tensor:
         """Augmented, normalised float32 images for positions `idx` (a chunk of batches at once:
@@ -247,6 +302,7 @@ class FolderLoader(_LabelsMixin):
         device: str | torch.device,
         seed: int = 0,
         channels_last: bool = False,
+        shard: Shard = Shard(),
     ) -> None:
         from torchvision.transforms import v2
 
@@ -257,6 +313,7 @@ class FolderLoader(_LabelsMixin):
         self.image_size, self.augment = int(image_size), bool(augment)
         self.shuffle, self.drop_last, self.seed = bool(shuffle), bool(drop_last), int(seed)
         self.num_workers, self.channels_last = int(num_workers), bool(channels_last)
+        self.shard = shard
         self.epoch = 0
         self.clean_labels = self._as_labels(clean_labels, "clean_labels")
         self.labels = labels
@@ -281,14 +338,16 @@ class FolderLoader(_LabelsMixin):
         epoch = self.epoch
         self.epoch += 1
         self.dataset.epoch = epoch  # workers are started per pass, so they see this epoch
+        n = self.num_samples
+        order = torch.randperm(n, generator=epoch_generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
+        used = len(self) * self.batch_size if self.drop_last else n
+        mine, sizes = shard_positions(used, self.batch_size, self.shard)
+        batches = [b.tolist() for b in order[mine].split(sizes.tolist()) if len(b)]
         loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_size=self.batch_size,
-            shuffle=self.shuffle,
-            drop_last=self.drop_last,
+            batch_sampler=batches,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
-            generator=epoch_generator(self.seed, epoch),
             persistent_workers=False,
         )
         for images, idx in loader:
@@ -314,24 +373,34 @@ def make_loaders(
     num_workers: int = 4,
     channels_last: bool = False,
     eval_batch_size: int | None = None,
+    shard: Shard = Shard(),
 ) -> tuple[Loader, dict[str, Loader]]:
     """Train loader (shuffled, augmented if `augment`, trained on `train_labels`) and eval loaders.
 
     Eval loaders are `{"test": ..., "val": ...}` ("val" only when the data has a validation split),
     neither shuffled nor augmented, with the clean labels as `.labels`. The train loader drops the last
     partial batch when there is more than one batch (fixed shapes for CUDA graphs / compiled steps,
-    and no batch of one for BatchNorm).
+    and no batch of one for BatchNorm), and always when data-parallel (`shard`): every step then
+    averages the same number of samples. `batch_size` is global; each process gets its part of
+    every batch, evaluation included.
     """
     train_labels = np.asarray(train_labels) if not isinstance(train_labels, torch.Tensor) else train_labels
     if tuple(train_labels.shape) != (data.num_train,):
         raise ValueError(f"train_labels must have shape ({data.num_train},), got {tuple(train_labels.shape)}")
     eval_bs = eval_batch_size or batch_size
-    drop_last = data.num_train > batch_size
+    if shard.world_size > 1 and data.num_train < batch_size:
+        raise ValueError(
+            f"optim.batch_size {batch_size} is larger than the {data.num_train} training images: data-parallel "
+            "training needs at least one full batch"
+        )
+    drop_last = data.num_train > batch_size or shard.world_size > 1
     eval_labels = {"test": data.test_y}
     if data.val_y is not None:
         eval_labels["val"] = data.val_y
 
-    common = dict(mean=data.mean, std=data.std, device=device, seed=seed, channels_last=channels_last)
+    common = dict(
+        mean=data.mean, std=data.std, device=device, seed=seed, channels_last=channels_last, shard=shard
+    )
     if data.in_memory:
         make = TensorLoader
         common.update(pad=data.pad, flip=data.flip)
