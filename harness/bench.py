@@ -1,4 +1,4 @@
-"""`harness bench`: time the training step of each topology on synthetic data.
+"""`harness bench`: time the training step of each topology on synthetic data, or the ImageFolder loader.
 
 The timed step is the engine's own: a batch from the GPU-resident loader (random crop and
 flip on the device), forward of every head, the collaborative loss, backward and the SGD
@@ -7,6 +7,10 @@ update, captured in a CUDA graph where the engine would capture it. Needs torch 
 --concurrent N starts N independent processes on the same device, all timing the same
 topology at once, and reports their total throughput: the number to pick `resources.gpu`.
 --mps runs them under a private CUDA MPS daemon (harness.mps), so their kernels can overlap.
+
+--loader times the ImageFolder loader alone (no model): it writes a tree of ImageNet-sized JPEGs
+into a temporary folder and reads it with the trials' `FolderLoader`, a training pass (random
+resized crop and flip) and an evaluation pass (resize and center crop) per decode mode.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto [auto]")
     parser.add_argument("--arch", default="resnet32", help="backbone [resnet32]")
     parser.add_argument(
-        "--batch-size", type=int, nargs="+", default=[128], help="one or more batch sizes [128]"
+        "--batch-size", type=int, nargs="+", default=None, help="one or more batch sizes [128; --loader: 64]"
     )
     parser.add_argument("--heads", type=int, default=4, help="heads of the collaborative topologies [4]")
     parser.add_argument(
@@ -59,6 +63,17 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         help="with --concurrent: run the processes under a private CUDA MPS daemon so their kernels overlap",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the records (a JSON list) here")
+    loader = parser.add_argument_group("--loader: the ImageFolder loader alone, on JPEGs it writes")
+    loader.add_argument("--loader", action="store_true", help="time the loader instead of the training step")
+    loader.add_argument("--images", type=int, default=640, help="JPEGs in the temporary tree [640]")
+    loader.add_argument(
+        "--jpeg-size", default="500x375", help="their width x height [500x375, ImageNet-like]"
+    )
+    loader.add_argument("--classes", type=int, default=4, help="class folders [4]")
+    loader.add_argument(
+        "--crop", type=int, default=224, help="the loader's output size (data image_size) [224]"
+    )
+    loader.add_argument("--workers", type=int, default=None, help="DataLoader workers [min(4, CPU cores)]")
     # a --concurrent worker: the folder where the workers meet to start their timed steps together
     parser.add_argument("--barrier", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -292,6 +307,184 @@ def write_records(records: list[dict], path: Path | None, *, quiet: bool = False
         print(f"records written to {path}")
 
 
+# --- --loader ------------------------------------------------------------------------------------
+
+
+def write_jpeg_tree(
+    root: Path, *, images: int, classes: int, width: int, height: int, seed: int = 0
+) -> list[tuple[str, int]]:
+    """An ImageFolder tree `root/train/<class>/*.jpg` of `images` JPEGs of width x height.
+
+    Their content is ImageNet-like for a decoder: smooth gradients and waves under pixel noise,
+    saved at quality 92 (about 100 KB at 500x375, where ImageNet's training JPEGs average ~110 KB).
+    Returns (path, class) pairs in a fixed order.
+    """
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    x, y = x[..., None], y[..., None]
+    # one noise field, windows of it per image: drawing fresh noise per image costs more than the encoding
+    noise = rng.normal(0, 26, (height + 64, width + 64, 3)).astype(np.float32)
+    files = []
+    for k in range(images):
+        c = k % classes
+        folder = root / "train" / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        base = rng.uniform(0, 255, 3) + x * rng.uniform(-0.5, 0.5, 3) + y * rng.uniform(-0.5, 0.5, 3)
+        base += 40 * np.sin(x / rng.uniform(5, 40) + rng.uniform(0, 6, 3)) * np.cos(y / rng.uniform(5, 40))
+        dy, dx = rng.integers(0, 64, 2)
+        base += noise[dy : dy + height, dx : dx + width]
+        path = folder / f"{k:05d}.jpg"
+        Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(path, quality=92)
+        files.append((str(path), c))
+    return files
+
+
+def bench_loader_pass(
+    files: list[tuple[str, int]],
+    *,
+    decode: str,
+    augment: bool,
+    batch_size: int,
+    crop: int,
+    workers: int,
+    device: torch.device,
+) -> dict:
+    """One pass of a FolderLoader over `files`; images/s after the first round of batches.
+
+    The first `max(1, workers)` batches are untimed: they include the workers' start, and each
+    worker has finished about one batch when they arrive, so what follows is the steady state.
+    """
+    from harness.loaders import FolderLoader
+
+    labels = [c for _, c in files]
+    loader = FolderLoader(
+        [p for p, _ in files],
+        labels,
+        labels,
+        batch_size=batch_size,
+        image_size=crop,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        augment=augment,
+        shuffle=augment,
+        drop_last=False,
+        num_workers=workers,
+        device=device,
+        seed=0,
+    )
+    warm = max(1, workers)
+    if len(loader) <= warm:
+        raise ValueError(
+            f"--images {len(files)} gives {len(loader)} batches of {batch_size}; the first {warm} are "
+            "untimed, so raise --images"
+        )
+    timed = 0
+    for k, batch in enumerate(loader):
+        if k == warm - 1:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+        elif k >= warm:
+            timed += len(batch.index)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - t0
+    if not torch.isfinite(batch.x).all().item():
+        raise RuntimeError(f"{decode}: the loader produced non-finite pixels")
+    return {
+        "decode": decode,
+        "split": "train" if augment else "eval",
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "batch_size": batch_size,
+        "crop": crop,
+        "workers": workers,
+        "images_timed": timed,
+        "img_per_s": timed / elapsed,
+        "ms_per_batch": 1000 * elapsed * batch_size / timed,
+    }
+
+
+def format_loader_row(r: dict) -> str:
+    mode = r["decode"] + (f" ({r['device']})" if r["decode"] == "device" else "")
+    return f"{mode:<16} {r['split']:<6} {r['batch_size']:>5} {r['workers']:>7} {r['img_per_s']:>10,.0f} {r['ms_per_batch']:>10.1f}"
+
+
+LOADER_HEAD = f"{'decode':<16} {'split':<6} {'batch':>5} {'workers':>7} {'img/s':>10} {'ms/batch':>10}"
+
+
+def loader_modes(device: torch.device) -> list[str]:
+    """The decode modes worth timing on `device`."""
+    return ["workers"]
+
+
+def main_loader(args: argparse.Namespace, device: torch.device) -> int:
+    """--loader: images/s of the FolderLoader alone, per decode mode and split."""
+    try:
+        width, height = (int(v) for v in args.jpeg_size.lower().split("x"))
+    except ValueError:
+        print(
+            f"harness bench: --jpeg-size must be WIDTHxHEIGHT, e.g. 500x375, got {args.jpeg_size!r}",
+            file=sys.stderr,
+        )
+        return 2
+    workers = min(4, os.cpu_count() or 1) if args.workers is None else args.workers
+    bad = [
+        f"{name} must be >= {lo}, got {value}"
+        for name, value, lo in (
+            ("--images", args.images, 1),
+            ("--classes", args.classes, 1),
+            ("--crop", args.crop, 1),
+            ("--workers", workers, 0),
+            ("--jpeg-size", min(width, height), 1),
+            *(("--batch-size", b, 1) for b in args.batch_size),
+        )
+        if value < lo
+    ]
+    if bad:
+        print(f"harness bench: {bad[0]}", file=sys.stderr)
+        return 2
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    records = []
+    with tempfile.TemporaryDirectory(prefix="harness-bench-jpeg-") as tmp:
+        t0 = time.perf_counter()
+        files = write_jpeg_tree(
+            Path(tmp), images=args.images, classes=args.classes, width=width, height=height
+        )
+        kb = sum(os.path.getsize(p) for p, _ in files) / len(files) / 1e3
+        print(
+            f"harness bench --loader: {len(files)} JPEGs of {width}x{height} (mean {kb:.0f} KB, {args.classes} "
+            f"classes, written in {time.perf_counter() - t0:.1f} s) -> {args.crop}x{args.crop} on {name}, "
+            f"torch {torch.__version__}, {workers} DataLoader workers, {torch.get_num_threads()} torch threads",
+            flush=True,
+        )
+        print(LOADER_HEAD + "\n" + "-" * len(LOADER_HEAD), flush=True)
+        for batch_size in args.batch_size:
+            for decode in loader_modes(device):
+                for augment in (True, False):
+                    try:
+                        r = bench_loader_pass(
+                            files,
+                            decode=decode,
+                            augment=augment,
+                            batch_size=batch_size,
+                            crop=args.crop,
+                            workers=workers,
+                            device=device,
+                        )
+                    except ValueError as exc:
+                        print(f"harness bench: {exc}", file=sys.stderr)
+                        return 2
+                    r["jpeg_kb"] = kb
+                    records.append(r)
+                    print(format_loader_row(r), flush=True)
+    write_records(records, args.json)
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
     unknown = [t for t in topologies if t not in TOPOLOGIES]
@@ -307,6 +500,10 @@ def main(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"harness bench: --device: {exc}", file=sys.stderr)
         return 2
+    if args.loader:
+        args.batch_size = args.batch_size or [64]
+        return main_loader(args, device)
+    args.batch_size = args.batch_size or [128]
     if args.mps and (args.concurrent < 2 or device.type != "cuda"):
         print(
             "harness bench: --mps shares a CUDA device among --concurrent N processes (N >= 2)",
