@@ -74,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "--crop", type=int, default=224, help="the loader's output size (data image_size) [224]"
     )
     loader.add_argument("--workers", type=int, default=None, help="DataLoader workers [min(4, CPU cores)]")
+    loader.add_argument(
+        "--decode", default="workers,device", help="comma-separated decode modes to time [workers,device]"
+    )
     # a --concurrent worker: the folder where the workers meet to start their timed steps together
     parser.add_argument("--barrier", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -374,6 +377,7 @@ def bench_loader_pass(
         num_workers=workers,
         device=device,
         seed=0,
+        decode=decode,
     )
     warm = max(1, workers)
     if len(loader) <= warm:
@@ -416,11 +420,6 @@ def format_loader_row(r: dict) -> str:
 LOADER_HEAD = f"{'decode':<16} {'split':<6} {'batch':>5} {'workers':>7} {'img/s':>10} {'ms/batch':>10}"
 
 
-def loader_modes(device: torch.device) -> list[str]:
-    """The decode modes worth timing on `device`."""
-    return ["workers"]
-
-
 def main_loader(args: argparse.Namespace, device: torch.device) -> int:
     """--loader: images/s of the FolderLoader alone, per decode mode and split."""
     try:
@@ -432,6 +431,12 @@ def main_loader(args: argparse.Namespace, device: torch.device) -> int:
         )
         return 2
     workers = min(4, os.cpu_count() or 1) if args.workers is None else args.workers
+    # workers: PIL in the DataLoader workers; device: the batched decode on the device (nvJPEG on
+    # CUDA; on the CPU libjpeg-turbo in the loader's own process, the path as the tests run it)
+    modes = [m.strip() for m in args.decode.split(",") if m.strip()]
+    if not modes or any(m not in ("workers", "device") for m in modes):
+        print(f"harness bench: --decode takes workers and/or device, got {args.decode!r}", file=sys.stderr)
+        return 2
     bad = [
         f"{name} must be >= {lo}, got {value}"
         for name, value, lo in (
@@ -463,7 +468,7 @@ def main_loader(args: argparse.Namespace, device: torch.device) -> int:
         )
         print(LOADER_HEAD + "\n" + "-" * len(LOADER_HEAD), flush=True)
         for batch_size in args.batch_size:
-            for decode in loader_modes(device):
+            for decode in modes:
                 for augment in (True, False):
                     try:
                         r = bench_loader_pass(

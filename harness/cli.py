@@ -21,7 +21,7 @@ COMMANDS = {
     "sync": ("harness.sync", "log an exported sweep's results into MLflow, as `sweep` would have"),
     "report": ("reports.cli", "comparison tables and plots from a sweep's MLflow runs"),
     "ui": ("harness.ui", "start the MLflow UI on the harness's store"),
-    "bench": ("harness.bench", "time the training step of each topology on synthetic data"),
+    "bench": ("harness.bench", "time the training step of each topology on synthetic data, or the loader"),
 }
 
 

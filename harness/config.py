@@ -34,6 +34,9 @@ class DataConfig:
     val_fraction: float = 0.0
     augment: bool = True
     num_workers: int = 4  # DataLoader workers for ImageFolder data
+    # where ImageFolder JPEGs are decoded and augmented: workers (PIL in the DataLoader workers), device
+    # (a batch at once on the trial's device: nvJPEG on CUDA), auto (device on CUDA, else workers)
+    decode: str = "auto"
 
 
 @dataclass
@@ -226,6 +229,7 @@ def check_value(key: str, value: Any) -> str | None:
     checks: dict[str, typing.Callable[[Any], str | None]] = {
         "data.name": lambda v: _choice(v, names["dataset"], "dataset"),
         "data.num_workers": lambda v: None if v >= 0 else f"must be >= 0, got {v}",
+        "data.decode": lambda v: _choice(v, ["auto", "workers", "device"], "decode mode"),
         "noise.kind": lambda v: _choice(v, names["kind"], "noise kind"),
         "noise.rate": lambda v: _in_range(v, 0, 1),
         "model.arch": lambda v: _choice(v, names["arch"], "arch"),

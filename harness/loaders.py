@@ -1,4 +1,5 @@
-"""Batch loaders: GPU-resident tensors for in-memory datasets, a worker pool for ImageFolder trees.
+"""Batch loaders: GPU-resident tensors for in-memory datasets, a worker pool for ImageFolder trees
+(whose JPEGs are decoded in the workers, or a batch at once on the device: `harness.jpeg`).
 
 Both loaders yield `Batch(x, y, clean, index)` and keep the labels trained on (`.labels`, settable:
 relabelling is assignment, as in airbench) beside the true labels (`.clean_labels`), so an engine can
@@ -22,10 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from harness import jpeg
 from harness.data import ImageData
 
 # TensorLoader prepares (augments and normalises) this many bytes of batches at a time.
 CHUNK_BYTES = 128 * 2**20
+# FolderLoader's decoders: PIL in the DataLoader workers, or a batch at once on the loader's device
+# (harness.jpeg); auto = device on CUDA, workers elsewhere
+DECODE_MODES = ("auto", "workers", "device")
 
 
 class Batch(NamedTuple):
@@ -272,17 +277,31 @@ class _FolderDataset(torch.utils.data.Dataset):
         with Image.open(self.paths[i]) as im:
             img = im.convert("RGB")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + i) % 2**63)
+            torch.manual_seed(jpeg.sample_seed(self.seed, self.epoch, i))
             img = self.transform(img)
         return img, i
 
 
+def resolve_decode(decode: str, device: str | torch.device) -> str:
+    """`workers` or `device`: what `decode` (one of DECODE_MODES) means for a loader on `device`."""
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+    if decode == "auto":
+        return "device" if torch.device(device).type == "cuda" else "workers"
+    return decode
+
+
 class FolderLoader(_LabelsMixin):
-    """Loader over image files decoded by a torch DataLoader (PIL workers, pinned memory).
+    """Loader over image files read by a torch DataLoader, decoded in its workers or on the device.
 
     Training (augment=True): RandomResizedCrop(image_size) + random horizontal flip. Evaluation:
     resize the short side to image_size * 256 / 224, then center-crop image_size (ImageNet style).
-    Workers send uint8 images; normalisation happens on `device` after a non-blocking copy.
+    `decode`: `workers` decodes with PIL and augments in the DataLoader workers, which send uint8
+    images (pinned memory, a non-blocking copy); `device` has the workers only read the files' bytes
+    and decodes and augments each batch at once on `device` (`harness.jpeg`: nvJPEG on CUDA; PNGs
+    and other non-JPEGs on the CPU), with the same crop boxes and flips; `auto` (default) is
+    `device` on CUDA, `workers` elsewhere. Either way the batches hold the same samples and
+    normalisation happens on `device`.
     """
 
     def __init__(
@@ -303,6 +322,7 @@ class FolderLoader(_LabelsMixin):
         seed: int = 0,
         channels_last: bool = False,
         shard: Shard = Shard(),
+        decode: str = "auto",
     ) -> None:
         from torchvision.transforms import v2
 
@@ -314,9 +334,11 @@ class FolderLoader(_LabelsMixin):
         self.shuffle, self.drop_last, self.seed = bool(shuffle), bool(drop_last), int(seed)
         self.num_workers, self.channels_last = int(num_workers), bool(channels_last)
         self.shard = shard
+        self.decode = resolve_decode(decode, self.device)
         self.epoch = 0
         self.clean_labels = self._as_labels(clean_labels, "clean_labels")
         self.labels = labels
+        self.files = jpeg.FileBytes([str(p) for p in paths])
         if augment:
             ops = [v2.RandomResizedCrop(self.image_size, antialias=True), v2.RandomHorizontalFlip()]
         else:
@@ -339,24 +361,40 @@ class FolderLoader(_LabelsMixin):
         self.epoch += 1
         self.dataset.epoch = epoch  # workers are started per pass, so they see this epoch
         n = self.num_samples
-        order = torch.randperm(n, generator=epoch_generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
+        order = (
+            torch.randperm(n, generator=epoch_generator(self.seed, epoch))
+            if self.shuffle
+            else torch.arange(n)
+        )
         used = len(self) * self.batch_size if self.drop_last else n
         mine, sizes = shard_positions(used, self.batch_size, self.shard)
         batches = [b.tolist() for b in order[mine].split(sizes.tolist()) if len(b)]
+        on_device = self.decode == "device"
         loader = torch.utils.data.DataLoader(
-            self.dataset,
+            self.files if on_device else self.dataset,
             batch_sampler=batches,
             num_workers=self.num_workers,
+            collate_fn=jpeg.collate_bytes if on_device else None,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
         for images, idx in loader:
-            x = images.to(self.device, non_blocking=True)
+            if on_device:
+                x = self._decode_on_device(images, idx, epoch)
+            else:
+                x = images.to(self.device, non_blocking=True)
             idx = idx.to(self.device, non_blocking=True)
             x = x.float().mul_(self._scale).add_(self._shift)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield Batch(x, self._labels[idx], self.clean_labels[idx], idx)
+
+    def _decode_on_device(self, files: list[torch.Tensor], idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        """uint8 (B, 3, S, S) on the device from the batch's encoded files (positions `idx`, CPU)."""
+        images = jpeg.decode(files, self.device)
+        if self.augment:
+            return jpeg.train_batch(images, idx.tolist(), size=self.image_size, seed=self.seed, epoch=epoch)
+        return jpeg.eval_batch(images, size=self.image_size)
 
 
 Loader = TensorLoader | FolderLoader
@@ -374,6 +412,7 @@ def make_loaders(
     channels_last: bool = False,
     eval_batch_size: int | None = None,
     shard: Shard = Shard(),
+    decode: str = "auto",
 ) -> tuple[Loader, dict[str, Loader]]:
     """Train loader (shuffled, augmented if `augment`, trained on `train_labels`) and eval loaders.
 
@@ -382,7 +421,8 @@ def make_loaders(
     partial batch when there is more than one batch (fixed shapes for CUDA graphs / compiled steps,
     and no batch of one for BatchNorm), and always when data-parallel (`shard`): every step then
     averages the same number of samples. `batch_size` is global; each process gets its part of
-    every batch, evaluation included.
+    every batch, evaluation included. `decode` (DECODE_MODES) picks where ImageFolder images are
+    decoded (`FolderLoader`); in-memory data sets ignore it.
     """
     train_labels = np.asarray(train_labels) if not isinstance(train_labels, torch.Tensor) else train_labels
     if tuple(train_labels.shape) != (data.num_train,):
@@ -407,7 +447,7 @@ def make_loaders(
         sources = {"train": data.train_x, "test": data.test_x, "val": data.val_x}
     else:
         make = FolderLoader
-        common.update(image_size=data.image_size, num_workers=num_workers)
+        common.update(image_size=data.image_size, num_workers=num_workers, decode=decode)
         sources = {"train": data.train_files, "test": data.test_files, "val": data.val_files}
     train = make(
         sources["train"],

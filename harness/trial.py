@@ -157,6 +157,7 @@ def run_trial(
         device=device,
         seed=cfg.run.seed,
         num_workers=cfg.data.num_workers,
+        decode=cfg.data.decode,
         channels_last=channels_last,
     )
     sizes = {

@@ -116,6 +116,40 @@ def test_bench_rejects_an_unknown_topology(harness_here, tmp_path):
     assert proc.returncode == 2 and "unknown topology 'tree'" in proc.stderr
 
 
+def test_bench_loader_times_each_decode_mode_on_the_jpegs_it_writes(harness_here, tmp_path):
+    out = tmp_path / "loader.json"
+    proc = harness_here(
+        *("bench", "--loader", "--device", "cpu", "--images", "24", "--jpeg-size", "64x48"),
+        *("--crop", "32", "--batch-size", "4", "--workers", "0", "--json", str(out)),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads(out.read_text())
+    assert [(r["decode"], r["split"]) for r in records] == [
+        ("workers", "train"),
+        ("workers", "eval"),
+        ("device", "train"),
+        ("device", "eval"),
+    ]
+    # the first batch is untimed: 5 of the 6 batches are
+    assert all(r["images_timed"] == 20 and r["img_per_s"] > 0 and r["jpeg_kb"] > 0 for r in records)
+    assert "24 JPEGs of 64x48" in proc.stdout and "ms/batch" in proc.stdout
+    assert "device (cpu)" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--decode", "gpu"), "--decode takes workers and/or device, got 'gpu'"),
+        (("--jpeg-size", "500"), "--jpeg-size must be WIDTHxHEIGHT"),
+        (("--images", "4", "--batch-size", "4"), "raise --images"),
+    ],
+)
+def test_bench_loader_refuses_bad_options(harness_here, tmp_path, args, message):
+    proc = harness_here("bench", "--loader", "--device", "cpu", "--workers", "0", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
 def test_train_runs_one_trial_and_writes_json(tmp_path):
     proc = harness(
         "train",

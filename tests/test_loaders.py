@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+from harness import jpeg
 from harness.data import load_dataset
-from harness.loaders import Batch, FolderLoader, TensorLoader, make_loaders
+from harness.loaders import (
+    DECODE_MODES,
+    Batch,
+    FolderLoader,
+    Shard,
+    TensorLoader,
+    make_loaders,
+    resolve_decode,
+)
 
 N, C, S = 50, 3, 8
 
@@ -239,3 +248,175 @@ def test_folder_loader_deterministic_across_workers(tmp_path):
     assert torch.equal(i0.sort().values, torch.arange(10))
     i2, x2 = run(0, seed=1)
     assert not torch.equal(x0, x2)
+
+
+# --- FolderLoader, decode="device" (harness.jpeg): on the CPU here, libjpeg-turbo instead of nvJPEG ---
+
+
+def _folder(data, *, decode, split="train", augment=True, num_workers=0, seed=0, epoch=2, shard=None):
+    files, y = (data.train_files, data.train_y) if split == "train" else (data.test_files, data.test_y)
+    loader = FolderLoader(
+        files,
+        y,
+        y,
+        batch_size=4,
+        image_size=16,
+        mean=data.mean,
+        std=data.std,
+        augment=augment,
+        shuffle=augment,
+        drop_last=False,
+        num_workers=num_workers,
+        device="cpu",
+        seed=seed,
+        shard=shard or Shard(),
+        decode=decode,
+    )
+    loader.set_epoch(epoch)
+    return loader, list(loader)
+
+
+def _pixels(x: torch.Tensor, data) -> torch.Tensor:
+    """Undo the loader's normalisation: grey levels in [0, 255] (float)."""
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.std).view(1, -1, 1, 1)
+    return (x * std + mean) * 255
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Red and blue images of 36 x 48 with a green ramp, left to right, and a wave down their rows,
+    so that another crop box or flip changes many pixels; JPEGs and PNGs (every odd file)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:36, 0:48]
+    for split, per_class in (("train", 7), ("val", 3)):
+        for c, color in (("blue", 2), ("red", 0)):
+            d = tmp_path / split / c
+            d.mkdir(parents=True)
+            for k in range(per_class):
+                px = np.zeros((36, 48, 3))
+                px[..., color] = 200 + rng.integers(-20, 20, (36, 48))
+                px[..., 1] = cols * 5 + 30 * np.sin(rows / (2 + k))
+                Image.fromarray(np.clip(px, 0, 255).astype(np.uint8)).save(
+                    d / f"{k}.{'png' if k % 2 else 'jpg'}"
+                )
+    return load_dataset("imagefolder", root=tmp_path, image_size=16)
+
+
+@pytest.mark.parametrize("augment", [True, False], ids=["train", "eval"])
+def test_device_decode_gives_the_workers_paths_batches_and_pixels(folder, augment):
+    split = "train" if augment else "test"
+    loader, device = _folder(folder, decode="device", split=split, augment=augment)
+    _, workers = _folder(folder, decode="workers", split=split, augment=augment)
+    assert loader.decode == "device"
+    assert [b.index.tolist() for b in device] == [b.index.tolist() for b in workers]
+    for d, w in zip(device, workers):
+        assert d.x.shape == (len(d.index), 3, 16, 16) and d.x.dtype == torch.float32
+        assert torch.equal(d.y, w.y) and torch.equal(d.clean, w.clean)
+    x_dev = _pixels(torch.cat([b.x for b in device]), folder)
+    x_pil = _pixels(torch.cat([b.x for b in workers]), folder)
+    assert x_dev.min() > -0.01 and x_dev.max() < 255.01  # normalised with the data's mean and std
+    # Same crop boxes and flips (one seed per sample), same resize: measured 0.0 grey levels (max 0)
+    # for both splits on torch 2.14 / torchvision 0.29 / Pillow 13 (their libjpeg-turbos decode
+    # alike). Another epoch's draws, inverted flips or an off-center eval crop give 14 to 24 here;
+    # 0.5 leaves room for another build's decoder.
+    assert (x_dev - x_pil).abs().mean() < 0.5
+
+
+def test_device_decode_reads_pngs_too(folder):
+    loader, batches = _folder(folder, decode="device", augment=False)
+    seen = torch.cat([b.index for b in batches])
+    pngs = [i for i in seen.tolist() if str(folder.train_files[i][0]).endswith(".png")]
+    assert pngs and len(seen) == loader.num_samples
+    # red images have a high red channel, blue ones a high blue one: PNGs decode to RGB, in order
+    for b in batches:
+        red = b.x[:, 0].mean((1, 2)) > b.x[:, 2].mean((1, 2))
+        assert torch.equal(red, b.clean == folder.classes.index("red"))
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_device_decode_shards_like_the_workers_path(folder, world_size):
+    parts = []
+    for rank in range(world_size):
+        shard = Shard(rank, world_size)
+        _, device = _folder(folder, decode="device", shard=shard)
+        _, workers = _folder(folder, decode="workers", shard=shard)
+        assert [b.index.tolist() for b in device] == [b.index.tolist() for b in workers]
+        parts.append(device)
+    _, whole = _folder(folder, decode="device")
+    # every global batch is the ranks' parts side by side, pixels included
+    for k, batch in enumerate(whole):
+        pieces = [p[k] for p in parts if k < len(p)]
+        assert torch.equal(torch.cat([p.index for p in pieces]), batch.index)
+        assert torch.equal(torch.cat([p.x for p in pieces]), batch.x)
+
+
+def test_device_decode_is_deterministic_across_loaders_and_num_workers(folder):
+    _, a = _folder(folder, decode="device", num_workers=0)
+    _, b = _folder(folder, decode="device", num_workers=2)
+    assert [x.index.tolist() for x in a] == [x.index.tolist() for x in b]
+    assert torch.equal(torch.cat([x.x for x in a]), torch.cat([x.x for x in b]))
+    _, other_seed = _folder(folder, decode="device", seed=1)
+    _, other_epoch = _folder(folder, decode="device", epoch=3)
+    for other in (other_seed, other_epoch):
+        assert not torch.equal(torch.cat([x.x for x in a]), torch.cat([x.x for x in other]))
+
+
+def test_crop_box_is_torchvisions_random_resized_crop():
+    from torchvision.transforms import v2
+
+    rrc = v2.RandomResizedCrop(16)
+    # ordinary images, and thin ones where all 10 attempts fail and the clipped central crop is used
+    for h, w in [(375, 500), (500, 375), (24, 30), (4, 300), (300, 4), (7, 7)]:
+        for s in range(40):
+            seed = jpeg.sample_seed(s, 1, h * w)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                want = rrc.make_params([torch.empty(3, h, w)])
+            got = jpeg.crop_box(h, w, torch.Generator().manual_seed(seed))
+            assert got == (want["top"], want["left"], want["height"], want["width"]), (h, w, s)
+
+
+def test_float_resize_of_cuda_rounds_as_the_cpus_uint8_resize(monkeypatch):
+    # CUDA has no uint8 bilinear kernel, so jpeg.resize resizes in float32 there: run that branch here
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, 90, 120), generator=g, dtype=torch.uint8)
+    native = jpeg.resize(image, 32, 41)
+    monkeypatch.setattr(jpeg, "_NATIVE_UINT8_DEVICES", ())
+    floated = jpeg.resize(image, 32, 41)
+    assert floated.dtype == torch.uint8 and floated.shape == native.shape == (3, 32, 41)
+    diff = (floated.int() - native.int()).abs()
+    assert diff.max() <= 1 and diff.float().mean() < 0.5
+
+
+def test_decode_auto_is_device_on_cuda_only_and_bad_modes_are_refused(folder):
+    assert resolve_decode("auto", "cuda") == "device" and resolve_decode("auto", "cpu") == "workers"
+    assert resolve_decode("device", "cpu") == "device" and resolve_decode("workers", "cuda:0") == "workers"
+    loader, _ = _folder(folder, decode="auto")
+    assert loader.decode == "workers"
+    with pytest.raises(ValueError, match="decode must be one of auto, workers, device, got 'gpu'"):
+        _folder(folder, decode="gpu")
+    train, evals = make_loaders(
+        folder,
+        folder.train_y,
+        batch_size=4,
+        augment=True,
+        device="cpu",
+        seed=0,
+        num_workers=0,
+        decode="device",
+    )
+    assert train.decode == evals["test"].decode == "device"
+
+
+def test_config_accepts_the_decode_modes_and_names_them_for_a_bad_one():
+    from harness import config as C
+
+    assert C.build_config(None, {}).data.decode == "auto"
+    assert all(C.check_value("data.decode", m) is None for m in DECODE_MODES)
+    with pytest.raises(
+        C.ConfigError, match=r"data\.decode: unknown decode mode 'nvjpeg'; choose from auto, workers, device"
+    ):
+        C.build_config(None, {"data.decode": "nvjpeg"})
