@@ -53,9 +53,22 @@ class FileBytes(torch.utils.data.Dataset):
         return torch.frombuffer(bytearray(Path(self.paths[i]).read_bytes()), dtype=torch.uint8), i
 
 
-def collate_bytes(items: list[tuple[torch.Tensor, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """A batch of `FileBytes` items: (the encoded files, as a list: their lengths differ; positions (B,))."""
-    return [data for data, _ in items], torch.tensor([i for _, i in items], dtype=torch.long)
+def collate_bytes(
+    items: list[tuple[torch.Tensor, int]],
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A batch of `FileBytes` items: ((the files' bytes end to end, their lengths (B,)), positions (B,)).
+
+    One tensor for the whole batch, not one per file: a worker hands each tensor to the loader's
+    process through shared memory of its own, and pinning is per tensor too (`split_bytes` undoes it).
+    """
+    lengths = torch.tensor([len(data) for data, _ in items], dtype=torch.long)
+    return (torch.cat([data for data, _ in items]), lengths), torch.tensor([i for _, i in items])
+
+
+def split_bytes(packed: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+    """`collate_bytes`'s batch back into one uint8 tensor per file (views, no copy)."""
+    data, lengths = packed
+    return list(data.split(lengths.tolist()))
 
 
 def is_jpeg(data: torch.Tensor) -> bool:

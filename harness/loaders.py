@@ -389,9 +389,12 @@ class FolderLoader(_LabelsMixin):
                 x = x.contiguous(memory_format=torch.channels_last)
             yield Batch(x, self._labels[idx], self.clean_labels[idx], idx)
 
-    def _decode_on_device(self, files: list[torch.Tensor], idx: torch.Tensor, epoch: int) -> torch.Tensor:
-        """uint8 (B, 3, S, S) on the device from the batch's encoded files (positions `idx`, CPU)."""
-        images = jpeg.decode(files, self.device)
+    def _decode_on_device(
+        self, files: tuple[torch.Tensor, torch.Tensor], idx: torch.Tensor, epoch: int
+    ) -> torch.Tensor:
+        """uint8 (B, 3, S, S) on the device from the batch's encoded files (`jpeg.collate_bytes`;
+        positions `idx`, CPU)."""
+        images = jpeg.decode(jpeg.split_bytes(files), self.device)
         if self.augment:
             return jpeg.train_batch(images, idx.tolist(), size=self.image_size, seed=self.seed, epoch=epoch)
         return jpeg.eval_batch(images, size=self.image_size)
