@@ -97,6 +97,10 @@ class RunConfig:
     # end a trial whose kept head has been collapsed (train/collapsed) for this many epochs in a row;
     # 0: never. The run finishes (tagged harness.collapsed=true), so Ray does not retry it.
     stop_on_collapse: int = 0
+    # data-parallel processes of one trial (PyTorch DDP launched by Ray Train, harness.raytrain);
+    # 1: a single process. optim.batch_size stays the global batch.
+    workers: int = 1
+    sync_bn: bool = False  # with workers > 1: BatchNorm statistics over the global batch (SyncBatchNorm)
 
 
 @dataclass
@@ -265,6 +269,7 @@ def check_value(key: str, value: Any) -> str | None:
         ),
         "run.checkpoint_every": lambda v: None if v >= 0 else f"must be >= 0 (0: never), got {v}",
         "run.stop_on_collapse": lambda v: None if v >= 0 else f"must be >= 0 epochs (0: never), got {v}",
+        "run.workers": lambda v: None if v >= 1 else f"must be a positive integer (1: one process), got {v}",
     }
     check = checks.get(key)
     return check(value) if check else None
@@ -310,6 +315,22 @@ def check_config(cfg: TrialConfig) -> list[tuple[str, str]]:
         problems.append(("noise.kind", f"asymmetric noise is defined for cifar10 and cifar100, not {d.name}"))
     if cfg.optim.schedule == "step" and not cfg.optim.milestones:
         problems.append(("optim.milestones", "a step schedule needs milestones (epochs)"))
+    if cfg.run.workers > 1 and cfg.run.device.startswith("cuda:"):
+        problems.append(
+            (
+                "run.device",
+                f"{cfg.run.device} names one card, but each of the {cfg.run.workers} workers takes a card of "
+                "its own: use cuda or auto",
+            )
+        )
+    if cfg.optim.batch_size < cfg.run.workers:
+        problems.append(
+            (
+                "optim.batch_size",
+                f"the global batch ({cfg.optim.batch_size}) is smaller than run.workers ({cfg.run.workers}): "
+                "every worker needs at least one sample of each batch",
+            )
+        )
     if cfg.optim.warmup_epochs >= cfg.optim.epochs:
         problems.append(
             ("optim.warmup_epochs", f"must be < epochs ({cfg.optim.epochs}), got {cfg.optim.warmup_epochs}")

@@ -9,8 +9,8 @@ Runs (DESIGN.md, "Public names"):
 - parent run (one per sweep): name = sweep name; tags RUN_KIND_TAG = SWEEP_RUN, SWEEP_NAME_TAG,
   SWEEP_FILE_TAG; param SWEEP_TRIALS_PARAM (how many trials the sweep launches).
 - child run (one per trial): name = the trial's readable name; tags PARENT_TAG, RUN_KIND_TAG =
-  TRIAL_RUN, TRIAL_KEY_TAG (the trial's stable id), TRIAL_INDEX_TAG, SWEEP_NAME_TAG, the runtime
-  and code tags; ERROR_TAG on failure; COLLAPSED_TAG ("true"/"false") on a run that ended with
+  TRIAL_RUN, TRIAL_KEY_TAG (the trial's stable id), TRIAL_INDEX_TAG, SWEEP_NAME_TAG, WORLD_SIZE_TAG
+  (its data-parallel processes), the runtime and code tags; ERROR_TAG on failure; COLLAPSED_TAG ("true"/"false") on a run that ended with
   TRAIN_COLLAPSED logged. Params: the resolved config flattened with dots. Metrics: per epoch,
   step = epoch (1-based); accuracies and shares are fractions in [0, 1] (`is_fraction_metric`).
 - experiments: tagged EXPERIMENT_KIND_TAG = MODEL_TRAINING, so MLflow 3's UI opens them on the runs
@@ -68,6 +68,11 @@ ERROR_TAG = "harness.error"
 COLLAPSED_TAG = "harness.collapsed"  # "true" on a run whose kept head ended collapsed (reports leave it out)
 RAY_TRIAL_TAG = "harness.ray_trial_id"
 RETRIES_TAG = "harness.retries"  # how often Ray retried the trial
+# Result keys of a trial's reports to Ray (Tune or Train), beside its metrics
+ENV_RESULT_KEY = "harness_env"  # the tags a trial reports about where it runs (device, versions, host)
+# the newest checkpoint of a data-parallel trial, as Ray's TuneReportCallback adds it to Tune's results
+TRAIN_CHECKPOINT_KEY = "checkpoint_path"
+WORLD_SIZE_TAG = "harness.world_size"  # data-parallel processes of the trial (run.workers; 1: one process)
 # harness sync's runs (harness.sync): launcher=run (`harness train` sets train, a Ray sweep none), the
 # export they came from, true on a run whose trial had not ended when synced (KILLED), and what the
 # last sync logged (a later sync skips the trial when that is unchanged)

@@ -32,6 +32,7 @@ from harness.contract import (
     TRAIN_LOSS,
     TRAIN_MEMORIZED,
 )
+from harness.ddp import ALONE, World, data_parallel, loss_weight
 from harness.optim import SGD, build_scheduler, ramp_factor
 from harness.step import EagerStep, autocast, make_loss_fn, make_train_step
 
@@ -78,6 +79,7 @@ class Training:
     step: Callable
     ramp_steps: int
     soft_weight: float | torch.Tensor
+    loss_weight: float = 1.0  # data-parallel: the step's loss is the process's mean loss times this
 
     def current_soft_weight(self) -> float:
         """The soft target's weight for the next step, from the scheduler's step count."""
@@ -90,15 +92,27 @@ class Training:
 
 
 def setup_training(
-    model: torch.nn.Module, opts: FitOptions, *, device, steps_per_epoch: int, batch_size: int
+    model: torch.nn.Module,
+    opts: FitOptions,
+    *,
+    device,
+    steps_per_epoch: int,
+    batch_size: int,
+    world: World = ALONE,
 ) -> Training:
     """SGD, its schedule and the fastest step the device allows, for `fit`, `harness bench` and the GPU checks.
 
     The loss is built here: the collaborative objective at opts.T and opts.beta, scaled by 1/H for
     rescale "loss". The soft target's weight is 1 (the paper), or ramped in from 0 over the first
     soft_rampup_epochs as a device tensor refilled outside any captured graph (`Training.after_step`).
+    Data-parallel (`world`): the steps run the graph wrapped in DDP (harness.ddp), eagerly (DDP's
+    all-reduce is not captured in a CUDA graph); `batch_size` is the global batch.
     """
     device = torch.device(device)
+    trained, weight = model, 1.0
+    if world.parallel:
+        trained = data_parallel(model, device, find_unused=opts.update == "alternating")
+        weight = loss_weight(batch_size, world)
     optimizer = SGD(
         model.parameters(),
         lr=opts.lr,
@@ -117,27 +131,26 @@ def setup_training(
     )
     ramp_steps = opts.soft_rampup_epochs * steps_per_epoch
     soft_weight: float | torch.Tensor = torch.tensor(0.0, device=device) if ramp_steps else 1.0
-    loss = dict(
-        T=opts.T, beta=opts.beta, loss_scale=loss_scale(opts.rescale, model.heads), soft_weight=soft_weight
-    )
+    scale = loss_scale(opts.rescale, model.heads) * weight
+    loss = dict(T=opts.T, beta=opts.beta, loss_scale=scale, soft_weight=soft_weight)
     if opts.update == "alternating":
         # one step per head in turn; each head's loss only, so only its path is updated
         steps = [
-            EagerStep(model, optimizer, make_loss_fn(**loss, head=h), device=device, amp=opts.amp)
+            EagerStep(trained, optimizer, make_loss_fn(**loss, head=h), device=device, amp=opts.amp)
             for h in range(model.heads)
         ]
         step = _alternate(steps)
     else:
         step = make_train_step(
-            model,
+            trained,
             optimizer,
             make_loss_fn(**loss),
             device=device,
             amp=opts.amp,
-            cuda_graph=opts.cuda_graph,
+            cuda_graph=opts.cuda_graph and not world.parallel,
             batch_size=batch_size,
         )
-    training = Training(optimizer, scheduler, step, ramp_steps, soft_weight)
+    training = Training(optimizer, scheduler, step, ramp_steps, soft_weight, weight)
     training.after_step()
     return training
 
@@ -182,8 +195,11 @@ def class_counts(logits: torch.Tensor) -> torch.Tensor:
     return F.one_hot(logits.argmax(1), logits.shape[1]).sum(0)
 
 
-def train_one_epoch(training: Training, loader, *, kept_head: int, device) -> dict[str, float]:
-    """One pass over the training loader. Counters stay on the device: no sync per step."""
+def train_one_epoch(
+    training: Training, loader, *, kept_head: int, device, world: World = ALONE
+) -> dict[str, float]:
+    """One pass over the training loader. Counters stay on the device: no sync per step; they are
+    summed over the data-parallel processes at the end, so every process returns the same metrics."""
     zeros = lambda: torch.zeros((), device=device, dtype=torch.float64)  # noqa: E731
     loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top = (zeros() for _ in range(7))
     steps = 0
@@ -193,7 +209,7 @@ def train_one_epoch(training: Training, loader, *, kept_head: int, device) -> di
         training.after_step()
         pred = logits[kept_head].argmax(1)
         is_flipped = batch.y != batch.clean
-        loss_sum += loss.double() * batch.y.shape[0]
+        loss_sum += loss.double() * (batch.y.shape[0] / training.loss_weight)
         n += batch.y.shape[0]
         hit_noisy += (pred == batch.y).sum()
         hit_clean += (pred == batch.clean).sum()
@@ -201,7 +217,9 @@ def train_one_epoch(training: Training, loader, *, kept_head: int, device) -> di
         memorized += (is_flipped & (pred == batch.y)).sum()
         top += class_counts(logits[kept_head]).max()
         steps += 1
-    # one sync per epoch: this is where a diverged loss is caught
+    totals = world.sum(torch.stack([loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top]))
+    loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top = totals
+    # one sync per epoch: this is where a diverged loss is caught (by every process at once)
     loss_mean = (loss_sum / n).item()
     if not math.isfinite(loss_mean):
         raise TrainingDiverged(
@@ -223,21 +241,35 @@ def train_one_epoch(training: Training, loader, *, kept_head: int, device) -> di
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, loader, *, kept_head: int, device, amp: bool, prefix: str = "test"
+    model: torch.nn.Module,
+    loader,
+    *,
+    kept_head: int,
+    device,
+    amp: bool,
+    prefix: str = "test",
+    world: World = ALONE,
 ) -> dict[str, float]:
-    """Accuracy of every head, of the kept head and of the ensemble (mean of the heads' softmax)."""
+    """Accuracy of every head, of the kept head and of the ensemble (mean of the heads' softmax).
+
+    Data-parallel: each process evaluates its part of the set with rank 0's BatchNorm statistics
+    (those checkpointed); the counts are summed over the processes."""
+    world.broadcast_buffers(model)
     model.eval()
-    hits, hit_ens, counts, n = None, torch.zeros((), device=device), 0, 0
+    hits = torch.zeros(model.heads, device=device, dtype=torch.long)  # per head
+    counts = torch.zeros(model.num_classes, device=device, dtype=torch.long)  # kept head's predictions
+    hit_ens, n = (torch.zeros((), device=device, dtype=torch.long) for _ in range(2))
     for batch in loader:
         with autocast(torch.device(device), amp):
             logits = model(batch.x)
         heads = torch.stack([z.float() for z in logits])  # (H, B, K)
-        hits_batch = (heads.argmax(2) == batch.clean).sum(1)  # evaluation uses the true labels
-        hits = hits_batch if hits is None else hits + hits_batch
+        hits += (heads.argmax(2) == batch.clean).sum(1)  # evaluation uses the true labels
         hit_ens += (heads.softmax(2).mean(0).argmax(1) == batch.clean).sum()
-        counts = counts + class_counts(heads[kept_head])
+        counts += class_counts(heads[kept_head])
         n += batch.clean.shape[0]
     model.train()
+    totals = world.sum(torch.cat([hits, counts, hit_ens[None], n[None]]))
+    hits, counts, hit_ens, n = totals[: model.heads], totals[model.heads : -2], totals[-2], totals[-1].item()
     per_head = (hits.double() / n).tolist()
     # prefix "test": harness.contract's TEST_ACC, TEST_ACC_ENSEMBLE and head_acc(h)
     metrics = {
@@ -262,15 +294,23 @@ def fit(
     resume: dict | None = None,
     on_epoch: EpochCallback | None = None,
     log: Callable[[str], None] = print,
+    world: World = ALONE,
 ) -> dict[str, float]:
     """Train for opts.epochs; return the last epoch's metrics.
 
     on_epoch(epoch, metrics, state) is called after every epoch (1-based) with the state a
     checkpoint needs (see `checkpoint_state`); `resume` is such a state, to continue from.
+    Data-parallel (`world`, harness.ddp): every process runs this with its shard of the loaders
+    and gets the same metrics.
     """
     device = torch.device(device)
     training = setup_training(
-        model, opts, device=device, steps_per_epoch=len(train_loader), batch_size=train_loader.batch_size
+        model,
+        opts,
+        device=device,
+        steps_per_epoch=len(train_loader),
+        batch_size=train_loader.batch_size,
+        world=world,
     )
     optimizer, scheduler = training.optimizer, training.scheduler
     start_epoch, history = 1, []
@@ -293,13 +333,23 @@ def fit(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        metrics = train_one_epoch(training, train_loader, kept_head=opts.kept_head, device=device)
+        metrics = train_one_epoch(
+            training, train_loader, kept_head=opts.kept_head, device=device, world=world
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_s = time.perf_counter() - t0
         for name, loader in eval_loaders.items():
             metrics.update(
-                evaluate(model, loader, kept_head=opts.kept_head, device=device, amp=opts.amp, prefix=name)
+                evaluate(
+                    model,
+                    loader,
+                    kept_head=opts.kept_head,
+                    device=device,
+                    amp=opts.amp,
+                    prefix=name,
+                    world=world,
+                )
             )
         metrics.update(
             {

@@ -106,11 +106,13 @@ def _print_problems(source: str, problems: list[C.Problem]) -> None:
 
 
 def _describe(sweep: Sweep) -> str:
-    res = ", ".join(f"{k} {v:g}" for k, v in sweep.resources.items())
+    res = ", ".join(f"{k} {v:g}" for k, v in sweep.resources.items()) + " per trial"
+    if sweep.workers > 1:
+        res = f"{sweep.workers} data-parallel workers per trial, each {res.removesuffix(' per trial')}"
     conc = f", at most {sweep.max_concurrent} at once" if sweep.max_concurrent else ""
     return (
         f"{sweep.source}: ok: sweep {sweep.name!r}, {len(sweep.trials)} trials "
-        f"({sweep.grid_points} grid points x {len(sweep.seeds)} seeds), {res} per trial{conc}"
+        f"({sweep.grid_points} grid points x {len(sweep.seeds)} seeds), {res}{conc}"
     )
 
 
@@ -193,6 +195,14 @@ def _export(sweep: Sweep, args: argparse.Namespace) -> int:
     clash = [flag for flag, value in launch.items() if value not in (None, False)]
     if clash:
         print(f"harness sweep: --export runs nothing; {', '.join(clash)} do not apply", file=sys.stderr)
+        return 2
+    if sweep.workers > 1:
+        print(
+            f"harness sweep: resources.workers: {sweep.workers} data-parallel workers per trial need Ray Train; "
+            "`harness run` trains each trial as one process (export a sweep without workers, or run this one "
+            "with `harness sweep`)",
+            file=sys.stderr,
+        )
         return 2
     from harness.export import ExportError, write_export
 

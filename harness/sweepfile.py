@@ -17,6 +17,8 @@ A sweep file (DESIGN.md, "Trial config and sweep files"):
         - {topology: hierarchical, heads: 4}
     seeds: [0, 1, 2]               # every grid point once per seed (sets run.seed) [[0]]
     resources: {cpu: 1, gpu: 0.25} # per trial; fractional GPUs share a card [cpu 1, gpu 0]
+                                   # {workers: 8, cpu: 8, gpu: 1}: each trial as 8 data-parallel
+                                   # processes (Ray Train DDP; sets run.workers), cpu/gpu per worker
     max_concurrent: 4              # at most this many trials at once [as resources allow]
     max_failures: 1                # retries of a failed trial from its last checkpoint [1]
 
@@ -59,7 +61,7 @@ TOP_KEYS = (
     "max_concurrent",
     "max_failures",
 )
-RESOURCE_KEYS = ("cpu", "gpu")
+RESOURCE_KEYS = ("cpu", "gpu", "workers")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*$")
 PATH_KEYS = ("data.root", "noise.label_file")
 # Values shown bare in trial names: 'symmetric-0.4 hierarchical-4 seed1'. Others read 'T=4.0'.
@@ -133,6 +135,7 @@ class Sweep:
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
     max_concurrent: int | None = None
     max_failures: int = 1
+    workers: int = 1  # resources.workers: data-parallel processes per trial (resources are per worker)
 
 
 class _Problems:
@@ -201,6 +204,7 @@ def parse_sweep(tree: Mapping[str, Any], *, source: str, overrides: Mapping[str,
     axes = _parse_grid(tree.get("grid"), problems)
     seeds = _parse_seeds(tree.get("seeds"), base, places, problems)
     resources = _parse_resources(tree.get("resources"), problems)
+    workers = resources.pop("workers", 1)
     max_concurrent = _parse_count(tree, "max_concurrent", None, minimum=1, problems=problems)
     max_failures = _parse_count(tree, "max_failures", 1, minimum=0, problems=problems)
 
@@ -216,6 +220,20 @@ def parse_sweep(tree: Mapping[str, Any], *, source: str, overrides: Mapping[str,
             )
     if "run.seed" in varied:
         problems.add(varied["run.seed"], "set seeds with the top-level seeds list, not in the grid")
+    for place in [varied.get("run.workers"), places.get("run.workers")]:
+        if place:
+            problems.add(
+                place, "set a trial's data-parallel processes with resources.workers (for every trial)"
+            )
+    if workers > 1:
+        base["run.workers"] = workers
+        places["run.workers"] = "resources.workers"
+        if resources["gpu"] not in (0.0, 1.0):
+            problems.add(
+                "resources.gpu",
+                f"with workers > 1 each worker takes 0 or 1 whole GPU (NCCL needs a card per process), "
+                f"got {resources['gpu']:g}",
+            )
 
     points = list(itertools.product(*axes)) if axes else [()]
     configs: list[tuple[dict[str, Any], dict[str, Any], list[tuple[str, str]], C.TrialConfig]] = []
@@ -263,6 +281,7 @@ def parse_sweep(tree: Mapping[str, Any], *, source: str, overrides: Mapping[str,
         resources=resources,
         max_concurrent=max_concurrent,
         max_failures=max_failures,
+        workers=workers,
     )
 
 
@@ -419,12 +438,15 @@ def _parse_resources(resources: Any, problems: _Problems) -> dict[str, float]:
     for key, value in resources.items():
         place = f"resources.{key}"
         if key not in RESOURCE_KEYS:
-            problems.add(
-                place,
-                f"unknown key{C.did_you_mean(str(key), list(RESOURCE_KEYS)) or '; choose from cpu, gpu'}",
-            )
+            hint = C.did_you_mean(str(key), list(RESOURCE_KEYS)) or "; choose from cpu, gpu, workers"
+            problems.add(place, f"unknown key{hint}")
             continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        if key == "workers":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.add(place, f"must be a positive integer (processes per trial), got {value!r}")
+            else:
+                out[key] = value
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
             problems.add(place, f"must be a number, got {value!r}")
         elif key == "cpu" and value <= 0:
             problems.add(place, f"must be > 0, got {value}")

@@ -1,4 +1,5 @@
-"""Trial functions that fail on purpose, for the tests of failure handling (and for drills).
+"""Trial functions that fail on purpose, for the tests of failure handling (and for drills), and
+`gloo_trial`, which runs one trial as data-parallel CPU processes without Ray.
 
 A sweep's trial spec names the function that trains each trial (`trial_fn` of
 harness.tune_runner.run_sweep, `harness.trial:run_trial` unless told otherwise); a test names one
@@ -9,7 +10,14 @@ harness calls them.
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
 
 from harness import config as C
 from harness.trial import run_trial
@@ -33,3 +41,29 @@ def failing_after_epoch(seed: int, epoch: int = 1) -> Callable[..., dict[str, fl
 
 seed5_fails = failing_after_epoch(5)
 SEED5_FAILS = "harness.testing:seed5_fails"  # as a trial spec names it: the seed-5 trials raise after epoch 1
+
+
+def gloo_trial(tree: dict[str, Any], out_dir: Path, world_size: int) -> dict[str, float]:
+    """`run_trial` of the config `tree` as `world_size` gloo processes on this machine; rank 0's final metrics.
+
+    The engine's data-parallel path alone, for the equivalence tests: Ray Train starts the
+    processes of a real trial (harness.raytrain), this starts them with torch.multiprocessing.
+    Rank 0 writes `out_dir` (checkpoint, artifacts) as in a trial.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = (tree, str(out_dir), world_size, port)
+    torch.multiprocessing.start_processes(_gloo_worker, args=args, nprocs=world_size, start_method="fork")
+    return json.loads((Path(out_dir) / "final_metrics.json").read_text())
+
+
+def _gloo_worker(rank: int, tree: dict[str, Any], out_dir: str, world_size: int, port: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        final = run_trial(C.build_config(tree), out_dir=Path(out_dir))
+        if rank == 0:
+            (Path(out_dir) / "final_metrics.json").write_text(json.dumps(final))
+    finally:
+        dist.destroy_process_group()

@@ -33,6 +33,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from harness import config as C
 from harness.contract import (
     COLLAPSED_TAG,
+    ENV_RESULT_KEY,
     ERROR_TAG,
     EXPERIMENT_KIND_TAG,
     LAUNCHER_TAG,
@@ -45,10 +46,12 @@ from harness.contract import (
     SWEEP_NAME_TAG,
     SWEEP_RUN,
     SWEEP_TRIALS_PARAM,
+    TRAIN_CHECKPOINT_KEY,
     TRAIN_COLLAPSED,
     TRIAL_INDEX_TAG,
     TRIAL_KEY_TAG,
     TRIAL_RUN,
+    WORLD_SIZE_TAG,
     default_tracking_uri,
 )
 from harness.runtime import code_tags, runtime_tags
@@ -85,7 +88,6 @@ RAY_RESULT_KEYS = frozenset(
         "epoch",
     }
 )
-ENV_RESULT_KEY = "harness_env"  # the tags a trial reports about where it runs (device, versions, host)
 
 
 def open_store(tracking_uri: str | None = None) -> MlflowClient:
@@ -200,12 +202,12 @@ class TrialLogger:
         """Start (or, for a known trial_key under parent_run_id, continue) the run of one trial."""
         client = client or open_store(tracking_uri)
         exp_id = experiment_id(client, experiment)
-        all_tags = {RUN_KIND_TAG: TRIAL_RUN, **(tags or {})}
+        params = _params(cfg)
+        all_tags = {RUN_KIND_TAG: TRIAL_RUN, WORLD_SIZE_TAG: params.get("run.workers", "1"), **(tags or {})}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         if trial_key:
             all_tags[TRIAL_KEY_TAG] = trial_key
-        params = _params(cfg)
         existing = (
             find_child_run(client, exp_id, parent_run_id, trial_key) if parent_run_id and trial_key else None
         )
@@ -240,6 +242,10 @@ class TrialLogger:
         items = [RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, tags=items[i : i + 100])
+
+    def catch_up(self) -> None:
+        """Learn which epochs the run holds when another process logged them (harness.raytrain.LogEpochs)."""
+        self.last_step, self._last_keys = _last_logged(self.client, self.client.get_run(self.run_id))
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Every numeric value in `metrics` (but 'epoch') at step = epoch; epochs logged before are skipped."""
@@ -637,7 +643,17 @@ class MlflowTuneCallback(_TuneCallback):
 def finish_with_checkpoint(
     logger: TrialLogger, metrics: Mapping[str, Any], checkpoint, *, status: str
 ) -> None:
-    """Finish a run with the artifacts/ folder of a Ray checkpoint (local or remote storage)."""
+    """Finish a run with the artifacts/ folder of a Ray checkpoint (local or remote storage).
+
+    A data-parallel trial's checkpoints belong to its Ray Train run, not to its Tune trial: Tune
+    gets the newest one's path as the result key TRAIN_CHECKPOINT_KEY (harness.raytrain).
+    """
+    metrics = dict(metrics)
+    train_checkpoint = metrics.pop(TRAIN_CHECKPOINT_KEY, None)
+    if checkpoint is None and train_checkpoint:
+        from ray.tune import Checkpoint
+
+        checkpoint = Checkpoint(str(train_checkpoint))
     if checkpoint is None:
         logger.finish(metrics, None, status=status)
         return

@@ -1,8 +1,13 @@
-"""`harness train`: one trial from a config file and/or --set overrides, without Ray."""
+"""`harness train`: one trial from a config file and/or --set overrides, without Ray.
+
+With `--set run.workers=N` (N > 1) the trial is data-parallel: a local Ray starts it as a Ray
+Train TorchTrainer of N workers (harness.raytrain), one GPU each on CUDA, sharing the cores on a CPU.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -32,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument(
         "--no-mlflow", action="store_true", help="do not log to MLflow even where it is installed"
     )
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        default=1,
+        help="run.workers > 1: restarts of the worker group after a worker dies, from the last checkpoint [1]",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -60,6 +71,8 @@ def main(args: argparse.Namespace) -> int:
     for problem in label_file_problems([cfg]):
         print(f"harness train: {problem}", file=sys.stderr)
         return 2
+    if cfg.run.workers > 1:
+        return _data_parallel(cfg, out, args)
 
     logger = None if args.no_mlflow else _mlflow_logger(cfg, args.experiment)
     on_epoch = (lambda epoch, metrics, ckpt: logger.log_epoch(epoch, metrics)) if logger else None
@@ -84,6 +97,11 @@ def main(args: argparse.Namespace) -> int:
         raise
     if logger:
         logger.finish(final, out / "checkpoint" / "artifacts", status="FINISHED")
+    return _report(final, out, args)
+
+
+def _report(final: dict, out: Path, args: argparse.Namespace) -> int:
+    """Print the final metrics and where the artifacts are; write --json."""
     print("final metrics:")
     for key in sorted(final):
         value = final[key]
@@ -94,6 +112,55 @@ def main(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(final, indent=2, sort_keys=True))
         print(f"metrics written to {args.json}")
     return 0
+
+
+def _data_parallel(cfg: C.TrialConfig, out: Path, args: argparse.Namespace) -> int:
+    """The trial as run.workers Ray Train workers on a local Ray; nothing starts unless they fit."""
+    if importlib.util.find_spec("ray") is None:
+        print("harness train: run.workers > 1 needs Ray Train: pip install 'ray[train]'", file=sys.stderr)
+        return 2
+    from harness.raytrain import local_resources, train_locally
+
+    resources, problems = local_resources(cfg)
+    for problem in problems:
+        print(f"harness train: {problem}", file=sys.stderr)
+    if problems or args.max_failures < 0:
+        if args.max_failures < 0:
+            print(f"harness train: --max-failures must be >= 0, got {args.max_failures}", file=sys.stderr)
+        return 2
+    from harness.trial import CHECKPOINT_FILE
+
+    resume_from = out / "checkpoint" if args.resume else None
+    if resume_from is not None and not (resume_from / CHECKPOINT_FILE).exists():
+        print(f"harness train: no checkpoint to resume at {resume_from / CHECKPOINT_FILE}", file=sys.stderr)
+        return 2
+    logger = None if args.no_mlflow else _mlflow_logger(cfg, args.experiment)
+    print(
+        f"{cfg.run.workers} data-parallel workers on a local Ray, each cpu {resources['cpu']:g}, gpu {resources['gpu']:g}"
+    )
+    try:
+        train_locally(
+            C.to_dict(cfg),
+            out,
+            resources=resources,
+            resume_from=resume_from,
+            max_failures=args.max_failures,
+            logger=logger,
+        )
+    except BaseException as exc:
+        if logger:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            logger.finish({}, None, status=status, error=repr(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        print(f"harness train: the data-parallel trial failed: {exc}", file=sys.stderr)
+        return 1
+    artifacts = out / "checkpoint" / "artifacts"
+    final = json.loads((artifacts / "metrics.json").read_text())
+    if logger:
+        logger.catch_up()  # the epochs were logged from the Ray Train controller
+        logger.finish(final, artifacts, status="FINISHED")
+    return _report(final, out, args)
 
 
 def _mlflow_logger(cfg: C.TrialConfig, experiment: str):

@@ -23,6 +23,7 @@ from harness import config as C
 from harness.collab import build_training_graph, count_parameters
 from harness.contract import INFERENCE_PARAMS, TRAIN_PARAMS
 from harness.data import ImageData, load_dataset
+from harness.ddp import World, sync_batchnorm
 from harness.engine import (
     FitOptions,
     fit,
@@ -113,9 +114,18 @@ def run_trial(
     Writes `out_dir/checkpoint/state.pt` every `run.checkpoint_every` epochs and, after the
     last epoch, `out_dir/checkpoint/artifacts/` (config.yaml, noise_transition.csv,
     metrics.json, inference_head.pt). `resume_from` is a checkpoint directory to go on from.
+
+    In a data-parallel trial (torch.distributed initialized, by harness.raytrain) every process
+    calls this; each trains on its shard (harness.ddp) and gets the same metrics and callbacks,
+    and only rank 0 logs and writes files (`on_epoch` gets the checkpoint folder on rank 0 only).
     """
     out_dir = Path(out_dir)
+    world = World.current()
+    if not world.is_main:
+        log = _silent
     device = resolve_device(cfg.run.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # a data-parallel worker's own card
     if device.type == "cuda":
         # gpu/peak_mem_mb is this trial's own, also after other trials in this process (harness run):
         # free what they left in the caching allocator and start the peak anew
@@ -131,10 +141,12 @@ def run_trial(
         train_subset=cfg.data.train_subset,
         val_fraction=cfg.data.val_fraction,
     )
-    noisy = corrupt_labels(data, cfg.noise, seed=cfg.run.seed)
+    noisy = corrupt_labels(data, cfg.noise, seed=cfg.run.seed)  # the full set, before sharding
+    world.check_same(noisy.labels, "noisy training labels")
     log(
         f"{data.name}: {len(data.train_y)} training images, {data.num_classes} classes; "
         f"noise {cfg.noise.kind} {cfg.noise.rate}: {noisy.rate:.2%} of labels flipped; device {device}"
+        + (f"; {world.size} data-parallel workers" if world.parallel else "")
     )
 
     graph = build_training_graph(
@@ -147,6 +159,8 @@ def run_trial(
         in_channels=data.channels,
         zero_init_residual=cfg.model.zero_init_residual,
     )
+    if world.parallel and cfg.run.sync_bn:
+        graph = sync_batchnorm(graph, device)
     channels_last = cfg.run.channels_last and device.type == "cuda"
     graph = graph.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     train_loader, eval_loaders = make_loaders(
@@ -159,6 +173,7 @@ def run_trial(
         num_workers=cfg.data.num_workers,
         decode=cfg.data.decode,
         channels_last=channels_last,
+        shard=world.shard,
     )
     sizes = {
         TRAIN_PARAMS: count_parameters(graph),
@@ -177,10 +192,10 @@ def run_trial(
             metrics = {**sizes, **metrics}
         last = epoch == opts.epochs or stops_on_collapse(opts, metrics)
         written = None
-        if last or (opts.checkpoint_every and epoch % opts.checkpoint_every == 0):
+        if world.is_main and (last or (opts.checkpoint_every and epoch % opts.checkpoint_every == 0)):
             save_checkpoint(state, ckpt_dir / CHECKPOINT_FILE)
             written = ckpt_dir
-        if last:
+        if world.is_main and last:
             write_artifacts(ckpt_dir / "artifacts", cfg, graph, noisy, {**sizes, **metrics})
         if on_epoch is not None:
             on_epoch(epoch, metrics, written)
@@ -191,10 +206,11 @@ def run_trial(
         graph.load_state_dict(resume["model"])
         epoch, last = resume["epoch"], {**sizes, **resume["history"][-1]}
         log(f"epoch {epoch} of {opts.epochs} was the last and is in the checkpoint: nothing left to train")
-        save_checkpoint(resume, ckpt_dir / CHECKPOINT_FILE)
-        write_artifacts(ckpt_dir / "artifacts", cfg, graph, noisy, last)
+        if world.is_main:
+            save_checkpoint(resume, ckpt_dir / CHECKPOINT_FILE)
+            write_artifacts(ckpt_dir / "artifacts", cfg, graph, noisy, last)
         if on_epoch is not None:
-            on_epoch(epoch, last, ckpt_dir)
+            on_epoch(epoch, last, ckpt_dir if world.is_main else None)
         return last
 
     final = fit(
@@ -206,8 +222,13 @@ def run_trial(
         resume=resume,
         on_epoch=epoch_done,
         log=log,
+        world=world,
     )
     return {**sizes, **final}
+
+
+def _silent(message: str) -> None:
+    """The log of a data-parallel process other than rank 0."""
 
 
 def has_ended(state: dict, opts: FitOptions) -> bool:

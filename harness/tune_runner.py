@@ -14,6 +14,9 @@
   the trials on the driver, the store's only writer.
 - Each Tune trial's config holds its `harness.sweepfile.TrialSpec` (identity, config tree, and the
   function that trains it: `trial_fn`, `harness.trial:run_trial` unless a test names another).
+- Data-parallel trials (`resources.workers` > 1): the Tune trial drives a Ray Train TorchTrainer
+  of that many workers (harness.raytrain), each with the file's per-worker cpu/gpu; their Ray
+  Train runs live in `<storage>/<sweep name>/ray_train/`.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ from harness.contract import (
     TRAIN_LOSS,
     TRAIN_MEMORIZED,
 )
+from harness.raytrain import DEFAULT_TRIAL_FN, DRIVER_CPU
 from harness.summary import TrialOutcome, trial_table
 from harness.sweepfile import SPEC_KEY, Sweep, TrialSpec
 
-DEFAULT_TRIAL_FN = "harness.trial:run_trial"
+LAUNCH_KEY = "launch"  # a data-parallel sweep's Ray Train settings, in every Tune trial's config
 # The live table's columns: result key -> heading
 PROGRESS_COLUMNS = {
     "epoch": "epoch",
@@ -120,9 +124,15 @@ def trainable(config: dict[str, Any]) -> None:
     """The Tune function trainable: one trial, reporting (and checkpointing) every epoch."""
     from ray import tune
 
-    from harness.tracking import ENV_RESULT_KEY, runtime_tags
+    from harness.contract import ENV_RESULT_KEY
+    from harness.runtime import runtime_tags
 
     spec = TrialSpec.from_config(config)
+    if LAUNCH_KEY in config:  # data-parallel: this trial drives a Ray Train run
+        from harness.raytrain import run_under_tune
+
+        run_under_tune(spec.config, spec.fn, config[LAUNCH_KEY], name=spec.dirname)
+        return
     module, _, attr = spec.fn.partition(":")
     run_trial = getattr(importlib.import_module(module), attr)
     cfg = C.build_config(spec.config)
@@ -179,6 +189,8 @@ def run_sweep(
     # Keeping the last two checkpoints forces a state snapshot every other epoch; with epochs of a
     # second (the CPU quickstart) Tune warns about it each time. It is cheap: silence the warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray Train workers' print() once, not also through its logging (a local Ray inherits these)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     import ray
     from ray import tune
 
@@ -205,17 +217,28 @@ def run_sweep(
                 include_dashboard=False,
                 logging_level="WARNING",
             )
-        _check_resources(sweep, ray.cluster_resources(), local=started_ray and address == "local")
+        fitting = _check_resources(sweep, ray.cluster_resources(), local=started_ray and address == "local")
         if overwrite and exp_dir.exists():
             shutil.rmtree(exp_dir)
         sweep_run = tracking.SweepRun.open_for(sweep, exp_dir, resume=resume)
         print(
             f"MLflow: experiment {sweep.experiment!r}, sweep run {sweep_run.run_id} ({sweep_run.tracking_uri})"
         )
-        fn = tune.with_resources(trainable, {"cpu": sweep.resources["cpu"], "gpu": sweep.resources["gpu"]})
         param_space = {
             SPEC_KEY: tune.grid_search([TrialSpec.of(t, trial_fn).to_config() for t in sweep.trials])
         }
+        if sweep.workers > 1:
+            fn = tune.with_resources(trainable, {"cpu": DRIVER_CPU})
+            param_space[LAUNCH_KEY] = {
+                "storage": str(exp_dir / "ray_train"),
+                "cpu": sweep.resources["cpu"],
+                "gpu": sweep.resources["gpu"],
+                "max_failures": sweep.max_failures if max_failures is None else max_failures,
+            }
+        else:
+            fn = tune.with_resources(
+                trainable, {"cpu": sweep.resources["cpu"], "gpu": sweep.resources["gpu"]}
+            )
         if resume and tune.Tuner.can_restore(str(exp_dir)):
             # Finished trials stay finished; unfinished and errored ones go on from their last checkpoint.
             tuner = tune.Tuner.restore(
@@ -226,7 +249,9 @@ def run_sweep(
                 resume_errored=True,
             )
         else:
-            tuner = _new_tuner(sweep, fn, param_space, exp_dir, sweep_run.tune_callback(), max_failures)
+            tuner = _new_tuner(
+                sweep, fn, param_space, exp_dir, sweep_run.tune_callback(), max_failures, fitting
+            )
         try:
             results = tuner.fit()
         except BaseException as exc:  # a second Ctrl-C, or Tune itself failing: close the sweep run
@@ -245,7 +270,9 @@ def run_sweep(
         shared_gpu.close()
 
 
-def _new_tuner(sweep: Sweep, fn, param_space, exp_dir: Path, callback, max_failures: int | None):
+def _new_tuner(
+    sweep: Sweep, fn, param_space, exp_dir: Path, callback, max_failures: int | None, fitting: int | None
+):
     from ray import tune
     from ray.tune import CLIReporter
 
@@ -265,7 +292,7 @@ def _new_tuner(sweep: Sweep, fn, param_space, exp_dir: Path, callback, max_failu
         tune_config=tune.TuneConfig(
             metric=sweep.metric,
             mode=sweep.mode,
-            max_concurrent_trials=sweep.max_concurrent,
+            max_concurrent_trials=_concurrent(sweep.max_concurrent, fitting),
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_dirname,
             reuse_actors=True,  # one Python + torch start-up per worker, not per trial
@@ -303,13 +330,23 @@ def _mps_problems(sweep: Sweep, address: str | None) -> list[str]:
     return problems
 
 
-def _check_resources(sweep: Sweep, cluster: dict[str, float], *, local: bool) -> None:
-    """Trials asking for more than the cluster has would wait for ever: say so now."""
-    need = {"CPU": sweep.resources["cpu"], "GPU": sweep.resources["gpu"]}
+def _check_resources(sweep: Sweep, cluster: dict[str, float], *, local: bool) -> int | None:
+    """Trials asking for more than the cluster has would wait for ever: say so now.
+
+    Returns how many data-parallel trials fit at once (None for one-process trials): Ray Train
+    starts a trial only when all its workers fit, and Tune would otherwise start the drivers of
+    every trial, the extra ones waiting (and timing out) for workers (Ray's Train + Tune guide).
+    """
+    workers = sweep.workers
+    per_worker = {"CPU": sweep.resources["cpu"], "GPU": sweep.resources["gpu"]}
+    need = {kind: amount * workers for kind, amount in per_worker.items()}
+    if workers > 1:
+        need["CPU"] += DRIVER_CPU
     short = [
-        f"{kind.lower()}: {amount:g} per trial, the Ray cluster has {cluster.get(kind, 0):g}"
-        for kind, amount in need.items()
-        if amount > cluster.get(kind, 0)
+        f"{kind.lower()}: {_per_trial(workers, per_worker[kind], need[kind])}, the Ray cluster has "
+        f"{cluster.get(kind, 0):g}"
+        for kind in need
+        if need[kind] > cluster.get(kind, 0) + 1e-9
     ]
     if short:
         hint = " (a local Ray takes --num-cpus/--num-gpus)" if local else ""
@@ -317,6 +354,20 @@ def _check_resources(sweep: Sweep, cluster: dict[str, float], *, local: bool) ->
         if local:
             raise ValueError(message)
         print(f"warning: {message}; trials wait until the cluster grows", file=sys.stderr)
+    if workers == 1:
+        return None
+    return max(1, min(int((cluster.get(kind, 0) + 1e-9) // need[kind]) for kind in need if need[kind] > 0))
+
+
+def _per_trial(workers: int, per_worker: float, total: float) -> str:
+    return f"{total:g} per trial" if workers == 1 else f"{workers} workers x {per_worker:g} per trial"
+
+
+def _concurrent(asked: int | None, fitting: int | None) -> int | None:
+    """Tune's max_concurrent_trials: the sweep file's, and no more data-parallel trials than fit."""
+    if fitting is None:
+        return asked
+    return fitting if asked is None else min(asked, fitting)
 
 
 def _outcomes(sweep: Sweep, results, exp_dir: Path) -> list[TrialOutcome]:

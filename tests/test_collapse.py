@@ -78,7 +78,10 @@ def fake_step(predictions):
 
 def epoch_share(predictions: list[torch.Tensor]) -> float:
     training = SimpleNamespace(
-        step=fake_step(predictions), scheduler=SimpleNamespace(step=lambda: None), after_step=lambda: None
+        step=fake_step(predictions),
+        scheduler=SimpleNamespace(step=lambda: None),
+        after_step=lambda: None,
+        loss_weight=1.0,
     )
     metrics = train_one_epoch(training, FakeLoader(predictions), kept_head=0, device="cpu")
     return metrics["train/pred_top_share"]

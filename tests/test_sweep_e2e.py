@@ -371,3 +371,49 @@ def test_sweep_on_a_running_ray_cluster(tmp_path, monkeypatch):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
     assert not leftovers, f"the cluster left processes behind: {leftovers}"
+
+
+def test_data_parallel_trial_runs_as_two_workers_and_survives_a_killed_worker(tmp_path, monkeypatch):
+    """resources.workers: 2 on CPU: the trial is a Ray Train run of two gloo workers with one MLflow
+    run, tagged harness.world_size=2. One worker is SIGKILLed after the first checkpoint: Ray Train
+    restarts both workers from it (same world size), and the trial ends exactly where an
+    uninterrupted two-process run of its config (gloo, without Ray) ends."""
+    from harness import config as C
+    from harness.sweepfile import load_sweep
+
+    _clean_env(monkeypatch, tmp_path)
+    path = _sweep_file(tmp_path, "ddp", "resources: {workers: 2, cpu: 0.5}\n")
+    # all of digits and 10 epochs: seconds of training after the first checkpoint, to kill a worker in
+    path.write_text(path.read_text().replace("epochs: 2", "epochs: 10").replace(", train_subset: 60", ""))
+    command = [sys.executable, "-m", "harness.cli", "sweep", path.name, "--num-cpus", "2"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    # Ray Train's controller takes one report per poll, every 2 s by default: an epoch here is 0.3 s
+    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
+    train_run = tmp_path / "ray_results" / "ddp" / "ray_train"
+    with open(tmp_path / "sweep.log", "w") as log:
+        proc = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:  # a checkpoint is Ray Train's once its manager has recorded it
+            committed = lambda: any(train_run.glob("*/checkpoint_manager_snapshot.json"))  # noqa: E731
+            _wait_for(committed, 300, proc, "the trial's first checkpoint")
+            workers = _pids_using("RayTrainWorker")
+            assert len(workers) == 2, workers
+            os.kill(max(workers), signal.SIGKILL)
+            code = proc.wait(timeout=400)
+        finally:
+            _stop_group(proc)
+    log = (tmp_path / "sweep.log").read_text()
+    assert code == 0, log[-4000:]
+    assert "1 of 1 trials succeeded" in log
+    assert log.count("resuming at epoch") == 1, "the restarted workers went on from the checkpoint"
+
+    client, sweeps, trials = _runs(tmp_path)
+    assert len(sweeps) == 1 and len(trials) == 1
+    run = trials[0]
+    assert run.info.status == "FINISHED" and run.data.tags["harness.world_size"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == list(range(1, 11))
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ARTIFACTS
+    reference = testing.gloo_trial(C.to_dict(load_sweep(path).trials[0].config), tmp_path / "reference", 2)
+    for key in ("train/loss", "test/acc", "train/acc_noisy", "test/acc_ensemble"):
+        assert run.data.metrics[key] == pytest.approx(reference[key], abs=1e-6), key
