@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import difflib
 import functools
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 __all__ = [
@@ -168,12 +168,16 @@ def zero_init_residual_(net: nn.Module) -> int:
 
 
 def _last_residual_weight(block: nn.Module) -> nn.Parameter | None:
-    if isinstance(block, _BasicBlock | torchvision.models.resnet.BasicBlock):
+    if isinstance(block, _BasicBlock):
         return block.bn2.weight
-    if isinstance(block, torchvision.models.resnet.Bottleneck):
-        return block.bn3.weight
     if isinstance(block, _PreActBlock):
         return block.conv2.weight
+    # torchvision is imported for ResNet-50 only (a second per process start): its blocks exist once it is
+    tv = sys.modules.get("torchvision.models.resnet")
+    if tv is not None and isinstance(block, tv.BasicBlock):
+        return block.bn2.weight
+    if tv is not None and isinstance(block, tv.Bottleneck):
+        return block.bn3.weight
     return None
 
 
@@ -383,6 +387,8 @@ def densenet40(num_classes: int, in_channels: int = 3) -> Backbone:
 
 @register_model
 def resnet50(num_classes: int, in_channels: int = 3) -> Backbone:
+    import torchvision
+
     tv = torchvision.models.resnet50(weights=None, num_classes=num_classes)
     if in_channels != 3:
         tv.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

@@ -4,8 +4,10 @@ Not collected by pytest (the device machine has torch but no pytest, Ray or MLfl
     PYTHONPATH=. python tests/gpu/check_gpu.py --cifar-root DIR --out DIR
 It checks that the CUDA-graph step matches the eager one, prints the `harness bench`
 table (batch 128 and 512, eager and graph at 128), four concurrent individual trials
-(time-sliced and under CUDA MPS, graph and eager), and times real CIFAR-10 epochs of
-hierarchical 4-head ResNet-32 through run_trial.
+(time-sliced and under CUDA MPS, graph and eager), times real CIFAR-10 epochs of
+hierarchical 4-head ResNet-32 through run_trial, and for ImageNet scale (issue 12): ResNet-50
+training img/s on synthetic 224x224 data (`--only resnet50`) and the ImageFolder loader's
+images/s with JPEGs decoded on the GPU and by PIL workers (`--only jpeg`).
 Every section runs even if an earlier one fails; a failed section prints its traceback.
 """
 
@@ -157,11 +159,40 @@ def cifar_epoch(root: Path, out: Path, device):
     )
 
 
+def _harness(args: list[str]) -> int:
+    cmd = [sys.executable, "-m", "harness.cli", *args]
+    print(f"$ harness {' '.join(args)}", flush=True)
+    return subprocess.run(cmd).returncode
+
+
+@section("ResNet-50 training on one GPU (synthetic 224x224, 1000 classes, bf16)")
+def resnet50(out: Path, device: str, steps: int):
+    """img/s of one card: with the loader's rate, the time per ImageNet epoch per GPU count (README)."""
+    _harness(
+        [
+            *("bench", "--device", device, "--arch", "resnet50", "--num-classes", "1000"),
+            *("--batch-size", "64", "256", "--topologies", "individual,hierarchical", "--heads", "4"),
+            *("--steps", str(steps), "--warmup", "10", "--json", str(out / "resnet50.json")),
+        ]
+    )
+
+
+@section("ImageFolder loader alone: JPEGs decoded on the GPU (nvJPEG) vs PIL workers")
+def jpeg(out: Path, device: str):
+    for workers in ("4", "8"):
+        _harness(
+            [
+                *("bench", "--loader", "--device", device, "--images", "2048", "--batch-size", "256"),
+                *("--workers", workers, "--json", str(out / f"loader-{workers}.json")),
+            ]
+        )
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cifar-root", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--only", default="equiv,bench,concurrent,cifar")
+    p.add_argument("--only", default="equiv,bench,concurrent,cifar,resnet50,jpeg")
     p.add_argument("--device", default="cuda", help="cpu for a dry run of the script itself")
     p.add_argument("--steps", type=int, default=60)
     a = p.parse_args()
@@ -178,6 +209,10 @@ def main():
         concurrent(a.out, str(device), 400 if device.type == "cuda" else a.steps)
     if "cifar" in only:
         cifar_epoch(a.cifar_root, a.out, device)
+    if "resnet50" in only:
+        resnet50(a.out, str(device), min(a.steps, 30))
+    if "jpeg" in only:
+        jpeg(a.out, str(device))
 
 
 if __name__ == "__main__":
