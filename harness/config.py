@@ -323,6 +323,15 @@ def check_config(cfg: TrialConfig) -> list[tuple[str, str]]:
                 "its own: use cuda or auto",
             )
         )
+    if cfg.run.workers > 1 and cfg.collab.update == "alternating":
+        problems.append(
+            (
+                "collab.update",
+                "alternating updates are one process only: under DDP a step's unused heads get zero "
+                "gradients, which momentum and weight decay would turn into updates (use simultaneous, "
+                "or run.workers: 1)",
+            )
+        )
     if cfg.optim.batch_size < cfg.run.workers:
         problems.append(
             (

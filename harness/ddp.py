@@ -70,12 +70,14 @@ class World:
             for buffer in model.buffers():
                 dist.broadcast(buffer, 0)
 
-    def check_same(self, values: np.ndarray, what: str) -> None:
-        """Raise unless every process holds the same `values` (e.g. the noisy labels, drawn per process)."""
+    def check_same(self, values: np.ndarray, what: str, device: torch.device) -> None:
+        """Raise unless every process holds the same `values` (e.g. the noisy labels, drawn per process).
+
+        `device`: the process's training device (NCCL reduces CUDA tensors only)."""
         if not self.parallel:
             return
         raw = hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=8).digest()
-        digest = torch.tensor([int.from_bytes(raw, "little", signed=True)], dtype=torch.int64)
+        digest = torch.tensor([int.from_bytes(raw, "little", signed=True)], dtype=torch.int64, device=device)
         gathered = [torch.zeros_like(digest) for _ in range(self.size)]
         dist.all_gather(gathered, digest)
         if any(int(g) != int(digest) for g in gathered):
@@ -85,16 +87,14 @@ class World:
 ALONE = World()  # a process that trains by itself
 
 
-def data_parallel(model: nn.Module, device: torch.device, *, find_unused: bool) -> nn.Module:
+def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` in DistributedDataParallel (its gradients averaged over the processes).
 
-    `find_unused`: steps that leave parameters out (alternating updates train one head's path at a time).
+    Every step uses every parameter: config refuses alternating updates with several workers,
+    since DDP would give the heads a step leaves out zero gradients, not none.
     """
-    return nn.parallel.DistributedDataParallel(
-        model,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=find_unused,
-    )
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def loss_weight(batch_size: int, world: World) -> float:

@@ -111,7 +111,7 @@ def setup_training(
     device = torch.device(device)
     trained, weight = model, 1.0
     if world.parallel:
-        trained = data_parallel(model, device, find_unused=opts.update == "alternating")
+        trained = data_parallel(model, device)
         weight = loss_weight(batch_size, world)
     optimizer = SGD(
         model.parameters(),

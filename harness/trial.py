@@ -142,7 +142,7 @@ def run_trial(
         val_fraction=cfg.data.val_fraction,
     )
     noisy = corrupt_labels(data, cfg.noise, seed=cfg.run.seed)  # the full set, before sharding
-    world.check_same(noisy.labels, "noisy training labels")
+    world.check_same(noisy.labels, "noisy training labels", device)
     log(
         f"{data.name}: {len(data.train_y)} training images, {data.num_classes} classes; "
         f"noise {cfg.noise.kind} {cfg.noise.rate}: {noisy.rate:.2%} of labels flipped; device {device}"

@@ -97,6 +97,8 @@ def test_config_refuses_bad_worker_counts():
             C.build_config(None, {"run.workers": value})
     with pytest.raises(C.ConfigError, match=r"global batch \(2\) is smaller than run.workers \(4\)"):
         C.build_config(None, {"run.workers": 4, "optim.batch_size": 2})
+    with pytest.raises(C.ConfigError, match="alternating updates are one process only"):
+        C.build_config(None, {"run.workers": 2, "collab.update": "alternating", "collab.topology": "simple"})
 
 
 # --- refusals: exit 2 with a message, nothing started or written -------------------------------------

@@ -1,5 +1,5 @@
 """End-to-end sweeps on Ray Tune with the real trial (digits, cnn_small, CPU): tracking, failures,
-fractional GPUs, resume after Ctrl-C, and a running Ray cluster.
+fractional GPUs, resume after Ctrl-C, and a data-parallel trial on a running Ray cluster.
 
 Each test starts Ray (tens of seconds on two cores), so all are marked slow.
 """
@@ -301,17 +301,26 @@ def _pids_using(text: str) -> list[int]:
     return pids
 
 
-def test_sweep_on_a_running_ray_cluster(tmp_path, monkeypatch):
+def test_data_parallel_sweep_on_a_running_ray_cluster_survives_a_killed_worker(tmp_path, monkeypatch):
     """`ray start --head` on loopback in a process of our own; the sweep joins it with --address.
+    Its trial is data-parallel (resources.workers: 2): a Ray Train run of two gloo workers with one
+    MLflow run, tagged harness.world_size=2. One worker is SIGKILLed after the first checkpoint: Ray
+    Train restarts both from it (same world size), and the trial ends exactly where an
+    uninterrupted two-process run of its config (gloo, without Ray) ends.
 
     Both run as subprocesses: Ray clusters check a token, a driver given an explicit address
     sends one only when told to (RAY_AUTH_MODE=token), and a process keeps the first token it
     read -- so the driver must be a fresh process that knows this cluster's token.
     """
+    from harness import config as C
+    from harness.sweepfile import load_sweep
+
     _clean_env(monkeypatch, tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # Ray Train's controller takes one report per poll, every 2 s by default: an epoch here is 0.3 s
+    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     ray_cli = Path(sys.executable).with_name("ray")
@@ -340,26 +349,40 @@ def test_sweep_on_a_running_ray_cluster(tmp_path, monkeypatch):
                 return s.connect_ex(("127.0.0.1", port)) == 0
 
         _wait_for(up, 120, head, "the Ray head to listen")
-        path = _sweep_file(
-            tmp_path, "cluster", "grid:\n  noise.kind: [symmetric]\n  noise.rate: [0.2, 0.4]\n"
+        path = _sweep_file(tmp_path, "cluster", "resources: {workers: 2, cpu: 0.5}\n")
+        # all of digits and 10 epochs: seconds of training after the first checkpoint, to kill a worker in
+        path.write_text(path.read_text().replace("epochs: 2", "epochs: 10").replace(", train_subset: 60", ""))
+        command = [sys.executable, "-m", "harness.cli", "sweep", path.name, "--address", f"127.0.0.1:{port}"]
+        train_run = tmp_path / "ray_results" / "cluster" / "ray_train"
+        with open(tmp_path / "sweep.log", "w") as out:
+            driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+            try:  # a checkpoint is Ray Train's once its manager has recorded it
+                committed = lambda: any(train_run.glob("*/checkpoint_manager_snapshot.json"))  # noqa: E731
+                _wait_for(committed, 300, driver, "the trial's first checkpoint")
+                workers = _pids_using("RayTrainWorker")
+                assert len(workers) == 2, workers
+                os.kill(max(workers), signal.SIGKILL)
+                code = driver.wait(timeout=300)
+            finally:
+                if driver.poll() is None:
+                    driver.kill()
+        output = (tmp_path / "sweep.log").read_text()
+        assert code == 0, output[-4000:]
+        assert "1 of 1 trials succeeded" in output
+        client, sweeps, trials = _runs(tmp_path)
+        assert len(sweeps) == 1 and len(trials) == 1
+        run = trials[0]
+        assert run.info.status == "FINISHED" and run.data.tags["harness.world_size"] == "2"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == list(range(1, 11))
+        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ARTIFACTS
+        # the workers ran in the cluster: their output is in its session folder, the restart's included
+        logs = "".join(p.read_text(errors="replace") for p in Path(temp).glob("session_*/logs/worker-*.out"))
+        assert "resuming at epoch" in logs, "the restarted workers went on from the checkpoint"
+        reference = testing.gloo_trial(
+            C.to_dict(load_sweep(path).trials[0].config), tmp_path / "reference", 2
         )
-        driver = subprocess.run(
-            [sys.executable, "-m", "harness.cli", "sweep", path.name, "--address", f"127.0.0.1:{port}"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert driver.returncode == 0, (driver.stdout + driver.stderr)[-3000:]
-        assert "2 of 2 trials succeeded" in driver.stdout
-        _, sweeps, trials = _runs(tmp_path)
-        assert len(sweeps) == 1 and len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
-        # the trials ran in the cluster's workers: their logs are in its session folder
-        logs = list(Path(temp).glob("session_*/logs/worker-*.out"))
-        assert any("symmetric" in p.read_text(errors="replace") for p in logs), (
-            "no trial output in the cluster's logs"
-        )
+        for key in ("train/loss", "test/acc", "train/acc_noisy", "test/acc_ensemble"):
+            assert run.data.metrics[key] == pytest.approx(reference[key], abs=1e-6), key
     finally:
         _stop_group(head, grace=5)
         log.close()
@@ -368,49 +391,3 @@ def test_sweep_on_a_running_ray_cluster(tmp_path, monkeypatch):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
     assert not leftovers, f"the cluster left processes behind: {leftovers}"
-
-
-def test_data_parallel_trial_runs_as_two_workers_and_survives_a_killed_worker(tmp_path, monkeypatch):
-    """resources.workers: 2 on CPU: the trial is a Ray Train run of two gloo workers with one MLflow
-    run, tagged harness.world_size=2. One worker is SIGKILLed after the first checkpoint: Ray Train
-    restarts both workers from it (same world size), and the trial ends exactly where an
-    uninterrupted two-process run of its config (gloo, without Ray) ends."""
-    from harness import config as C
-    from harness.sweepfile import load_sweep
-
-    _clean_env(monkeypatch, tmp_path)
-    path = _sweep_file(tmp_path, "ddp", "resources: {workers: 2, cpu: 0.5}\n")
-    # all of digits and 10 epochs: seconds of training after the first checkpoint, to kill a worker in
-    path.write_text(path.read_text().replace("epochs: 2", "epochs: 10").replace(", train_subset: 60", ""))
-    command = [sys.executable, "-m", "harness.cli", "sweep", path.name, "--num-cpus", "2"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    # Ray Train's controller takes one report per poll, every 2 s by default: an epoch here is 0.3 s
-    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
-    train_run = tmp_path / "ray_results" / "ddp" / "ray_train"
-    with open(tmp_path / "sweep.log", "w") as log:
-        proc = subprocess.Popen(
-            command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:  # a checkpoint is Ray Train's once its manager has recorded it
-            committed = lambda: any(train_run.glob("*/checkpoint_manager_snapshot.json"))  # noqa: E731
-            _wait_for(committed, 300, proc, "the trial's first checkpoint")
-            workers = _pids_using("RayTrainWorker")
-            assert len(workers) == 2, workers
-            os.kill(max(workers), signal.SIGKILL)
-            code = proc.wait(timeout=400)
-        finally:
-            _stop_group(proc)
-    log = (tmp_path / "sweep.log").read_text()
-    assert code == 0, log[-4000:]
-    assert "1 of 1 trials succeeded" in log
-    assert log.count("resuming at epoch") == 1, "the restarted workers went on from the checkpoint"
-
-    client, sweeps, trials = _runs(tmp_path)
-    assert len(sweeps) == 1 and len(trials) == 1
-    run = trials[0]
-    assert run.info.status == "FINISHED" and run.data.tags["harness.world_size"] == "2"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == list(range(1, 11))
-    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ARTIFACTS
-    reference = testing.gloo_trial(C.to_dict(load_sweep(path).trials[0].config), tmp_path / "reference", 2)
-    for key in ("train/loss", "test/acc", "train/acc_noisy", "test/acc_ensemble"):
-        assert run.data.metrics[key] == pytest.approx(reference[key], abs=1e-6), key

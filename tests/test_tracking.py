@@ -252,7 +252,7 @@ def test_ui_serves_the_store_until_ctrl_c(store, tmp_path):
     mark = f"harness-ui-test-{port}"  # inherited by every process the command starts
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"HARNESS_TEST_MARK": mark}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "ui", "--port", str(port)],
+        [sys.executable, "-m", "harness.cli", "ui", "--port", str(port), "--workers", "1"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

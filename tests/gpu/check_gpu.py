@@ -172,7 +172,7 @@ def resnet50(out: Path, device: str, steps: int):
         [
             *("bench", "--device", device, "--arch", "resnet50", "--num-classes", "1000"),
             *("--batch-size", "64", "256", "--topologies", "individual,hierarchical", "--heads", "4"),
-            *("--steps", str(steps), "--warmup", "10", "--json", str(out / "resnet50.json")),
+            *("--steps", str(steps), "--warmup", str(min(10, steps)), "--json", str(out / "resnet50.json")),
         ]
     )
 
