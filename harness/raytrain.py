@@ -170,6 +170,8 @@ def train_locally(
     import ray
 
     cfg = C.build_config(tree)
+    if resume_from is None:  # a new run, as with one process (Ray Train would restore the last one)
+        shutil.rmtree(out_dir / "ray_train", ignore_errors=True)
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", include_dashboard=False, logging_level="WARNING")
