@@ -41,11 +41,11 @@ def make_trainer(
     storage: str,
     max_failures: int,
     callbacks: list,
-    resume_from: Path | None = None,
 ):
     """The TorchTrainer of one trial. `loop_config`: {"config": trial config tree, "fn":
     'module:function' (called like run_trial), "out_dir": a folder rank 0 writes, or None for a
-    temporary one}. `resume_from`: a checkpoint folder to start from (`harness train --resume`)."""
+    temporary one, and optionally "resume_from": a checkpoint folder every worker can read, to
+    start from when Ray Train has no checkpoint of its own (`harness train --resume`)}."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -63,7 +63,6 @@ def make_trainer(
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
-        resume_from_checkpoint=ray.train.Checkpoint.from_directory(str(resume_from)) if resume_from else None,
     )
 
 
@@ -89,9 +88,11 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     scratch = Path(tempfile.mkdtemp(prefix=f"harness_rank{context.get_world_rank()}_"))
     out_dir = Path(loop_config["out_dir"]) if loop_config.get("out_dir") else scratch / "trial"
     resume_from = None
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # after a restart: the last one reported
     if checkpoint is not None:
         resume_from = Path(checkpoint.to_directory(str(scratch / "restored")))
+    elif loop_config.get("resume_from"):
+        resume_from = Path(loop_config["resume_from"])
 
     def on_epoch(epoch: int, metrics: dict[str, float], ckpt_dir: Path | None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
@@ -178,7 +179,12 @@ def train_locally(
     try:
         callbacks = [log_epochs(logger.tracking_uri, logger.run_id)] if logger is not None else []
         trainer = make_trainer(
-            {"config": tree, "fn": DEFAULT_TRIAL_FN, "out_dir": str(out_dir)},
+            {
+                "config": tree,
+                "fn": DEFAULT_TRIAL_FN,
+                "out_dir": str(out_dir),
+                "resume_from": str(resume_from) if resume_from else None,
+            },
             workers=cfg.run.workers,
             cpu=resources["cpu"],
             gpu=resources["gpu"],
@@ -186,7 +192,6 @@ def train_locally(
             storage=str(out_dir),
             max_failures=max_failures,
             callbacks=callbacks,
-            resume_from=resume_from,
         )
         trainer.fit()
     finally:

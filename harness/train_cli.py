@@ -147,12 +147,17 @@ def _data_parallel(cfg: C.TrialConfig, out: Path, args: argparse.Namespace) -> i
             max_failures=args.max_failures,
             logger=logger,
         )
-    except BaseException as exc:
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C (Ray's handler exits the driver)
         if logger:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            logger.finish({}, None, status=status, error=repr(exc))
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+            logger.finish({}, None, status="KILLED", error=repr(exc))
+        print(
+            f"harness train: interrupted; `--resume --out {out}` goes on from the last checkpoint",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as exc:
+        if logger:
+            logger.finish({}, None, status="FAILED", error=repr(exc))
         print(f"harness train: the data-parallel trial failed: {exc}", file=sys.stderr)
         return 1
     artifacts = out / "checkpoint" / "artifacts"
