@@ -70,6 +70,9 @@ RAY_TRIAL_TAG = "harness.ray_trial_id"
 RETRIES_TAG = "harness.retries"  # how often Ray retried the trial
 # Result keys of a trial's reports to Ray (Tune or Train), beside its metrics
 ENV_RESULT_KEY = "harness_env"  # the tags a trial reports about where it runs (device, versions, host)
+# the epochs a resumed data-parallel trial reports again from its checkpoint's history: Ray Train keeps
+# a checkpoint whose epoch the Tune driver may never have received (it was interrupted in between)
+REPLAY_RESULT_KEY = "harness_replay"
 # the newest checkpoint of a data-parallel trial, as Ray's TuneReportCallback adds it to Tune's results
 TRAIN_CHECKPOINT_KEY = "checkpoint_path"
 WORLD_SIZE_TAG = "harness.world_size"  # data-parallel processes of the trial (run.workers; 1: one process)

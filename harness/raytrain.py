@@ -74,7 +74,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from harness.contract import ENV_RESULT_KEY
+    from harness.contract import ENV_RESULT_KEY, REPLAY_RESULT_KEY
     from harness.runtime import runtime_tags
 
     _quiet_reports()
@@ -94,14 +94,31 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     elif loop_config.get("resume_from"):
         resume_from = Path(loop_config["resume_from"])
 
+    # A resumed run reports its checkpoint's epochs again with its first epoch: whoever logs the
+    # reports may not have received them (a driver interrupted after Ray Train kept the checkpoint).
+    replay = _history(resume_from) if resume_from is not None and context.get_world_rank() == 0 else []
+
     def on_epoch(epoch: int, metrics: dict[str, float], ckpt_dir: Path | None) -> None:
+        nonlocal replay
+        result = {**metrics, "epoch": epoch, ENV_RESULT_KEY: env}
+        if replay:
+            result[REPLAY_RESULT_KEY], replay = replay, []
         ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
-        ray.train.report({**metrics, "epoch": epoch, ENV_RESULT_KEY: env}, checkpoint=ckpt)
+        ray.train.report(result, checkpoint=ckpt)
 
     try:
         run_trial(cfg, out_dir=out_dir, on_epoch=on_epoch, resume_from=resume_from)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _history(checkpoint_dir: Path) -> list[dict[str, float]]:
+    """The per-epoch metrics a trial's checkpoint holds."""
+    from harness.engine import load_checkpoint
+    from harness.trial import CHECKPOINT_FILE
+
+    path = Path(checkpoint_dir) / CHECKPOINT_FILE
+    return list(load_checkpoint(path)["history"]) if path.exists() else []
 
 
 def _quiet_reports() -> None:
@@ -207,23 +224,15 @@ def log_epochs(tracking_uri: str, run_id: str):
     """
     from ray.train import UserCallback
 
-    from harness.contract import ENV_RESULT_KEY
     from harness.tracking import TrialLogger, open_store
 
     class LogEpochs(UserCallback):
         def __init__(self) -> None:
-            self._logger, self._env = None, None
+            self._logger = None
 
         def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
             if self._logger is None:
                 self._logger = TrialLogger(open_store(tracking_uri), run_id)
-            result = metrics[0]
-            env = result.get(ENV_RESULT_KEY)
-            if isinstance(env, dict) and env != self._env:
-                self._logger.set_tags(env)
-                self._env = env
-            self._logger.log_epoch(
-                result.get("epoch"), {k: v for k, v in result.items() if k != ENV_RESULT_KEY}
-            )
+            self._logger.log_report(metrics[0])
 
     return LogEpochs()

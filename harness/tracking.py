@@ -40,6 +40,7 @@ from harness.contract import (
     MODEL_TRAINING,
     PARENT_TAG,
     RAY_TRIAL_TAG,
+    REPLAY_RESULT_KEY,
     RETRIES_TAG,
     RUN_KIND_TAG,
     SWEEP_FILE_TAG,
@@ -180,6 +181,7 @@ class TrialLogger:
         self.run_id = run_id
         self.last_step = last_step  # highest epoch logged so far
         self._last_keys: set[str] = set()
+        self._env: dict | None = None  # the runtime tags last set from a report
         self.finished = False
 
     @property
@@ -242,6 +244,18 @@ class TrialLogger:
         items = [RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, tags=items[i : i + 100])
+
+    def log_report(self, result: Mapping[str, Any]) -> None:
+        """One report of the trial (a Ray Tune result, or rank 0's Ray Train report): its runtime tags
+        when they change, the epochs it replays (a resumed data-parallel trial's history, which this
+        run may lack: see REPLAY_RESULT_KEY), then its own epoch."""
+        env = result.get(ENV_RESULT_KEY)
+        if isinstance(env, dict) and env != self._env:
+            self.set_tags(env)
+            self._env = dict(env)
+        for past in result.get(REPLAY_RESULT_KEY) or ():
+            self.log_epoch(past.get("epoch"), past)
+        self.log_epoch(result.get("epoch"), {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS})
 
     def catch_up(self) -> None:
         """Learn which epochs the run holds when another process logged them (harness.raytrain.LogEpochs)."""
@@ -566,7 +580,6 @@ class MlflowTuneCallback(_TuneCallback):
 
     def _reset(self) -> None:
         self._loggers: dict[str, TrialLogger] = {}
-        self._env: dict[str, dict] = {}
 
     def __getstate__(self) -> dict:
         return {"sweep_run": self.sweep_run}
@@ -602,16 +615,7 @@ class MlflowTuneCallback(_TuneCallback):
         self._guard(trial, lambda: self._logger(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        def log() -> None:
-            logger = self._logger(trial)
-            env = result.get(ENV_RESULT_KEY)
-            if isinstance(env, dict) and self._env.get(logger.run_id) != env:
-                logger.set_tags(env)
-                self._env[logger.run_id] = env
-            metrics = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS}
-            logger.log_epoch(result.get("epoch"), metrics)
-
-        self._guard(trial, log)
+        self._guard(trial, lambda: self._logger(trial).log_report(result))
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         self._guard(trial, lambda: self._logger(trial).set_tags({RETRIES_TAG: str(trial.num_failures)}))

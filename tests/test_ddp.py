@@ -192,23 +192,27 @@ def test_harness_train_logs_the_workers_epochs_once_through_the_train_controller
     """`harness train --set run.workers=N` logs its MLflow run from Ray Train's controller
     (harness.raytrain.log_epochs, given each report of the workers) and closes it from the driver,
     which first learns what the controller logged (TrialLogger.catch_up): each epoch once, the
-    runtime tags, world_size N. (The Ray wiring it shares with sweeps: tests/test_sweep_e2e.py.)"""
+    runtime tags, world_size N. A report lost before a restart (epoch 2 here) comes back in the
+    history the resumed run replays with its first report. (The Ray wiring: tests/test_sweep_e2e.py.)"""
+    from harness.contract import REPLAY_RESULT_KEY
     from harness.raytrain import log_epochs
     from harness.tracking import TrialLogger
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = C.build_config(None, {"run.workers": 2, "optim.epochs": 2})
+    cfg = C.build_config(None, {"run.workers": 2, "optim.epochs": 3})
     driver = TrialLogger.start_single(cfg, experiment="dp", tracking_uri=uri)
     callback = log_epochs(uri, driver.run_id)  # pickled to the controller in a real run
     env = {"harness.device": "cpu", "harness.host": "node-3"}
-    for epoch in (1, 2):  # what the workers report: rank 0's metrics first
-        reports = [{"epoch": epoch, "test/acc": 0.5 + epoch / 10, "harness_env": env}] * 2
-        callback.after_report(None, reports, None)
+    epochs = [{"epoch": e, "test/acc": 0.5 + e / 10} for e in (1, 2, 3)]
+    callback.after_report(None, [{**epochs[0], "harness_env": env}] * 2, None)  # rank 0's first
+    # epoch 2 was checkpointed but its report never arrived; the restarted workers resume after it
+    resumed = {**epochs[2], "harness_env": env, REPLAY_RESULT_KEY: epochs[:2]}
+    callback.after_report(None, [resumed, {**epochs[2], "harness_env": env}], None)
     driver.catch_up()
-    driver.finish({"epoch": 2, "test/acc": 0.7, "train/collapsed": 0.0}, None, status="FINISHED")
+    driver.finish({"epoch": 3, "test/acc": 0.8, "train/collapsed": 0.0}, None, status="FINISHED")
 
     run = driver.client.get_run(driver.run_id)
     history = [(m.step, m.value) for m in driver.client.get_metric_history(driver.run_id, "test/acc")]
-    assert history == [(1, 0.6), (2, 0.7)], "each epoch once"
+    assert history == [(1, 0.6), (2, 0.7), (3, 0.8)], "each epoch once, the lost one replayed"
     assert run.info.status == "FINISHED" and run.data.tags["harness.host"] == "node-3"
     assert run.data.tags["harness.world_size"] == "2" and run.data.tags["harness.collapsed"] == "false"
