@@ -179,10 +179,10 @@ def resnet50(out: Path, device: str, steps: int):
 
 @section("ImageFolder loader alone: JPEGs decoded on the GPU (nvJPEG) vs PIL workers")
 def jpeg(out: Path, device: str):
-    """2048 ImageNet-like JPEGs, batch 128: 16 batches, the first of each of the 8 workers untimed."""
+    """4096 ImageNet-like JPEGs, batch 128: 32 batches, the first of each of the 8 workers untimed."""
     _harness(
         [
-            *("bench", "--loader", "--device", device, "--images", "2048", "--batch-size", "128"),
+            *("bench", "--loader", "--device", device, "--images", "4096", "--batch-size", "128"),
             *("--workers", "8", "--json", str(out / "loader.json")),
         ]
     )
