@@ -432,6 +432,13 @@ def load_yaml(path: str | Path) -> dict:
     return tree
 
 
+def add_overrides_option(parser, help: str) -> None:
+    """The `--set KEY=VALUE` option (repeatable) of an argparse parser, read by `parse_overrides(args.overrides)`."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """['optim.lr=0.05', 'collab.split=[1,2]'] -> {'optim.lr': 0.05, 'collab.split': [1, 2]} (values read as YAML)."""
     out = {}

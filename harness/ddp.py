@@ -8,8 +8,8 @@ Torch only. The processes are started, and torch.distributed initialized, by Ray
   (harness.loaders.shard_positions: B // W or B // W + 1 samples) of the same pass, drawn from
   (seed, epoch), so results do not depend on worker timing.
 - The collaborative graph is wrapped in DistributedDataParallel: every head's gradient is
-  all-reduced. Each process's mean gradient is weighted by its share of the batch before the
-  sum, so the reduced gradient is the one-process gradient of the global batch also when W
+  all-reduced (averaged). Each process's loss is weighted by its share of the batch
+  (`loss_weight`), so the average is the one-process gradient of the global batch also when W
   does not divide B. Backpropagation rescaling acts inside the graph and is unchanged.
 - BatchNorm normalizes with each process's own part of the batch unless `run.sync_bn`
   (SyncBatchNorm: the statistics of the global batch, as in one process). Without it, DDP

@@ -102,8 +102,6 @@ class _LabelsMixin:
 
     device: torch.device
     num_samples: int
-    batch_size: int
-    shard: Shard
     _labels: torch.Tensor
 
     def _as_labels(self, values: Any, what: str) -> torch.Tensor:
@@ -121,11 +119,6 @@ class _LabelsMixin:
     @labels.setter
     def labels(self, values: Any) -> None:
         self._labels = self._as_labels(values, "labels")
-
-    @property
-    def local_batch_size(self) -> int:
-        """This process's part of a full batch (`batch_size` itself in a one-process run)."""
-        return part_size(self.batch_size, self.shard)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch `epoch` (its order and augmentation are fixed by (seed, epoch))."""

@@ -75,13 +75,14 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     import torch
 
     from harness.contract import ENV_RESULT_KEY, REPLAY_RESULT_KEY
+    from harness.engine import resolve_device
     from harness.runtime import runtime_tags
 
     _quiet_reports()
     cfg = C.build_config(loop_config["config"])
     module, _, attr = loop_config.get("fn", DEFAULT_TRIAL_FN).partition(":")
     run_trial = getattr(importlib.import_module(module), attr)
-    if cfg.run.device != "cpu" and torch.cuda.is_available():
+    if resolve_device(cfg.run.device).type == "cuda":
         torch.cuda.set_device(ray.train.torch.get_device())  # this worker's card
     context = ray.train.get_context()
     env = runtime_tags(cfg.run.device)
@@ -160,17 +161,19 @@ def local_resources(cfg: C.TrialConfig) -> tuple[dict[str, float], list[str]]:
     """
     import torch
 
-    workers, device = cfg.run.workers, cfg.run.device
-    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if not cuda:
-        return {"cpu": min(1.0, (os.cpu_count() or 1) / workers), "gpu": 0.0}, []
+    from harness.engine import resolve_device
+
+    workers = cfg.run.workers
+    per_worker = {"cpu": min(1.0, (os.cpu_count() or 1) / workers), "gpu": 0.0}
+    if resolve_device(cfg.run.device).type != "cuda":
+        return per_worker, []
     cards = torch.cuda.device_count()
     problems = []
     if cards < workers:
         problems.append(
             f"run.workers {workers} asks for {workers} GPUs (one per worker); this machine has {cards}"
         )
-    return {"cpu": min(1.0, (os.cpu_count() or 1) / workers), "gpu": 1.0}, problems
+    return {**per_worker, "gpu": 1.0}, problems
 
 
 def train_locally(

@@ -20,13 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="sweep file(s) to check")
     else:
         parser.add_argument("file", type=Path, metavar="FILE", help="sweep file, e.g. sweeps/quickstart.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set a config key in every trial, over base (e.g. --set data.root=/data/cifar); repeatable",
+    C.add_overrides_option(
+        parser, "set a config key in every trial, over base (e.g. --set data.root=/data/cifar); repeatable"
     )
     if name == "validate":
         return

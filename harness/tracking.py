@@ -258,7 +258,7 @@ class TrialLogger:
         self.log_epoch(result.get("epoch"), {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS})
 
     def catch_up(self) -> None:
-        """Learn which epochs the run holds when another process logged them (harness.raytrain.LogEpochs)."""
+        """Learn which epochs the run holds when another process logged them (harness.raytrain.log_epochs)."""
         self.last_step, self._last_keys = _last_logged(self.client, self.client.get_run(self.run_id))
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:

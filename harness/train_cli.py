@@ -20,13 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument(
         "config", nargs="?", help="trial config YAML (sections data, noise, model, collab, optim, run)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a dotted key, e.g. --set noise.rate=0.4 (repeatable; values read as YAML)",
+    C.add_overrides_option(
+        parser, "override a dotted key, e.g. --set noise.rate=0.4 (repeatable; values read as YAML)"
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="folder for checkpoints and artifacts [runs/train-<time>]"
@@ -71,15 +66,15 @@ def main(args: argparse.Namespace) -> int:
     for problem in label_file_problems([cfg]):
         print(f"harness train: {problem}", file=sys.stderr)
         return 2
-    if cfg.run.workers > 1:
-        return _data_parallel(cfg, out, args)
-
-    logger = None if args.no_mlflow else _mlflow_logger(cfg, args.experiment)
-    on_epoch = (lambda epoch, metrics, ckpt: logger.log_epoch(epoch, metrics)) if logger else None
     resume_from = out / "checkpoint" if args.resume else None
     if resume_from is not None and not (resume_from / CHECKPOINT_FILE).exists():
         print(f"harness train: no checkpoint to resume at {resume_from / CHECKPOINT_FILE}", file=sys.stderr)
         return 2
+    if cfg.run.workers > 1:
+        return _data_parallel(cfg, out, resume_from, args)
+
+    logger = None if args.no_mlflow else _mlflow_logger(cfg, args.experiment)
+    on_epoch = (lambda epoch, metrics, ckpt: logger.log_epoch(epoch, metrics)) if logger else None
     try:
         final = run_trial(cfg, out_dir=out, on_epoch=on_epoch, resume_from=resume_from)
     except BaseException as exc:
@@ -114,7 +109,7 @@ def _report(final: dict, out: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_parallel(cfg: C.TrialConfig, out: Path, args: argparse.Namespace) -> int:
+def _data_parallel(cfg: C.TrialConfig, out: Path, resume_from: Path | None, args: argparse.Namespace) -> int:
     """The trial as run.workers Ray Train workers on a local Ray; nothing starts unless they fit."""
     if importlib.util.find_spec("ray") is None:
         print("harness train: run.workers > 1 needs Ray Train: pip install 'ray[train]'", file=sys.stderr)
@@ -122,17 +117,11 @@ def _data_parallel(cfg: C.TrialConfig, out: Path, args: argparse.Namespace) -> i
     from harness.raytrain import local_resources, train_locally
 
     resources, problems = local_resources(cfg)
+    if args.max_failures < 0:
+        problems.append(f"--max-failures must be >= 0, got {args.max_failures}")
     for problem in problems:
         print(f"harness train: {problem}", file=sys.stderr)
-    if problems or args.max_failures < 0:
-        if args.max_failures < 0:
-            print(f"harness train: --max-failures must be >= 0, got {args.max_failures}", file=sys.stderr)
-        return 2
-    from harness.trial import CHECKPOINT_FILE
-
-    resume_from = out / "checkpoint" if args.resume else None
-    if resume_from is not None and not (resume_from / CHECKPOINT_FILE).exists():
-        print(f"harness train: no checkpoint to resume at {resume_from / CHECKPOINT_FILE}", file=sys.stderr)
+    if problems:
         return 2
     logger = None if args.no_mlflow else _mlflow_logger(cfg, args.experiment)
     print(
