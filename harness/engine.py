@@ -1,17 +1,23 @@
-"""The training engine: train_one_epoch, evaluate, fit.
+"""The training engine: train_one_epoch, evaluate, fit (and fit_pack).
 
 Reads top to bottom like a training script. `fit` runs epochs of SGD on a collaborative
 training graph, evaluates every head, the kept head and the heads' ensemble, measures how
 much of the label noise the kept head has memorized, and hands a metrics dict per epoch to
 a callback (which logs, reports to Ray Tune and checkpoints). Accuracies are fractions.
+
+`fit_pack` does the same for a pack: several members (trials) with their own graphs, data order,
+labels and hyperparameters, trained in lockstep so that each step is one step of all of them
+(harness.step's pack steps). Everything but the step is each member's own: its metrics,
+checkpoints, collapse stop, and its failure (a diverged loss ends that member only). `fit` is a
+pack of one.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +40,7 @@ from harness.contract import (
 )
 from harness.ddp import ALONE, World, data_parallel, loss_weight
 from harness.optim import SGD, build_scheduler, ramp_factor
-from harness.step import EagerStep, autocast, make_loss_fn, make_train_step
+from harness.step import EagerStep, autocast, make_loss_fn, make_pack_step, make_train_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -99,6 +105,7 @@ def setup_training(
     steps_per_epoch: int,
     batch_size: int,
     world: World = ALONE,
+    own_graph: bool = True,
 ) -> Training:
     """SGD, its schedule and the fastest step the device allows, for `fit`, `harness bench` and the GPU checks.
 
@@ -106,7 +113,8 @@ def setup_training(
     rescale "loss". The soft target's weight is 1 (the paper), or ramped in from 0 over the first
     soft_rampup_epochs as a device tensor refilled outside any captured graph (`Training.after_step`).
     Data-parallel (`world`): the steps run the graph wrapped in DDP (harness.ddp), eagerly (DDP's
-    all-reduce is not captured in a CUDA graph); `batch_size` is the global batch.
+    all-reduce is not captured in a CUDA graph); `batch_size` is the global batch. `own_graph`
+    False: an eager step even on CUDA, for a member of a pack whose steps are captured together.
     """
     device = torch.device(device)
     trained, weight = model, 1.0
@@ -147,7 +155,7 @@ def setup_training(
             make_loss_fn(**loss),
             device=device,
             amp=opts.amp,
-            cuda_graph=opts.cuda_graph and not world.parallel,
+            cuda_graph=opts.cuda_graph and own_graph and not world.parallel,
             batch_size=batch_size,
         )
     training = Training(optimizer, scheduler, step, ramp_steps, soft_weight, weight)
@@ -196,47 +204,72 @@ def class_counts(logits: torch.Tensor) -> torch.Tensor:
 
 
 def train_one_epoch(
-    training: Training, loader, *, kept_head: int, device, world: World = ALONE
-) -> dict[str, float]:
-    """One pass over the training loader. Counters stay on the device: no sync per step; they are
-    summed over the data-parallel processes at the end, so every process returns the same metrics."""
-    zeros = lambda: torch.zeros((), device=device, dtype=torch.float64)  # noqa: E731
+    step: Callable,
+    trainings: Sequence[Training],
+    loaders: Sequence,
+    *,
+    kept_heads: Sequence[int],
+    device,
+    world: World = ALONE,
+) -> list[dict[str, float] | TrainingDiverged]:
+    """One pass over each member's training loader, the members stepping together: `step` takes one
+    batch per member and returns each member's (loss, logits) (harness.step's pack steps; a pack of
+    one for a lone trial). The members' loaders have the same number of batches of the same sizes.
+
+    Returns each member's metrics, or the TrainingDiverged that ends it. Counters stay on the device,
+    one entry per member: no sync per step; they are summed over the data-parallel processes at the
+    end, so every process returns the same metrics.
+    """
+    n_members = len(trainings)
+    zeros = lambda: torch.zeros(n_members, device=device, dtype=torch.float64)  # noqa: E731
     loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top = (zeros() for _ in range(7))
+    weights = torch.tensor([t.loss_weight for t in trainings], device=device, dtype=torch.float64)
     steps = 0
-    for batch in loader:
-        loss, logits = training.step(batch.x, batch.y)
-        training.scheduler.step()
-        training.after_step()
-        pred = logits[kept_head].argmax(1)
-        is_flipped = batch.y != batch.clean
-        loss_sum += loss.double() * (batch.y.shape[0] / training.loss_weight)
-        n += batch.y.shape[0]
-        hit_noisy += (pred == batch.y).sum()
-        hit_clean += (pred == batch.clean).sum()
-        flipped += is_flipped.sum()
-        memorized += (is_flipped & (pred == batch.y)).sum()
-        top += class_counts(logits[kept_head]).max()
+    for batches in zip(*loaders, strict=True):
+        outputs = step([(batch.x, batch.y) for batch in batches])
+        for training in trainings:
+            training.scheduler.step()
+            training.after_step()
+        loss = torch.stack([member_loss for member_loss, _ in outputs]).double()
+        kept = torch.stack([logits[h] for (_, logits), h in zip(outputs, kept_heads)])  # (members, B, K)
+        y = torch.stack([batch.y for batch in batches])
+        clean = torch.stack([batch.clean for batch in batches])
+        pred = kept.argmax(2)
+        is_flipped = y != clean
+        loss_sum += loss * (y.shape[1] / weights)
+        n += y.shape[1]
+        hit_noisy += (pred == y).sum(1)
+        hit_clean += (pred == clean).sum(1)
+        flipped += is_flipped.sum(1)
+        memorized += (is_flipped & (pred == y)).sum(1)
+        top += F.one_hot(pred, kept.shape[2]).sum(1).max(1).values  # per member, as class_counts
         steps += 1
     totals = world.sum(torch.stack([loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top]))
-    loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top = totals
     # one sync per epoch: this is where a diverged loss is caught (by every process at once)
-    loss_mean = (loss_sum / n).item()
-    if not math.isfinite(loss_mean):
-        raise TrainingDiverged(
-            f"training loss became {loss_mean} (lr too high, or data not normalized?); stopping instead of "
-            "training on garbage"
+    results: list[dict[str, float] | TrainingDiverged] = []
+    for loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top in totals.T.tolist():
+        loss_mean = loss_sum / n
+        if not math.isfinite(loss_mean):
+            results.append(
+                TrainingDiverged(
+                    f"training loss became {loss_mean} (lr too high, or data not normalized?); stopping "
+                    "instead of training on garbage"
+                )
+            )
+            continue
+        results.append(
+            {
+                TRAIN_LOSS: loss_mean,
+                TRAIN_ACC_NOISY: hit_noisy / n,
+                TRAIN_ACC_CLEAN: hit_clean / n,
+                # share of flipped samples the kept head predicts as their wrong label; 0 without noise
+                TRAIN_MEMORIZED: memorized / flipped if flipped else 0.0,
+                "train/pred_top_share": top / n,
+                "train/images": n,
+                "train/steps": steps,
+            }
         )
-    count = n.item()
-    return {
-        TRAIN_LOSS: loss_mean,
-        TRAIN_ACC_NOISY: hit_noisy.item() / count,
-        TRAIN_ACC_CLEAN: hit_clean.item() / count,
-        # share of flipped samples the kept head predicts as their wrong label; 0 without noise
-        TRAIN_MEMORIZED: memorized.item() / flipped.item() if flipped.item() else 0.0,
-        "train/pred_top_share": top.item() / count,
-        "train/images": count,
-        "train/steps": steps,
-    }
+    return results
 
 
 @torch.no_grad()
@@ -284,6 +317,38 @@ def evaluate(
 EpochCallback = Callable[[int, dict[str, float], dict], None]
 
 
+@dataclass
+class Member:
+    """One trial in the engine's hands: what `fit_pack` trains, and (after it) how that went.
+
+    `resume` is a `checkpoint_state` to continue from; `on_epoch(epoch, metrics, state)` is called
+    after each of its epochs with the state a checkpoint needs. `rng` is torch's CPU generator
+    state as the trial alone would have it (its checkpoints carry it): the state after its graph
+    was built, which no training step draws from (augmentation draws come from (seed, epoch)).
+    """
+
+    model: torch.nn.Module
+    train_loader: object
+    eval_loaders: dict
+    opts: FitOptions
+    resume: dict | None = None
+    on_epoch: EpochCallback | None = None
+    log: Callable[[str], None] = print
+    rng: torch.Tensor | None = None
+    # filled in by fit_pack
+    training: Training | None = None
+    epoch: int = 0  # the last epoch trained
+    history: list[dict] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
+    collapsed_for: int = 0
+    error: Exception | None = None  # what ended it early (a diverged loss, a failing callback)
+    stopped: bool = False  # ended by run.stop_on_collapse
+
+    @property
+    def ended(self) -> bool:
+        return self.error is not None or self.stopped or self.epoch >= self.opts.epochs
+
+
 def fit(
     model: torch.nn.Module,
     train_loader,
@@ -296,93 +361,172 @@ def fit(
     log: Callable[[str], None] = print,
     world: World = ALONE,
 ) -> dict[str, float]:
-    """Train for opts.epochs; return the last epoch's metrics.
+    """Train for opts.epochs; return the last epoch's metrics (a pack of one, see `fit_pack`).
 
     on_epoch(epoch, metrics, state) is called after every epoch (1-based) with the state a
     checkpoint needs (see `checkpoint_state`); `resume` is such a state, to continue from.
     Data-parallel (`world`, harness.ddp): every process runs this with its shard of the loaders
     and gets the same metrics.
     """
+    member = Member(model, train_loader, eval_loaders, opts, resume=resume, on_epoch=on_epoch, log=log)
+    fit_pack([member], device=device, world=world)
+    if member.error is not None:
+        raise member.error
+    return member.metrics
+
+
+def fit_pack(
+    members: Sequence[Member],
+    *,
+    device: torch.device,
+    world: World = ALONE,
+    on_round: Callable[[Sequence[Member]], None] | None = None,
+) -> None:
+    """Train every member to its end, all members that are still training stepping together.
+
+    The members share the device, the number of batches per epoch and the batch size (harness.pack
+    checks what a pack may hold); anything else may differ, the epoch they resume at included.
+    Each round trains one epoch of every member still training; then each is evaluated, logged and
+    called back on its own. A member ends at its last epoch, at a collapse stop or with an error
+    (`Member.error`: a diverged loss, a failing callback), and leaves the pack; the others go on
+    unchanged. `on_round(members)` is called after each round with the members of that round.
+    """
     device = torch.device(device)
-    training = setup_training(
-        model,
+    for member in members:
+        _start(member, device, world, packed=len(members) > 1)
+    active = [m for m in members if not m.ended]
+    while active:
+        step = make_pack_step(
+            [m.training.step for m in active],
+            graph=device.type == "cuda"
+            and all(m.opts.cuda_graph and m.opts.update == "simultaneous" for m in active),
+            batch_size=active[0].train_loader.batch_size,
+        )
+        while active and all(not m.ended for m in active):
+            _train_round(step, active, device, world)
+            if on_round is not None:
+                on_round(active)
+            if any(m.ended for m in active):
+                active = [m for m in active if not m.ended]
+                break  # a new pack step for the members left
+
+
+def _start(member: Member, device: torch.device, world: World, *, packed: bool) -> None:
+    """Set a member up for training: SGD, schedule and step; its resumed state where it has one."""
+    opts, loader = member.opts, member.train_loader
+    member.training = setup_training(
+        member.model,
         opts,
         device=device,
-        steps_per_epoch=len(train_loader),
-        batch_size=train_loader.batch_size,
+        steps_per_epoch=len(loader),
+        batch_size=loader.batch_size,
+        world=world,
+        own_graph=not packed,
+    )
+    if member.rng is None:
+        member.rng = torch.get_rng_state()
+    if member.resume is not None:
+        resume, training = member.resume, member.training
+        member.model.load_state_dict(resume["model"])
+        training.optimizer.load_state_dict(resume["optimizer"])
+        training.scheduler.load_state_dict(resume["scheduler"])
+        training.after_step()  # the ramp where the restored schedule is
+        member.rng = resume["rng"]["torch"]
+        member.epoch, member.history = resume["epoch"], list(resume["history"])
+        member.metrics = dict(member.history[-1]) if member.history else {}
+        member.collapsed_for = int(member.metrics.get("train/collapsed_epochs", 0))
+        member.stopped = bool(member.history) and stops_on_collapse(opts, member.metrics)
+        member.log(f"resuming at epoch {member.epoch + 1} of {opts.epochs}")
+    member.model.train()
+
+
+def _train_round(step: Callable, members: Sequence[Member], device: torch.device, world: World) -> None:
+    """One epoch of every member: train them together, then evaluate and call back each on its own."""
+    for member in members:
+        member.train_loader.set_epoch(member.epoch + 1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    results = train_one_epoch(
+        step,
+        [m.training for m in members],
+        [m.train_loader for m in members],
+        kept_heads=[m.opts.kept_head for m in members],
+        device=device,
         world=world,
     )
-    optimizer, scheduler = training.optimizer, training.scheduler
-    start_epoch, history = 1, []
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        training.after_step()  # the ramp where the restored schedule is
-        torch.set_rng_state(resume["rng"]["torch"])
-        if device.type == "cuda" and resume["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
-        start_epoch, history = resume["epoch"] + 1, list(resume["history"])
-        log(f"resuming at epoch {start_epoch} of {opts.epochs}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_s = time.perf_counter() - t0
+    for member, result in zip(members, results):
+        member.epoch += 1
+        if isinstance(result, Exception):
+            member.error = result
+            continue
+        try:
+            _end_epoch(member, result, device=device, world=world, t0=t0, train_s=train_s)
+        except Exception as exc:  # noqa: BLE001 - a member's failure is its own; the pack goes on
+            member.error = exc
 
-    model.train()
-    metrics: dict[str, float] = {}
-    collapsed_for = int(history[-1].get("train/collapsed_epochs", 0)) if history else 0
-    for epoch in range(start_epoch, opts.epochs + 1):
-        train_loader.set_epoch(epoch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        metrics = train_one_epoch(
-            training, train_loader, kept_head=opts.kept_head, device=device, world=world
-        )
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_s = time.perf_counter() - t0
-        for name, loader in eval_loaders.items():
-            metrics.update(
-                evaluate(
-                    model,
-                    loader,
-                    kept_head=opts.kept_head,
-                    device=device,
-                    amp=opts.amp,
-                    prefix=name,
-                    world=world,
-                )
-            )
+
+def _end_epoch(
+    member: Member,
+    metrics: dict[str, float],
+    *,
+    device: torch.device,
+    world: World,
+    t0: float,
+    train_s: float,
+) -> None:
+    """Evaluate a member after its epoch, complete its metrics, log, call back, decide a collapse stop.
+
+    In a pack, time/epoch_s runs from the start of the pack's epoch to this member's end, and
+    perf/img_per_s is the member's own images over the pack's training time."""
+    opts, epoch, model = member.opts, member.epoch, member.model
+    for name, loader in member.eval_loaders.items():
         metrics.update(
-            {
-                "epoch": epoch,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train/soft_weight": training.current_soft_weight(),
-                TIME_EPOCH_S: time.perf_counter() - t0,
-                "time/train_s": train_s,
-                PERF_IMG_PER_S: metrics["train/images"] / train_s,
-            }
+            evaluate(
+                model,
+                loader,
+                kept_head=opts.kept_head,
+                device=device,
+                amp=opts.amp,
+                prefix=name,
+                world=world,
+            )
         )
-        shares = [metrics["train/pred_top_share"]]
-        shares += [metrics[f"{name}/pred_top_share"] for name in list(eval_loaders)[:1]]
-        metrics[TRAIN_COLLAPSED] = float(is_collapsed(*shares))
-        collapsed_for = collapsed_for + 1 if metrics[TRAIN_COLLAPSED] else 0
-        metrics["train/collapsed_epochs"] = collapsed_for
-        if device.type == "cuda":
-            metrics[GPU_PEAK_MEM_MB] = torch.cuda.max_memory_allocated(device) / 2**20
-        history.append(metrics)
-        log(format_epoch(epoch, opts.epochs, metrics))
-        if on_epoch is not None:
-            on_epoch(
-                epoch,
-                metrics,
-                checkpoint_state(model, optimizer, scheduler, epoch, history, device),
-            )
-        if stops_on_collapse(opts, metrics):
-            log(
-                f"stopping: the kept head has been collapsed for {collapsed_for} epochs "
-                f"(run.stop_on_collapse = {opts.stop_on_collapse})"
-            )
-            break
-    return metrics
+    metrics.update(
+        {
+            "epoch": epoch,
+            "lr": member.training.optimizer.param_groups[0]["lr"],
+            "train/soft_weight": member.training.current_soft_weight(),
+            TIME_EPOCH_S: time.perf_counter() - t0,
+            "time/train_s": train_s,
+            PERF_IMG_PER_S: metrics["train/images"] / train_s,
+        }
+    )
+    shares = [metrics["train/pred_top_share"]]
+    shares += [metrics[f"{name}/pred_top_share"] for name in list(member.eval_loaders)[:1]]
+    metrics[TRAIN_COLLAPSED] = float(is_collapsed(*shares))
+    member.collapsed_for = member.collapsed_for + 1 if metrics[TRAIN_COLLAPSED] else 0
+    metrics["train/collapsed_epochs"] = member.collapsed_for
+    if device.type == "cuda":
+        metrics[GPU_PEAK_MEM_MB] = torch.cuda.max_memory_allocated(device) / 2**20
+    member.history.append(metrics)
+    member.metrics = metrics
+    member.log(format_epoch(epoch, opts.epochs, metrics))
+    if member.on_epoch is not None:
+        training = member.training
+        state = checkpoint_state(
+            model, training.optimizer, training.scheduler, epoch, member.history, device, rng=member.rng
+        )
+        member.on_epoch(epoch, metrics, state)
+    if stops_on_collapse(opts, metrics):
+        member.stopped = True
+        member.log(
+            f"stopping: the kept head has been collapsed for {member.collapsed_for} epochs "
+            f"(run.stop_on_collapse = {opts.stop_on_collapse})"
+        )
 
 
 def stops_on_collapse(opts: FitOptions, metrics: dict[str, float]) -> bool:
@@ -401,9 +545,13 @@ def _alternate(steps: list[EagerStep]):
     return step
 
 
-def checkpoint_state(model, optimizer, scheduler, epoch: int, history: list[dict], device) -> dict:
-    """What a resumed run needs to reach the same result: weights, SGD buffers, schedule, RNG, epoch."""
-    rng = {"torch": torch.get_rng_state()}
+def checkpoint_state(
+    model, optimizer, scheduler, epoch: int, history: list[dict], device, *, rng: torch.Tensor | None = None
+) -> dict:
+    """What a resumed run needs to reach the same result: weights, SGD buffers, schedule, RNG, epoch.
+
+    `rng`: torch's CPU generator state to record (a pack member's own); torch's current one without."""
+    rng = {"torch": torch.get_rng_state() if rng is None else rng}
     rng["cuda"] = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
     return {
         "model": model.state_dict(),

@@ -1,16 +1,24 @@
-"""One training step of a collaborative graph: eager, or captured in a CUDA graph.
+"""One training step of a collaborative graph: eager, or captured in a CUDA graph; and the step
+of a pack of members (several trials trained together, harness.pack).
 
 ResNet-32-sized networks are launch-bound on a modern GPU: the step is hundreds of small
 kernels, and Python launches them slower than the GPU runs them. Capturing forward,
 backward and the SGD update once and replaying the graph removes that overhead. The
 captured step reads its batch from static tensors, so every replay copies the batch in
 first; a batch of another size (the last, partial one) runs eagerly on the same weights.
+
+A pack step takes one batch per member and returns each member's (loss, logits). Each member
+keeps its own modules and optimizer, so a member's step is exactly its step alone:
+`EagerPack` takes the members' own steps one after another (the CPU, alternating updates, or
+`run.cuda_graph: false`); `GraphedPack` captures every member's step into one CUDA graph, each
+member on a stream of its own, so the graph's branches (one per member) can run at once and a
+pack of small nets fills more of the GPU than one does.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -95,32 +103,17 @@ class CUDAGraphStep(EagerStep):
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.static_x = x.clone()
         self.static_y = y.clone()
-        # Warm-up steps are real SGD steps on this batch: the caller's first batch trains
-        # WARMUP_STEPS + 1 times. Save and restore the state so capture changes nothing.
-        saved_model = {k: v.clone() for k, v in self.model.state_dict().items()}
-        saved_opt = _clone_optimizer_state(self.optimizer)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP_STEPS):
-                self.eager_step(self.static_x, self.static_y, set_to_none=True)
-        torch.cuda.current_stream().wait_stream(side)
-        self.optimizer.sync_lr()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            with autocast(self.device, self.amp):
-                logits = self.model(self.static_x)
-                loss = self.loss_fn(logits, self.static_y)
-            loss.backward()
-            self.optimizer.step()
+        with _unchanged([self]):
+            _warm_up([self], [(self.static_x, self.static_y)], self.WARMUP_STEPS)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                with autocast(self.device, self.amp):
+                    logits = self.model(self.static_x)
+                    loss = self.loss_fn(logits, self.static_y)
+                loss.backward()
+                self.optimizer.step()
         self.static_loss = loss.detach()
         self.static_logits = [z.detach() for z in logits]
-        # undo the warm-up and the capture itself (capture does not run kernels, but be exact)
-        with torch.no_grad():
-            for k, v in self.model.state_dict().items():
-                v.copy_(saved_model[k])
-            _restore_optimizer_state(self.optimizer, saved_opt)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if x.shape[0] != self.batch_size:
@@ -134,6 +127,41 @@ class CUDAGraphStep(EagerStep):
         self.optimizer.sync_lr()
         self.graph.replay()
         return self.static_loss, self.static_logits
+
+
+@contextlib.contextmanager
+def _unchanged(steps: Sequence[EagerStep]):
+    """Leave the steps' models and optimizers as they were: warm-up steps are real SGD steps on the
+    first batch (it would train WARMUP_STEPS + 1 times), and capture is undone too (it runs no
+    kernels, but be exact)."""
+    saved = [
+        ({k: v.clone() for k, v in s.model.state_dict().items()}, _clone_optimizer_state(s.optimizer))
+        for s in steps
+    ]
+    yield
+    with torch.no_grad():
+        for s, (model, optimizer) in zip(steps, saved):
+            for k, v in s.model.state_dict().items():
+                v.copy_(model[k])
+            _restore_optimizer_state(s.optimizer, optimizer)
+
+
+def _warm_up(
+    steps: Sequence[EagerStep], batches: Sequence[tuple[torch.Tensor, torch.Tensor]], n: int
+) -> None:
+    """PyTorch's whole-network capture recipe, first half: a few eager steps on a side stream (lazy
+    allocations and cuDNN autotuning happen outside the graph), then gradients set to None so the
+    captured backward allocates them from the graph's private pool."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(n):
+            for step, (x, y) in zip(steps, batches):
+                step.eager_step(x, y, set_to_none=True)
+    torch.cuda.current_stream().wait_stream(side)
+    for step in steps:
+        step.optimizer.sync_lr()
+        step.optimizer.zero_grad(set_to_none=True)
 
 
 def _clone_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
@@ -163,3 +191,80 @@ def make_train_step(
     if cuda_graph and torch.device(device).type == "cuda":
         return CUDAGraphStep(model, optimizer, loss_fn, device=device, amp=amp, batch_size=batch_size)
     return EagerStep(model, optimizer, loss_fn, device=device, amp=amp)
+
+
+# --- packs: the steps of several members at once -------------------------------------------------
+
+Outputs = list[tuple[torch.Tensor, list[torch.Tensor]]]  # per member: (loss, logits of every head)
+
+
+class EagerPack:
+    """The members' own steps one after another: each member computes exactly what it computes alone."""
+
+    def __init__(self, steps: Sequence[Callable]):
+        self.steps = list(steps)
+
+    def __call__(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:
+        return [step(x, y) for step, (x, y) in zip(self.steps, batches)]
+
+
+class GraphedPack:
+    """Every member's step (forward, loss, backward, SGD) captured into one CUDA graph (CUDA only).
+
+    Member i runs on stream i, forked from the capturing stream and joined back at the end, so
+    the graph holds one independent branch per member and the GPU may run them at once. The
+    math of each member is its eager step's; `CUDAGraphStep` does the same for one member. A
+    batch of another size (the last, partial one) runs eagerly, member after member.
+    """
+
+    WARMUP_STEPS = CUDAGraphStep.WARMUP_STEPS
+
+    def __init__(self, steps: Sequence[EagerStep], *, batch_size: int):
+        self.steps = list(steps)
+        if any(s.device.type != "cuda" for s in self.steps):
+            raise ValueError("CUDA graph capture needs a CUDA device")
+        self.batch_size = batch_size
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def _capture(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.static = [(x.clone(), y.clone()) for x, y in batches]
+        self.streams = [torch.cuda.Stream() for _ in self.steps]
+        outputs: Outputs = []
+        with _unchanged(self.steps):
+            _warm_up(self.steps, self.static, self.WARMUP_STEPS)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                capturing = torch.cuda.current_stream()
+                for step, stream, (x, y) in zip(self.steps, self.streams, self.static):
+                    stream.wait_stream(capturing)
+                    with torch.cuda.stream(stream):
+                        with autocast(step.device, step.amp):
+                            logits = step.model(x)
+                            loss = step.loss_fn(logits, y)
+                        loss.backward()  # autograd runs each backward op on its forward op's stream
+                        step.optimizer.step()
+                    outputs.append((loss.detach(), [z.detach() for z in logits]))
+                for stream in self.streams:
+                    capturing.wait_stream(stream)
+        self.outputs = outputs
+
+    def __call__(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Outputs:
+        if batches[0][0].shape[0] != self.batch_size:
+            return [s.eager_step(x, y, set_to_none=False) for s, (x, y) in zip(self.steps, batches)]
+        if self.graph is None:
+            self._capture(batches)
+        for (static_x, static_y), (x, y) in zip(self.static, batches):
+            static_x.copy_(x)
+            static_y.copy_(y)
+        for step in self.steps:
+            step.optimizer.sync_lr()
+        self.graph.replay()
+        return self.outputs
+
+
+def make_pack_step(steps: Sequence[Callable], *, graph: bool, batch_size: int) -> Callable[..., Outputs]:
+    """The step of a pack whose members take `steps` alone: one CUDA graph for all of them when
+    `graph` (every step an `EagerStep` on CUDA), else their own steps one after another."""
+    if graph and len(steps) > 1:
+        return GraphedPack(steps, batch_size=batch_size)
+    return EagerPack(steps)

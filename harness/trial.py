@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,10 @@ from harness import config as C
 from harness.collab import build_training_graph, count_parameters
 from harness.contract import INFERENCE_PARAMS, TRAIN_PARAMS
 from harness.data import ImageData, load_dataset
-from harness.ddp import World, sync_batchnorm
+from harness.ddp import ALONE, World, sync_batchnorm
 from harness.engine import (
     FitOptions,
+    Member,
     fit,
     load_checkpoint,
     resolve_device,
@@ -119,10 +121,38 @@ def run_trial(
     calls this; each trains on its shard (harness.ddp) and gets the same metrics and callbacks,
     and only rank 0 logs and writes files (`on_epoch` gets the checkpoint folder on rank 0 only).
     """
-    out_dir = Path(out_dir)
     world = World.current()
     if not world.is_main:
         log = _silent
+    device = trial_device(cfg)
+    job = TrialJob.prepare(
+        cfg,
+        load_trial_data(cfg),
+        device=device,
+        out_dir=out_dir,
+        on_epoch=on_epoch,
+        resume_from=resume_from,
+        log=log,
+        world=world,
+    )
+    if job.ended:
+        return job.report_ended()
+    final = fit(
+        job.graph,
+        job.train_loader,
+        job.eval_loaders,
+        job.opts,
+        device=device,
+        resume=job.resume,
+        on_epoch=job.epoch_done,
+        log=log,
+        world=world,
+    )
+    return job.final(final)
+
+
+def trial_device(cfg: C.TrialConfig) -> torch.device:
+    """The device a trial trains on, with its peak-memory count started anew (CUDA)."""
     device = resolve_device(cfg.run.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # a data-parallel worker's own card
@@ -132,99 +162,175 @@ def run_trial(
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    seed_everything(cfg.run.seed)
+    return device
 
-    data = load_dataset(
+
+def load_trial_data(cfg: C.TrialConfig) -> ImageData:
+    """The trial's data set with its clean labels (the same for every seed: a pack loads it once)."""
+    return load_dataset(
         cfg.data.name,
         root=os.path.expanduser(cfg.data.root) if cfg.data.root else None,
         download=cfg.data.download,
         train_subset=cfg.data.train_subset,
         val_fraction=cfg.data.val_fraction,
     )
-    noisy = corrupt_labels(data, cfg.noise, seed=cfg.run.seed)  # the full set, before sharding
-    world.check_same(noisy.labels, "noisy training labels", device)
-    log(
-        f"{data.name}: {len(data.train_y)} training images, {data.num_classes} classes; "
-        f"noise {cfg.noise.kind} {cfg.noise.rate}: {noisy.rate:.2%} of labels flipped; device {device}"
-        + (f"; {world.size} data-parallel workers" if world.parallel else "")
-    )
 
-    graph = build_training_graph(
-        cfg.model.arch,
-        data.num_classes,
-        cfg.collab.topology,
-        cfg.collab.heads,
-        rescale=cfg.collab.rescale,
-        split=cfg.collab.split,
-        in_channels=data.channels,
-        zero_init_residual=cfg.model.zero_init_residual,
-    )
-    if world.parallel and cfg.run.sync_bn:
-        graph = sync_batchnorm(graph, device)
-    channels_last = cfg.run.channels_last and device.type == "cuda"
-    graph = graph.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    train_loader, eval_loaders = make_loaders(
-        data,
-        noisy.labels,
-        batch_size=cfg.optim.batch_size,
-        augment=cfg.data.augment,
-        device=device,
-        seed=cfg.run.seed,
-        num_workers=cfg.data.num_workers,
-        decode=cfg.data.decode,
-        channels_last=channels_last,
-        shard=world.shard,
-    )
-    sizes = {
-        TRAIN_PARAMS: count_parameters(graph),
-        INFERENCE_PARAMS: count_parameters(graph.export_head(cfg.collab.kept_head)),
-        "noise/realized_rate": noisy.rate,
-    }
 
-    resume = None
-    if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
-        resume = load_checkpoint(Path(resume_from) / CHECKPOINT_FILE)
-    ckpt_dir = out_dir / "checkpoint"
-    opts = fit_options(cfg)
+@dataclass
+class TrialJob:
+    """One trial ready to train: its labels, graph, loaders and callbacks (`TrialJob.prepare`).
 
-    def epoch_done(epoch: int, metrics: dict[str, float], state: dict) -> None:
+    `run_trial` trains it alone (`fit`), harness.pack with others (`fit_pack` of `as_member()`s).
+    `epoch_done` is the engine's callback: checkpoint every `run.checkpoint_every` epochs, artifacts
+    after the last, then the caller's `on_epoch(epoch, metrics, checkpoint folder or None)`.
+    """
+
+    cfg: C.TrialConfig
+    out_dir: Path
+    graph: torch.nn.Module
+    noisy: noise.NoisyLabels
+    train_loader: object
+    eval_loaders: dict
+    opts: FitOptions
+    sizes: dict[str, float]
+    resume: dict | None
+    rng: torch.Tensor  # torch's CPU generator state after the graph was built (checkpoints carry it)
+    world: World
+    on_epoch: TrialCallback | None
+    log: Callable[[str], None]
+
+    @classmethod
+    def prepare(
+        cls,
+        cfg: C.TrialConfig,
+        data: ImageData,
+        *,
+        device: torch.device,
+        out_dir: Path,
+        on_epoch: TrialCallback | None = None,
+        resume_from: Path | None = None,
+        log: Callable[[str], None] = print,
+        world: World = ALONE,
+    ) -> TrialJob:
+        """Seed, corrupt the labels, build the graph and the loaders; read the checkpoint to resume from."""
+        seed_everything(cfg.run.seed)
+        noisy = corrupt_labels(data, cfg.noise, seed=cfg.run.seed)  # the full set, before sharding
+        world.check_same(noisy.labels, "noisy training labels", device)
+        log(
+            f"{data.name}: {len(data.train_y)} training images, {data.num_classes} classes; "
+            f"noise {cfg.noise.kind} {cfg.noise.rate}: {noisy.rate:.2%} of labels flipped; device {device}"
+            + (f"; {world.size} data-parallel workers" if world.parallel else "")
+        )
+        graph = build_training_graph(
+            cfg.model.arch,
+            data.num_classes,
+            cfg.collab.topology,
+            cfg.collab.heads,
+            rescale=cfg.collab.rescale,
+            split=cfg.collab.split,
+            in_channels=data.channels,
+            zero_init_residual=cfg.model.zero_init_residual,
+        )
+        rng = torch.get_rng_state()
+        if world.parallel and cfg.run.sync_bn:
+            graph = sync_batchnorm(graph, device)
+        channels_last = cfg.run.channels_last and device.type == "cuda"
+        graph = graph.to(
+            device, memory_format=torch.channels_last if channels_last else torch.preserve_format
+        )
+        train_loader, eval_loaders = make_loaders(
+            data,
+            noisy.labels,
+            batch_size=cfg.optim.batch_size,
+            augment=cfg.data.augment,
+            device=device,
+            seed=cfg.run.seed,
+            num_workers=cfg.data.num_workers,
+            decode=cfg.data.decode,
+            channels_last=channels_last,
+            shard=world.shard,
+        )
+        sizes = {
+            TRAIN_PARAMS: count_parameters(graph),
+            INFERENCE_PARAMS: count_parameters(graph.export_head(cfg.collab.kept_head)),
+            "noise/realized_rate": noisy.rate,
+        }
+        resume = None
+        if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
+            resume = load_checkpoint(Path(resume_from) / CHECKPOINT_FILE)
+        return cls(
+            cfg,
+            Path(out_dir),
+            graph,
+            noisy,
+            train_loader,
+            eval_loaders,
+            fit_options(cfg),
+            sizes,
+            resume,
+            rng,
+            world,
+            on_epoch,
+            log,
+        )
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoint"
+
+    @property
+    def ended(self) -> bool:
+        """Whether the checkpoint to resume from is of the trial's last epoch: nothing left to train."""
+        return self.resume is not None and has_ended(self.resume, self.opts)
+
+    def as_member(self) -> Member:
+        """The trial as one member of a pack (harness.pack)."""
+        return Member(
+            self.graph,
+            self.train_loader,
+            self.eval_loaders,
+            self.opts,
+            resume=self.resume,
+            on_epoch=self.epoch_done,
+            log=self.log,
+            rng=self.rng,
+        )
+
+    def epoch_done(self, epoch: int, metrics: dict[str, float], state: dict) -> None:
+        resume, opts, world = self.resume, self.opts, self.world
         if epoch == 1 or (resume is not None and epoch == resume["epoch"] + 1):
-            metrics = {**sizes, **metrics}
+            metrics = {**self.sizes, **metrics}
         last = epoch == opts.epochs or stops_on_collapse(opts, metrics)
         written = None
         if world.is_main and (last or (opts.checkpoint_every and epoch % opts.checkpoint_every == 0)):
-            save_checkpoint(state, ckpt_dir / CHECKPOINT_FILE)
-            written = ckpt_dir
+            save_checkpoint(state, self.ckpt_dir / CHECKPOINT_FILE)
+            written = self.ckpt_dir
         if world.is_main and last:
-            write_artifacts(ckpt_dir / "artifacts", cfg, graph, noisy, {**sizes, **metrics})
-        if on_epoch is not None:
-            on_epoch(epoch, metrics, written)
+            write_artifacts(
+                self.ckpt_dir / "artifacts", self.cfg, self.graph, self.noisy, {**self.sizes, **metrics}
+            )
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, metrics, written)
 
-    if resume is not None and has_ended(resume, opts):
-        # Killed after the last epoch's checkpoint but before the run was reported: report that
-        # epoch again from the checkpoint. fit would start past the end (or past a collapse stop).
-        graph.load_state_dict(resume["model"])
-        epoch, last = resume["epoch"], {**sizes, **resume["history"][-1]}
-        log(f"epoch {epoch} of {opts.epochs} was the last and is in the checkpoint: nothing left to train")
+    def report_ended(self) -> dict[str, float]:
+        """Killed after the last epoch's checkpoint but before the run was reported: report that epoch
+        again from the checkpoint (fit would start past the end, or past a collapse stop)."""
+        resume, world = self.resume, self.world
+        self.graph.load_state_dict(resume["model"])
+        epoch, last = resume["epoch"], {**self.sizes, **resume["history"][-1]}
+        self.log(
+            f"epoch {epoch} of {self.opts.epochs} was the last and is in the checkpoint: nothing left to train"
+        )
         if world.is_main:
-            save_checkpoint(resume, ckpt_dir / CHECKPOINT_FILE)
-            write_artifacts(ckpt_dir / "artifacts", cfg, graph, noisy, last)
-        if on_epoch is not None:
-            on_epoch(epoch, last, ckpt_dir if world.is_main else None)
+            save_checkpoint(resume, self.ckpt_dir / CHECKPOINT_FILE)
+            write_artifacts(self.ckpt_dir / "artifacts", self.cfg, self.graph, self.noisy, last)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, last, self.ckpt_dir if world.is_main else None)
         return last
 
-    final = fit(
-        graph,
-        train_loader,
-        eval_loaders,
-        opts,
-        device=device,
-        resume=resume,
-        on_epoch=epoch_done,
-        log=log,
-        world=world,
-    )
-    return {**sizes, **final}
+    def final(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The trial's final metrics: its last epoch's, with the sizes of its graph and noise."""
+        return {**self.sizes, **metrics}
 
 
 def _silent(message: str) -> None:

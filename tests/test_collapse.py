@@ -21,7 +21,7 @@ from harness.collab import build_training_graph
 from harness.engine import COLLAPSE_SHARE, class_counts, is_collapsed, train_one_epoch
 from harness.models import build_backbone, zero_init_residual_
 from harness.optim import SGD
-from harness.step import EagerStep, make_loss_fn
+from harness.step import EagerPack, EagerStep, make_loss_fn
 from harness.trial import CHECKPOINT_FILE, run_trial
 
 K = 10
@@ -83,7 +83,8 @@ def epoch_share(predictions: list[torch.Tensor]) -> float:
         after_step=lambda: None,
         loss_weight=1.0,
     )
-    metrics = train_one_epoch(training, FakeLoader(predictions), kept_head=0, device="cpu")
+    step = EagerPack([training.step])  # a pack of one, as a lone trial trains
+    (metrics,) = train_one_epoch(step, [training], [FakeLoader(predictions)], kept_heads=[0], device="cpu")
     return metrics["train/pred_top_share"]
 
 
