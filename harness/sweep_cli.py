@@ -105,10 +105,44 @@ def _describe(sweep: Sweep) -> str:
     if sweep.workers > 1:
         res = f"{sweep.workers} data-parallel workers per trial, each {res.removesuffix(' per trial')}"
     conc = f", at most {sweep.max_concurrent} at once" if sweep.max_concurrent else ""
+    packs = ""
+    if sweep.pack > 1:
+        res = res.replace("per trial", "per pack")
+        packed = sum(p.size for p in sweep.packs if p.size > 1)
+        packs = f"; {packed} of them in {sum(p.size > 1 for p in sweep.packs)} packs of up to {sweep.pack}"
     return (
         f"{sweep.source}: ok: sweep {sweep.name!r}, {len(sweep.trials)} trials "
-        f"({sweep.grid_points} grid points x {len(sweep.seeds)} seeds), {res}{conc}"
+        f"({sweep.grid_points} grid points x {len(sweep.seeds)} seeds){packs}, {res}{conc}"
     )
+
+
+def _listing(sweep: Sweep) -> list[str]:
+    """The trials, one line each (index, name, what the grid and seed set); with `pack:`, by pack."""
+    width = max(len(t.name) for t in sweep.trials)
+
+    def line(t) -> str:
+        overrides = " ".join(
+            f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in t.overrides.items()
+        )
+        return f"  {t.index:>3}  {t.name:<{width}}  {overrides}"
+
+    if sweep.pack <= 1:
+        return [line(t) for t in sweep.trials]
+    from harness.pack_plan import differences, unpackable
+
+    lines = []
+    for pack in sweep.packs:
+        members = [sweep.trials[i] for i in pack.positions]
+        if pack.size > 1:
+            varied = differences([t.config for t in members])
+            lines.append(
+                f"pack {pack.id}: {pack.size} trials as one step (they differ in {', '.join(varied)})"
+            )
+        else:
+            why = unpackable(members[0].config) or "no other trial shares its computation"
+            lines.append(f"pack {pack.id}: trains alone ({why})")
+        lines += [line(t) for t in members]
+    return lines
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -133,12 +167,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.export is not None:
         return _export(sweep, args)
     if args.dry_run:
-        width = max(len(t.name) for t in sweep.trials)
-        for t in sweep.trials:
-            overrides = " ".join(
-                f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in t.overrides.items()
-            )
-            print(f"  {t.index:>3}  {t.name:<{width}}  {overrides}")
+        print("\n".join(_listing(sweep)))
         return 0
 
     from harness import tune_runner

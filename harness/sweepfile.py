@@ -21,6 +21,8 @@ A sweep file (DESIGN.md, "Trial config and sweep files"):
                                    # processes (Ray Train DDP; sets run.workers), cpu/gpu per worker
     max_concurrent: 4              # at most this many trials at once [as resources allow]
     max_failures: 1                # retries of a failed trial from its last checkpoint [1]
+    pack: 4                        # up to 4 compatible trials train as one step on one device
+                                   # (harness.pack_plan says which); resources are then per pack [1]
 
 Validation is complete before anything starts: every problem is collected and named by its
 place in the file (`grid.noise.rate[2]`, `grid.collab[1].heads`, `base.model.arch`), and
@@ -48,6 +50,7 @@ from typing import Any
 
 from harness import config as C
 from harness.contract import EPOCH_METRICS, HEAD_ACC, TEST_ACC, lower_is_better
+from harness.pack_plan import Pack, plan_packs
 
 TOP_KEYS = (
     "name",
@@ -60,6 +63,7 @@ TOP_KEYS = (
     "resources",
     "max_concurrent",
     "max_failures",
+    "pack",
 )
 RESOURCE_KEYS = ("cpu", "gpu", "workers")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -136,6 +140,12 @@ class Sweep:
     max_concurrent: int | None = None
     max_failures: int = 1
     workers: int = 1  # resources.workers: data-parallel processes per trial (resources are per worker)
+    pack: int = 1  # at most this many compatible trials train as one step (harness.pack_plan)
+
+    @property
+    def packs(self) -> list[Pack]:
+        """The packs the trials train in (a pack of one trains alone); positions index `trials`."""
+        return plan_packs([t.config for t in self.trials], self.pack)
 
 
 class _Problems:
@@ -207,6 +217,12 @@ def parse_sweep(tree: Mapping[str, Any], *, source: str, overrides: Mapping[str,
     workers = resources.pop("workers", 1)
     max_concurrent = _parse_count(tree, "max_concurrent", None, minimum=1, problems=problems)
     max_failures = _parse_count(tree, "max_failures", 1, minimum=0, problems=problems)
+    pack = _parse_count(tree, "pack", 1, minimum=1, problems=problems)
+    if pack > 1 and workers > 1:
+        problems.add(
+            "pack",
+            f"packs train one-process trials together; resources.workers is {workers} (drop one of them)",
+        )
 
     varied: dict[str, str] = {}  # dotted key -> where the grid first sets it
     for axis in axes:
@@ -282,6 +298,7 @@ def parse_sweep(tree: Mapping[str, Any], *, source: str, overrides: Mapping[str,
         max_concurrent=max_concurrent,
         max_failures=max_failures,
         workers=workers,
+        pack=pack,
     )
 
 
