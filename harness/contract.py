@@ -10,7 +10,7 @@ Runs (DESIGN.md, "Public names"):
   SWEEP_FILE_TAG; param SWEEP_TRIALS_PARAM (how many trials the sweep launches).
 - child run (one per trial): name = the trial's readable name; tags PARENT_TAG, RUN_KIND_TAG =
   TRIAL_RUN, TRIAL_KEY_TAG (the trial's stable id), TRIAL_INDEX_TAG, SWEEP_NAME_TAG, WORLD_SIZE_TAG
-  (its data-parallel processes), the runtime and code tags; ERROR_TAG on failure; COLLAPSED_TAG ("true"/"false") on a run that ended with
+  (its data-parallel processes), PACK_TAG (the pack it trained in), the runtime and code tags; ERROR_TAG on failure; COLLAPSED_TAG ("true"/"false") on a run that ended with
   TRAIN_COLLAPSED logged. Params: the resolved config flattened with dots. Metrics: per epoch,
   step = epoch (1-based); accuracies and shares are fractions in [0, 1] (`is_fraction_metric`).
 - experiments: tagged EXPERIMENT_KIND_TAG = MODEL_TRAINING, so MLflow 3's UI opens them on the runs
@@ -76,6 +76,8 @@ REPLAY_RESULT_KEY = "harness_replay"
 # the newest checkpoint of a data-parallel trial, as Ray's TuneReportCallback adds it to Tune's results
 TRAIN_CHECKPOINT_KEY = "checkpoint_path"
 WORLD_SIZE_TAG = "harness.world_size"  # data-parallel processes of the trial (run.workers; 1: one process)
+# the pack a trial trained in (`pack:` in a sweep file), "<pack id>:<pack size>"; absent: it trained alone
+PACK_TAG = "harness.pack"
 # harness sync's runs (harness.sync): launcher=run (`harness train` sets train, a Ray sweep none), the
 # export they came from, true on a run whose trial had not ended when synced (KILLED), and what the
 # last sync logged (a later sync skips the trial when that is unchanged)

@@ -47,6 +47,15 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run's numbers would be garbage."""
 
 
+def check_finite(loss: float) -> None:
+    """Raise TrainingDiverged for an epoch's mean training loss that is NaN or infinite."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training loss became {loss} (lr too high, or data not normalized?); stopping instead of "
+            "training on garbage"
+        )
+
+
 @dataclass
 class FitOptions:
     """Everything `fit` needs besides the graph and the data: the engine's view of a trial config,
@@ -249,13 +258,10 @@ def train_one_epoch(
     results: list[dict[str, float] | TrainingDiverged] = []
     for loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top in totals.T.tolist():
         loss_mean = loss_sum / n
-        if not math.isfinite(loss_mean):
-            results.append(
-                TrainingDiverged(
-                    f"training loss became {loss_mean} (lr too high, or data not normalized?); stopping "
-                    "instead of training on garbage"
-                )
-            )
+        try:
+            check_finite(loss_mean)
+        except TrainingDiverged as exc:  # ends this member only (raised: its traceback goes in error.txt)
+            results.append(exc)
             continue
         results.append(
             {

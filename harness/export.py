@@ -1,7 +1,8 @@
 """An exported sweep on disk: what `harness sweep FILE --export DIR` writes, `harness run DIR` fills
 and `harness sync DIR` reads.
 
-    DIR/export.json              the export: its id, sweep name, MLflow experiment, metric, CPUs per trial
+    DIR/export.json              the export: its id, sweep name, MLflow experiment, metric, CPUs per trial,
+                                 pack size (`harness run` trains compatible trials as packs of it)
     DIR/sweep.yaml               the sweep file as resolved (--set applied, defaults written out)
     DIR/<NNN>_<trial-name>/      one folder per trial, index first (folders sort in run order)
         trial.json               its identity: index, name, key (the MLflow tag harness.trial_key)
@@ -74,6 +75,7 @@ class Export:
     mode: str
     cpu: float  # resources.cpu of the sweep: the CPU threads each Ray trial would get
     trial_dirs: list[Path]
+    pack: int = 1  # the sweep's pack: at most this many compatible trials train as one step
 
     @property
     def sweep_file(self) -> Path:
@@ -145,6 +147,7 @@ def write_export(
             "metric": sweep.metric,
             "mode": sweep.mode,
             "cpu": sweep.resources["cpu"],
+            "pack": sweep.pack,
             "source": str(Path(sweep.source).resolve()),
             "created": created or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
@@ -214,6 +217,8 @@ def resolved_tree(sweep, tree: Mapping[str, Any], overrides: Mapping[str, Any]) 
     }
     if sweep.max_concurrent is not None:
         out["max_concurrent"] = sweep.max_concurrent
+    if sweep.pack > 1:
+        out["pack"] = sweep.pack
     return out
 
 
@@ -241,6 +246,9 @@ def open_export(root: Path) -> Export:
             raise ExportError(
                 f"{root / EXPORT_FILE}: {key} missing or not a {getattr(kind, '__name__', 'number')}"
             )
+    pack = meta.get("pack", 1)  # exports made before packs have none
+    if not isinstance(pack, int) or isinstance(pack, bool) or pack < 1:
+        raise ExportError(f"{root / EXPORT_FILE}: pack must be an integer >= 1, got {pack!r}")
     if meta["format"] != FORMAT:
         raise ExportError(
             f"{root / EXPORT_FILE}: export format {meta['format']}; this harness reads format {FORMAT}"
@@ -254,6 +262,7 @@ def open_export(root: Path) -> Export:
         mode=meta["mode"],
         cpu=float(meta["cpu"]),
         trial_dirs=_trial_dirs(root),
+        pack=pack,
     )
 
 

@@ -15,7 +15,8 @@ from harness.contract import COLLAPSED_TAG, TEST_ACC, TRAIN_COLLAPSED
 
 @dataclass
 class TrialOutcome:
-    """How one trial ended: status 'ok', 'failed' or 'unfinished' (interrupted, or not started)."""
+    """How one trial ended: status 'ok', 'failed', 'unfinished' (interrupted, or not started) or
+    'elsewhere' (`harness run`: another process of the same folder trains it)."""
 
     index: int
     name: str
@@ -31,6 +32,9 @@ class TrialOutcome:
         return {"ok": "FINISHED", "failed": "FAILED"}.get(self.status, "KILLED")
 
 
+STATUS_TEXT = {"elsewhere": "running elsewhere"}
+
+
 def trial_table(trials: list[TrialOutcome], metric: str = TEST_ACC) -> list[str]:
     """Trial, status, metric and time per trial; the counts; what a collapse means; each failure."""
     rows = [("#", "trial", "status", metric, "time")]
@@ -42,7 +46,7 @@ def trial_table(trials: list[TrialOutcome], metric: str = TEST_ACC) -> list[str]
             (
                 str(t.index),
                 t.name,
-                "ok, collapsed" if t in collapsed else t.status,
+                "ok, collapsed" if t in collapsed else STATUS_TEXT.get(t.status, t.status),
                 f"{value:.4f}" if isinstance(value, (int, float)) else "-",
                 f"{seconds:.0f}s" if isinstance(seconds, (int, float)) else "-",
             )
@@ -50,10 +54,10 @@ def trial_table(trials: list[TrialOutcome], metric: str = TEST_ACC) -> list[str]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    counts = {s: sum(t.status == s for t in trials) for s in ("ok", "failed", "unfinished")}
+    counts = {s: sum(t.status == s for t in trials) for s in ("ok", "failed", "unfinished", "elsewhere")}
     lines.append(
         f"{counts['ok']} of {len(trials)} trials succeeded"
-        + "".join(f", {n} {s}" for s, n in counts.items() if s != "ok" and n)
+        + "".join(f", {n} {STATUS_TEXT.get(s, s)}" for s, n in counts.items() if s != "ok" and n)
     )
     if collapsed:
         lines.append(

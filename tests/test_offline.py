@@ -539,3 +539,71 @@ def test_export_run_sync_report_equals_a_ray_sweep_of_the_same_file(tmp_path, mo
     assert ray_store.get_run(failed.info.run_id).info.lifecycle_stage == "deleted"
     assert cli.main(["sync", "X", "--tracking-uri", ray_uri]) == 0
     assert "4 trial folder(s): 1 up to date, 3 kept" in capsys.readouterr().out
+
+
+# --- packs and several `harness run` of one folder ------------------------------------------------
+
+
+def test_run_trains_packs_whose_members_end_as_they_do_alone(ran, tmp_path, capsys):
+    path = sweep_file(tmp_path, name="offline")
+    path.write_text(path.read_text() + "pack: 2\n")  # the sweep of `ran`, its seeds packed together
+    assert cli.main(["sweep", str(path), "--export", str(tmp_path / "P")]) == 0
+    assert cli.main(["run", str(tmp_path / "P")]) == 0
+    text = capsys.readouterr().out
+    assert "4 of them in 2 pack(s) of up to 2" in text and text.count("a pack of 2:") == 2
+    assert "2 of 4 trial(s) trained in" in text and "4 of 4 trials succeeded" in text
+    for folder, alone in zip(trial_dirs(tmp_path / "P"), trial_dirs(ran)):
+        assert folder.name == alone.name and (folder / X.STATUS_FILE).read_text() == "finished\n"
+        got, want = (without_timing(json.loads((f / X.METRICS_FILE).read_text())) for f in (folder, alone))
+        assert got == want, folder.name
+        assert history_epochs(folder) == [1, 2]
+        pack = json.loads((folder / X.RUNTIME_FILE).read_text())["tags"]["harness.pack"]
+        assert pack in ("0:2", "1:2")  # packs are named by their first trial's index
+        assert not (folder / ".lock").exists()
+
+
+def test_a_diverging_member_fails_alone_in_its_pack(tmp_path, capsys):
+    path = tmp_path / "lr.yaml"
+    path.write_text(
+        "name: lr\nbase:\n  data: {name: digits, train_subset: 60}\n  optim: {epochs: 2, batch_size: 64}\n"
+        "  run: {device: cpu}\ngrid:\n  optim.lr: [0.05, 10000.0]\npack: 2\n"
+    )
+    assert cli.main(["sweep", str(path), "--export", str(tmp_path / "X")]) == 0
+    assert cli.main(["run", str(tmp_path / "X")]) == 1
+    text = capsys.readouterr().out
+    assert "1 of 2 trials succeeded, 1 failed" in text and "TrainingDiverged: training loss became" in text
+    ok, bad = trial_dirs(tmp_path / "X")
+    assert (bad / X.STATUS_FILE).read_text().startswith("failed\nTrainingDiverged")
+    assert "Traceback" in (bad / X.ERROR_FILE).read_text()
+    alone = tmp_path / "alone"
+    assert cli.main(["sweep", str(path), "--export", str(alone), "--set", "optim.lr=0.05"]) != 0  # grid key
+    path.write_text(path.read_text().replace("[0.05, 10000.0]", "[0.05]"))
+    assert cli.main(["sweep", str(path), "--export", str(alone)]) == 0
+    assert cli.main(["run", str(alone)]) == 0
+    (single,) = trial_dirs(alone)
+    got, want = (without_timing(json.loads((f / X.METRICS_FILE).read_text())) for f in (ok, single))
+    assert got == want
+
+
+def test_a_trial_another_run_holds_is_no_failure_and_wait_trains_it_when_that_run_dies(tmp_path, capsys):
+    import fcntl
+    import threading
+
+    out = tmp_path / "X"
+    assert cli.main(["sweep", str(sweep_file(tmp_path, seeds="[0]")), "--export", str(out)]) == 0
+    first = trial_dirs(out)[0]
+    held = open(first / ".lock", "a")  # noqa: SIM115 - another `harness run` (this test) holds the first trial
+    fcntl.flock(held, fcntl.LOCK_EX)
+    assert cli.main(["run", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "000_symmetric-0.4_individual-1_seed0: another `harness run` is training it; skipped" in text
+    assert "1 of 2 trials succeeded, 1 running elsewhere" in text and "running elsewhere: another" in text
+    assert not (first / X.STATUS_FILE).exists()
+
+    # that process dies without finishing the trial: `--wait` waits for its lock, then trains the trial here
+    threading.Timer(1.0, held.close).start()
+    assert cli.main(["run", str(out), "--wait"]) == 0
+    text = capsys.readouterr().out
+    assert "waiting for 1 trial(s) that another `harness run` holds" in text
+    assert "2 of 2 trials succeeded" in text and (first / X.STATUS_FILE).read_text() == "finished\n"
+    assert not any(p.name == ".lock" for p in out.rglob("*"))
