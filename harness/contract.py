@@ -75,6 +75,9 @@ ENV_RESULT_KEY = "harness_env"  # the tags a trial reports about where it runs (
 REPLAY_RESULT_KEY = "harness_replay"
 # the newest checkpoint of a data-parallel trial, as Ray's TuneReportCallback adds it to Tune's results
 TRAIN_CHECKPOINT_KEY = "checkpoint_path"
+# a pack's report to Ray Tune: {trial key: the member's latest metrics, "epoch", "status" (training,
+# finished, collapsed, failed) and "error"} for every member (harness.tune_runner, harness.tracking)
+MEMBERS_RESULT_KEY = "harness_members"
 WORLD_SIZE_TAG = "harness.world_size"  # data-parallel processes of the trial (run.workers; 1: one process)
 # the pack a trial trained in (`pack:` in a sweep file), "<pack id>:<pack size>"; absent: it trained alone
 PACK_TAG = "harness.pack"

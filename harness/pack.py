@@ -77,13 +77,15 @@ def check_compatible(configs: Sequence[C.TrialConfig]) -> None:
 
 
 def run_pack(
-    members: Sequence[PackMember], *, on_round: Callable[[Sequence[Member]], None] | None = None
+    members: Sequence[PackMember], *, on_round: Callable[[dict[int, MemberResult]], None] | None = None
 ) -> list[MemberResult]:
     """Train the members of one pack together; return how each ended, in order.
 
-    `on_round(members)` is called after each round of epochs (harness.engine.fit_pack). Raises only
-    for what ends the whole pack: incompatible members, a pack too large for the device
-    (PackTooLarge), a failure of the shared step (out of memory, a CUDA error) or an interrupt.
+    `on_round(ended)` is called after each round of epochs (harness.engine.fit_pack) with the members
+    that ended in it ({position: result}, maybe none), and before the first round with those that
+    ended before it (resumed at their end, or failed to start), if any. Raises only for what ends the
+    whole pack: incompatible members, a pack too large for the device (PackTooLarge), a failure of the
+    shared step (out of memory, a CUDA error) or an interrupt.
     """
     configs = [m.cfg for m in members]
     check_compatible(configs)
@@ -109,17 +111,29 @@ def run_pack(
         except Exception as exc:  # noqa: BLE001 - a member's failure is its own
             m.log(f"failed: {type(exc).__name__}: {exc}")
             results[i] = MemberResult.failed(exc)
+    if on_round is not None and any(r is not None for r in results):
+        on_round({i: r for i, r in enumerate(results) if r is not None})
     if device.type == "cuda" and len(jobs) > 1:
         check_memory(list(jobs.values()), device)
     engine_members = {i: job.as_member() for i, job in jobs.items()}
-    fit_pack(list(engine_members.values()), device=device, on_round=on_round)
-    for i, member in engine_members.items():
-        if member.error is not None:
+
+    def result(i: int) -> MemberResult:
+        """How member i ended (once it has), worked out once."""
+        member = engine_members[i]
+        if results[i] is None and member.error is not None:
             members[i].log(f"failed: {type(member.error).__name__}: {member.error}")
             results[i] = MemberResult.failed(member.error)
-        else:
+        elif results[i] is None:
             results[i] = MemberResult.ended(jobs[i].final(member.metrics))
-    return results
+        return results[i]
+
+    def round_done(trained: Sequence[Member]) -> None:
+        ended = {i: result(i) for i, m in engine_members.items() if m.ended and any(m is t for t in trained)}
+        if on_round is not None:
+            on_round(ended)
+
+    fit_pack(list(engine_members.values()), device=device, on_round=round_done)
+    return [result(i) if i in engine_members else r for i, r in enumerate(results)]
 
 
 def on_device(data: ImageData, device: torch.device) -> ImageData:

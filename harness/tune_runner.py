@@ -17,6 +17,12 @@
 - Data-parallel trials (`resources.workers` > 1): the Tune trial drives a Ray Train TorchTrainer
   of that many workers (harness.raytrain), each with the file's per-worker cpu/gpu; their Ray
   Train runs live in `<storage>/<sweep name>/ray_train/`.
+- Packs (`pack: N`): a pack of compatible trials is one Tune trial (its config holds a
+  `harness.sweepfile.PackSpec`; `resources` are then per pack) that trains them as one step
+  (harness.pack.run_pack). It reports every member's latest metrics and status in each result
+  (MEMBERS_RESULT_KEY) and checkpoints every member's folder together, so a retried pack resumes
+  each member from its own checkpoint and does not retrain those that ended. It fails (and Ray
+  retries it) when one of its members failed.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 
 from harness import config as C
 from harness.contract import (
+    MEMBERS_RESULT_KEY,
     TEST_ACC,
     TEST_ACC_ENSEMBLE,
     TIME_EPOCH_S,
@@ -40,7 +47,7 @@ from harness.contract import (
 )
 from harness.raytrain import DEFAULT_TRIAL_FN, DRIVER_CPU
 from harness.summary import TrialOutcome, trial_table
-from harness.sweepfile import SPEC_KEY, Sweep, TrialSpec
+from harness.sweepfile import SPEC_KEY, PackSpec, Sweep, TrialSpec, is_pack, trial_specs, tune_units
 
 LAUNCH_KEY = "launch"  # a data-parallel sweep's Ray Train settings, in every Tune trial's config
 # The live table's columns: result key -> heading
@@ -127,6 +134,9 @@ def trainable(config: dict[str, Any]) -> None:
     from harness.contract import ENV_RESULT_KEY
     from harness.runtime import runtime_tags
 
+    if is_pack(config):
+        _train_pack(PackSpec.from_config(config))
+        return
     spec = TrialSpec.from_config(config)
     if LAUNCH_KEY in config:  # data-parallel: this trial drives a Ray Train run
         from harness.raytrain import run_under_tune
@@ -157,12 +167,95 @@ def trainable(config: dict[str, Any]) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
+class PackFailed(RuntimeError):
+    """Members of a pack failed (each is recorded as failed): the pack fails, so Ray retries them."""
+
+
+def _train_pack(pack: PackSpec) -> None:
+    """The Tune trial of a pack: its members trained as one step, every member's state in each report."""
+    from ray import tune
+
+    from harness.contract import ENV_RESULT_KEY, MEMBERS_RESULT_KEY
+    from harness.engine import stops_on_collapse
+    from harness.pack import PackMember, run_pack
+    from harness.runtime import runtime_tags
+    from harness.trial import CHECKPOINT_FILE, fit_options
+
+    configs = [C.build_config(m.config) for m in pack.members]
+    env = runtime_tags(configs[0].run.device)
+    # The pack's checkpoint is this folder: one subfolder per member, as a lone trial's out_dir.
+    out_dir = Path.cwd() / "harness_pack"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        checkpoint.to_directory(str(out_dir))
+        print(f"resuming {pack.name} from {checkpoint.path}")
+    entries = {m.key: {"status": "training"} for m in pack.members}
+    wrote = False
+
+    def recorder(spec: TrialSpec, cfg: C.TrialConfig):
+        def on_epoch(epoch: int, metrics: dict[str, float], ckpt_dir: Path | None) -> None:
+            nonlocal wrote
+            last = epoch >= cfg.optim.epochs or stops_on_collapse(fit_options(cfg), metrics)
+            status = (
+                ("collapsed" if metrics.get("train/collapsed") == 1.0 else "finished") if last else "training"
+            )
+            entries[spec.key] = {**metrics, "epoch": epoch, "status": status}
+            wrote = wrote or ckpt_dir is not None
+
+        return on_epoch
+
+    def report() -> None:
+        nonlocal wrote
+        result = _pack_result(entries)
+        result[ENV_RESULT_KEY], result[MEMBERS_RESULT_KEY] = env, entries
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(out_dir)) if wrote else None)
+        wrote = False
+
+    def on_round(ended) -> None:
+        for i, result in ended.items():
+            if result.status == "failed":
+                key = pack.members[i].key
+                entries[key] = {**entries[key], "status": "failed", "error": _error_text(result.error)}
+        report()
+
+    members = []
+    for spec, cfg in zip(pack.members, configs):
+        folder = out_dir / spec.dirname
+        resume = folder / "checkpoint" if (folder / "checkpoint" / CHECKPOINT_FILE).is_file() else None
+        log = lambda line, name=spec.name: print(f"{name}: {line}")  # noqa: E731
+        members.append(PackMember(cfg, folder, recorder(spec, cfg), resume, log))
+    results = run_pack(members, on_round=on_round)
+    on_round(dict(enumerate(results)))  # the final report: every member's end
+    failed = [(spec, r) for spec, r in zip(pack.members, results) if r.status == "failed"]
+    if failed:
+        names = "; ".join(f"{spec.name}: {_error_text(r.error)}" for spec, r in failed)
+        raise PackFailed(f"{len(failed)} of the {len(results)} trials of {pack.name} failed: {names}")
+
+
+def _pack_result(entries: dict[str, dict]) -> dict[str, float]:
+    """A pack's report at the top level, for Tune's table and its metric: the mean over its members of
+    each metric they report, and the latest epoch (each member's own metrics are in MEMBERS_RESULT_KEY)."""
+    values: dict[str, list[float]] = {}
+    for entry in entries.values():
+        for key, value in entry.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values.setdefault(key, []).append(float(value))
+    result = {key: sum(v) / len(v) for key, v in values.items()}
+    result["epoch"] = max(values.get("epoch", [0]))
+    return result
+
+
+def _error_text(exc: BaseException | None) -> str:
+    return f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+
+
 def trial_name(trial) -> str:
-    return TrialSpec.from_config(trial.config).name
+    return trial.config[SPEC_KEY]["name"]
 
 
 def trial_dirname(trial) -> str:
-    return TrialSpec.from_config(trial.config).dirname
+    return trial.config[SPEC_KEY]["dirname"]
 
 
 def run_sweep(
@@ -224,9 +317,8 @@ def run_sweep(
         print(
             f"MLflow: experiment {sweep.experiment!r}, sweep run {sweep_run.run_id} ({sweep_run.tracking_uri})"
         )
-        param_space = {
-            SPEC_KEY: tune.grid_search([TrialSpec.of(t, trial_fn).to_config() for t in sweep.trials])
-        }
+        units = tune_units(sweep, trial_fn, packed=trial_fn == DEFAULT_TRIAL_FN)
+        param_space = {SPEC_KEY: tune.grid_search(units)}
         if sweep.workers > 1:
             fn = tune.with_resources(trainable, {"cpu": DRIVER_CPU})
             param_space[LAUNCH_KEY] = {
@@ -373,34 +465,42 @@ def _concurrent(asked: int | None, fitting: int | None) -> int | None:
 def _outcomes(sweep: Sweep, results, exp_dir: Path) -> list[TrialOutcome]:
     """One outcome per trial of the sweep, from Tune's saved experiment state.
 
-    Trial statuses come from the experiment state (a restored result's 'done' flag is not
-    reliable); trials Tune never created (interrupted before they started) are 'unfinished'.
+    Tune trial statuses come from the experiment state (a restored result's 'done' flag is not
+    reliable); trials Tune never created (interrupted before they started) are 'unfinished'. A
+    pack's members end as its last report says; those it had not ended share the pack's end.
     """
     from ray.tune import ExperimentAnalysis
 
     from harness.tracking import error_message
 
-    statuses = {
-        TrialSpec.from_config(t.config).key: t.status for t in ExperimentAnalysis(str(exp_dir)).trials
-    }
-    by_key = {TrialSpec.from_config(r.config).key: r for r in results}
-    outcomes = []
-    for trial in sweep.trials:
-        result = by_key.get(trial.key)
-        if result is None:
-            outcomes.append(TrialOutcome(trial.index, trial.name, trial.key, "unfinished", {}))
-            continue
-        status = statuses.get(trial.key)
+    statuses = {t.config[SPEC_KEY]["dirname"]: t.status for t in ExperimentAnalysis(str(exp_dir)).trials}
+    outcomes: dict[str, TrialOutcome] = {}
+    for result in results:
+        status = statuses.get(result.config[SPEC_KEY]["dirname"])
         if result.error is not None or status == "ERROR":
             state, error = "failed", error_message(result.error)
         else:
             state, error = ("ok" if status == "TERMINATED" else "unfinished"), None
-        outcomes.append(
-            TrialOutcome(
-                trial.index, trial.name, trial.key, state, dict(result.metrics or {}), error, str(result.path)
+        metrics = dict(result.metrics or {})
+        for spec in trial_specs(result.config):
+            mine, my_state, my_error = metrics, state, error
+            if is_pack(result.config):
+                entry = (metrics.get(MEMBERS_RESULT_KEY) or {}).get(spec.key) or {}
+                mine = {k: v for k, v in entry.items() if k not in ("status", "error")}
+                mine["time_total_s"] = metrics.get("time_total_s")  # the pack's: they trained together
+                member = entry.get("status")
+                if member in ("finished", "collapsed"):
+                    my_state, my_error = "ok", None
+                elif member == "failed":
+                    my_state, my_error = "failed", entry.get("error")
+                elif state == "ok":  # a pack that ended without ending this member: should not happen
+                    my_state = "unfinished"
+            outcomes[spec.key] = TrialOutcome(
+                spec.index, spec.name, spec.key, my_state, mine, my_error, str(result.path)
             )
-        )
-    return outcomes
+    return [
+        outcomes.get(t.key) or TrialOutcome(t.index, t.name, t.key, "unfinished", {}) for t in sweep.trials
+    ]
 
 
 def format_summary(outcome: SweepOutcome, metric: str = TEST_ACC) -> str:
