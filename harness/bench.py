@@ -4,6 +4,12 @@ The timed step is the engine's own: a batch from the GPU-resident loader (random
 flip on the device), forward of every head, the collaborative loss, backward and the SGD
 update, captured in a CUDA graph where the engine would capture it. Needs torch only.
 
+--pack 1 2 4 8 times packs: N trials (independent graphs, data orders and optimizers) trained as
+one step in one process (harness.step's pack steps: one CUDA graph, a stream per member), the way
+`pack: N` in a sweep file trains them. Each row gives the img/s of all N trials together and per
+trial, and the peak memory. With --concurrent N the same run also times N processes at once, and
+with --mps N processes under MPS, so the table shows the ways of sharing a GPU side by side.
+
 --concurrent N starts N independent processes on the same device, all timing the same
 topology at once, and reports their total throughput: the number to pick `resources.gpu`.
 --mps runs them under a private CUDA MPS daemon (harness.mps), so their kernels can overlap.
@@ -32,6 +38,7 @@ from harness.collab import TOPOLOGIES, build_training_graph, count_parameters
 from harness.engine import FitOptions, resolve_device, setup_training
 from harness.loaders import TensorLoader
 from harness.mps import MPSDaemon, MPSUnavailable
+from harness.step import make_pack_step
 
 # (channels, image size) of the synthetic batch by arch family
 INPUT_SHAPES = {"cnn_small": (1, 8), "resnet50": (3, 224)}
@@ -54,6 +61,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast on CUDA")
     parser.add_argument("--no-cuda-graph", action="store_true", help="eager steps on CUDA")
+    parser.add_argument(
+        "--pack",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="time packs of N trials trained as one step (e.g. --pack 1 2 4 8 16); with --concurrent "
+        "(and --mps) the processes are timed in the same run, side by side",
+    )
     parser.add_argument(
         "--concurrent", type=int, default=1, help="N processes at once on the device, total throughput"
     )
@@ -102,8 +118,11 @@ def bench_one(
     amp: bool = True,
     cuda_graph: bool = True,
     barrier: Path | None = None,
+    members: int = 1,
 ) -> dict:
-    """Time `steps` training steps of one topology; a record of the JSON schema in the README."""
+    """Time `steps` training steps of one topology, or of a pack of `members` trials of it trained
+    as one step (each its own graph, seed, data order and optimizer); a record of the JSON schema in
+    the README. A step is one step of every member: img/s counts the images of all of them."""
     heads = 1 if topology == "individual" else heads
     channels, size = INPUT_SHAPES.get(arch, (3, 32))
     baseline_mb = 0.0
@@ -113,48 +132,66 @@ def bench_one(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         baseline_mb = torch.cuda.memory_allocated(device) / 2**20
-    torch.manual_seed(0)
-    graph = build_training_graph(arch, num_classes, topology, heads, in_channels=channels)
     channels_last = device.type == "cuda"
-    graph = graph.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    # enough synthetic images for a few batches; the loader keeps them on the device
+    graphs = []
+    for member in range(members):
+        torch.manual_seed(member)
+        graph = build_training_graph(arch, num_classes, topology, heads, in_channels=channels)
+        graphs.append(
+            graph.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        )
+    # enough synthetic images for a few batches; on the device once, shared by the members' loaders
     n = batch_size * 4
-    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8)
+    images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8).to(device)
     labels = torch.randint(0, num_classes, (n,))
-    loader = TensorLoader(
-        images,
-        labels,
-        labels,
-        batch_size=batch_size,
-        mean=(0.5,) * channels,
-        std=(0.25,) * channels,
-        augment=True,
-        pad=4 if size >= 32 else 1,
-        flip=True,
-        shuffle=True,
-        drop_last=True,
-        device=device,
-        seed=0,
-        channels_last=channels_last,
-    )
+    loaders = [
+        TensorLoader(
+            images,
+            labels,
+            labels,
+            batch_size=batch_size,
+            mean=(0.5,) * channels,
+            std=(0.25,) * channels,
+            augment=True,
+            pad=4 if size >= 32 else 1,
+            flip=True,
+            shuffle=True,
+            drop_last=True,
+            device=device,
+            seed=member,
+            channels_last=channels_last,
+        )
+        for member in range(members)
+    ]
     opts = bench_options(amp=amp, cuda_graph=cuda_graph)
-    step = setup_training(graph, opts, device=device, steps_per_epoch=4, batch_size=batch_size).step
+    trainings = [
+        setup_training(
+            g, opts, device=device, steps_per_epoch=4, batch_size=batch_size, own_graph=members == 1
+        )
+        for g in graphs
+    ]
+    step = make_pack_step(
+        [t.step for t in trainings], graph=device.type == "cuda" and cuda_graph, batch_size=batch_size
+    )
 
-    def batches():
+    def batches(loader):
         epoch = 0
         while True:
             loader.set_epoch(epoch)
             yield from loader
             epoch += 1
 
-    stream = batches()
+    streams = [batches(loader) for loader in loaders]
+
+    def next_step():
+        return step([(b.x, b.y) for b in (next(s) for s in streams)])
+
     if device.type == "cuda":
         static_mb = (
             torch.cuda.memory_allocated(device) / 2**20 - baseline_mb
         )  # weights and data, before any step
     for _ in range(warmup):
-        b = next(stream)
-        step(b.x, b.y)
+        next_step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     if barrier is not None:  # concurrent workers: say ready, start the timed steps together
@@ -165,12 +202,11 @@ def bench_one(
             time.sleep(0.005)
     t0 = time.perf_counter()
     for _ in range(steps):
-        b = next(stream)
-        loss, _ = step(b.x, b.y)
+        outputs = next_step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - t0
-    if not torch.isfinite(loss).item():
+    if not all(torch.isfinite(loss).item() for loss, _ in outputs):
         raise RuntimeError(f"{topology}: the loss is not finite; the benchmark step is broken")
     return {
         "topology": topology,
@@ -180,15 +216,17 @@ def bench_one(
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "ms_per_step": 1000 * elapsed / steps,
-        "img_per_s": batch_size * steps / elapsed,
+        "img_per_s": members * batch_size * steps / elapsed,
+        "img_per_s_per_trial": batch_size * steps / elapsed,
         # everything this run allocated at its peak: weights, gradients, SGD buffers, data, activations
         "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 - baseline_mb
         if device.type == "cuda"
         else None,
         "static_mem_mb": static_mb if device.type == "cuda" else None,
-        "params": count_parameters(graph),
+        "params": count_parameters(graphs[0]),
         "amp": amp and device.type == "cuda",
         "cuda_graph": cuda_graph and device.type == "cuda",
+        "pack": members,
         "concurrent": 1,
         "t_start": time.time() - elapsed,
         "t_end": time.time(),
@@ -260,6 +298,7 @@ def run_concurrent(
         concurrent=args.concurrent,
         mps=bool(servers),
         img_per_s=total / wall,
+        img_per_s_per_trial=total / wall / args.concurrent,
         ms_per_step=1000 * wall / args.steps,
         peak_mem_mb=sum(r["peak_mem_mb"] for r in records) if records[0]["peak_mem_mb"] is not None else None,
         per_process_img_per_s=[r["img_per_s"] for r in records],
@@ -268,24 +307,39 @@ def run_concurrent(
 
 
 def format_table(records: list[dict]) -> str:
-    head = f"{'topology':<13} {'heads':>5} {'batch':>5} {'procs':>7} {'ms/step':>9} {'img/s':>10} {'peak MB':>9} {'params':>11}"
+    """One row per measurement; `x one` is img/s over the same topology's and batch's one trial, when
+    timed in the same run (pack 1)."""
+    head = (
+        f"{'topology':<13} {'heads':>5} {'batch':>5} {'trials':>13} {'ms/step':>9} {'img/s':>10} "
+        f"{'per trial':>10} {'x one':>6} {'peak MB':>9} {'params':>11}"
+    )
     lines = [head, "-" * len(head)]
+    one = {
+        (r["topology"], r["batch_size"]): r["img_per_s"]
+        for r in records
+        if r.get("pack", 1) == 1 and r["concurrent"] == 1
+    }
     for r in records:
         mem = f"{r['peak_mem_mb']:.0f}" if r["peak_mem_mb"] is not None else "n/a"
-        procs = f"{r['concurrent']}{' mps' if r.get('mps') else ''}"
+        if r["concurrent"] > 1:
+            how = f"{r['concurrent']} procs" + (" mps" if r.get("mps") else "")
+        else:
+            how = f"pack {r.get('pack', 1)}" if r.get("pack", 1) > 1 else "1 (alone)"
+        base = one.get((r["topology"], r["batch_size"]))
+        ratio = f"{r['img_per_s'] / base:.2f}" if base else "-"
+        per = r.get("img_per_s_per_trial", r["img_per_s"])
         lines.append(
-            f"{r['topology']:<13} {r['heads']:>5} {r['batch_size']:>5} {procs:>7} {r['ms_per_step']:>9.2f} "
-            f"{r['img_per_s']:>10,.0f} {mem:>9} {r['params']:>11,}"
+            f"{r['topology']:<13} {r['heads']:>5} {r['batch_size']:>5} {how:>13} {r['ms_per_step']:>9.2f} "
+            f"{r['img_per_s']:>10,.0f} {per:>10,.0f} {ratio:>6} {mem:>9} {r['params']:>11,}"
         )
     return "\n".join(lines)
 
 
 def print_row(records: list[dict], heading: str | None = None) -> None:
     """The newest record as a table row, under the table's head (and `heading`) for the first."""
-    table = format_table(records[-1:]).splitlines()
-    if len(records) > 1:
-        table = table[-1:]
-    elif heading:
+    table = format_table(records).splitlines()
+    table = table[:2] + table[-1:] if len(records) == 1 else table[-1:]
+    if len(records) == 1 and heading:
         table.insert(0, heading)
     print("\n".join(table), flush=True)
 
@@ -296,6 +350,7 @@ def describe(args: argparse.Namespace, device_name: str, cuda: bool) -> str:
         f"harness bench: {args.arch} on {device_name}, torch {torch.__version__}, "
         f"amp={'bf16' if cuda and not args.no_amp else 'off'}, "
         f"cuda_graph={'on' if cuda and not args.no_cuda_graph else 'off'}, {args.steps} steps"
+        + (f", packs of {' '.join(map(str, args.pack))} trials" if args.pack else "")
         + (f", {args.concurrent} processes at once" if args.concurrent > 1 else "")
         + (" under MPS" if args.mps else "")
     )
@@ -518,61 +573,79 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.pack and (min(args.pack) < 1 or args.barrier is not None):
+        print(
+            f"harness bench: --pack takes pack sizes >= 1, got {' '.join(map(str, args.pack))}",
+            file=sys.stderr,
+        )
+        return 2
+    records: list[dict] = []
     if args.concurrent > 1 and args.barrier is None:
-        return main_concurrent(args, topologies, cuda=device.type == "cuda")
+        # the processes first, while this one holds no CUDA context (it creates one for the packs)
+        code = main_concurrent(args, topologies, cuda=device.type == "cuda", records=records)
+        if code or not args.pack:
+            write_records(records, args.json)
+            return code
     if device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, args.concurrent)))
     worker = args.barrier is not None
     if device.type == "cuda":
         init_cuda(device)
-    if not worker:
+    if not worker and not records:
         name = (
             torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
         )
         print(describe(args, name, device.type == "cuda"), flush=True)
-    records = []
     for batch_size in args.batch_size:
         for topology in topologies:
-            records.append(
-                bench_one(
-                    topology,
-                    arch=args.arch,
-                    heads=args.heads,
-                    batch_size=batch_size,
-                    device=device,
-                    steps=args.steps,
-                    warmup=args.warmup,
-                    num_classes=args.num_classes,
-                    amp=not args.no_amp,
-                    cuda_graph=not args.no_cuda_graph,
-                    barrier=args.barrier,
+            for members in args.pack or [1]:
+                records.append(
+                    bench_one(
+                        topology,
+                        arch=args.arch,
+                        heads=args.heads,
+                        batch_size=batch_size,
+                        device=device,
+                        steps=args.steps,
+                        warmup=args.warmup,
+                        num_classes=args.num_classes,
+                        amp=not args.no_amp,
+                        cuda_graph=not args.no_cuda_graph,
+                        barrier=args.barrier,
+                        members=members,
+                    )
                 )
-            )
-            if not worker:
-                print_row(records)
+                if not worker:
+                    print_row(records)
+    if args.pack and args.concurrent > 1:
+        print("side by side (x one: img/s over one trial alone, pack 1):")
+        print(format_table(records))
     write_records(records, args.json, quiet=worker)
     return 0
 
 
-def main_concurrent(args: argparse.Namespace, topologies: list[str], *, cuda: bool) -> int:
-    """--concurrent N: this process only starts the workers (and MPS); it creates no CUDA context."""
-    print(describe(args, args.device, cuda) + " (each measurement starts them anew)", flush=True)
-    with contextlib.ExitStack() as stack:
-        mps = None
-        if args.mps:
-            try:
-                mps = stack.enter_context(MPSDaemon())
-            except MPSUnavailable as exc:
-                print(f"harness bench: cannot start CUDA MPS: {exc}", file=sys.stderr)
-                return 2
-        records = []
-        for batch_size in args.batch_size:
-            for topology in topologies:
+def main_concurrent(
+    args: argparse.Namespace, topologies: list[str], *, cuda: bool, records: list[dict]
+) -> int:
+    """--concurrent N: this process only starts the workers (and MPS); it creates no CUDA context.
+    With --pack and --mps, N processes are timed both without and under MPS."""
+    print(describe(args, args.device, cuda) + " (each measurement starts the processes anew)", flush=True)
+    modes = [False, True] if args.mps and args.pack else [args.mps]
+    for mps_on in modes:
+        with contextlib.ExitStack() as stack:
+            mps = None
+            if mps_on:
                 try:
-                    records.append(run_concurrent(args, topology, batch_size, mps))
-                except RuntimeError as exc:  # a worker failed; its own error is printed above
-                    print(f"harness bench: {exc}", file=sys.stderr)
+                    mps = stack.enter_context(MPSDaemon())
+                except MPSUnavailable as exc:
+                    print(f"harness bench: cannot start CUDA MPS: {exc}", file=sys.stderr)
                     return 2
-                print_row(records, heading=f"device: {records[0]['device_name']}")
-    write_records(records, args.json)
+            for batch_size in args.batch_size:
+                for topology in topologies:
+                    try:
+                        records.append(run_concurrent(args, topology, batch_size, mps))
+                    except RuntimeError as exc:  # a worker failed; its own error is printed above
+                        print(f"harness bench: {exc}", file=sys.stderr)
+                        return 2
+                    print_row(records, heading=f"device: {records[0]['device_name']}")
     return 0

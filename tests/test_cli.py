@@ -94,9 +94,32 @@ def test_bench_concurrent_sums_the_processes_throughput(tmp_path):
     assert "2 processes at once" in proc.stdout
 
 
+def test_bench_pack_times_packs_of_each_size_beside_one_trial(harness_here, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = harness_here(
+        *("bench", "--device", "cpu", "--arch", "cnn_small", "--batch-size", "8", "--pack", "1", "3"),
+        *("--topologies", "individual,hierarchical", "--steps", "3", "--warmup", "1", "--json", str(out)),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads(out.read_text())
+    assert [(r["topology"], r["pack"]) for r in records] == [
+        ("individual", 1),
+        ("individual", 3),
+        ("hierarchical", 1),
+        ("hierarchical", 3),
+    ]
+    for r in records:
+        assert set(r) >= BENCH_KEYS | {"img_per_s_per_trial"}
+        # a step of a pack is a step of every member: all the images count
+        assert r["img_per_s"] == pytest.approx(r["pack"] * r["img_per_s_per_trial"])
+    assert "packs of 1 3 trials" in proc.stdout and "pack 3" in proc.stdout and "1 (alone)" in proc.stdout
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (("--pack", "0"), "--pack takes pack sizes >= 1, got 0"),
         (("--mps",), "--mps shares a CUDA device among --concurrent N processes"),
         (("--mps", "--concurrent", "2"), "--mps shares a CUDA device"),
         (("--device", "cuda"), "'cuda' asked for, but CUDA is not available here"),
