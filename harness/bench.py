@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast on CUDA")
     parser.add_argument("--no-cuda-graph", action="store_true", help="eager steps on CUDA")
     parser.add_argument(
+        "--branch-streams",
+        action="store_true",
+        help="a collaborative graph's sibling branches on streams of their own in the captured step "
+        "(run.branch_streams)",
+    )
+    parser.add_argument(
         "--pack",
         type=int,
         nargs="+",
@@ -119,6 +125,7 @@ def bench_one(
     cuda_graph: bool = True,
     barrier: Path | None = None,
     members: int = 1,
+    branch_streams: bool = False,
 ) -> dict:
     """Time `steps` training steps of one topology, or of a pack of `members` trials of it trained
     as one step (each its own graph, seed, data order and optimizer); a record of the JSON schema in
@@ -137,6 +144,7 @@ def bench_one(
     for member in range(members):
         torch.manual_seed(member)
         graph = build_training_graph(arch, num_classes, topology, heads, in_channels=channels)
+        graph.use_branch_streams(branch_streams)
         graphs.append(
             graph.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         )
@@ -227,6 +235,7 @@ def bench_one(
         "amp": amp and device.type == "cuda",
         "cuda_graph": cuda_graph and device.type == "cuda",
         "pack": members,
+        "branch_streams": branch_streams,
         "concurrent": 1,
         "t_start": time.time() - elapsed,
         "t_end": time.time(),
@@ -264,6 +273,7 @@ def run_concurrent(
                 *("--barrier", str(barrier), "--json", str(out)),
                 *(["--no-amp"] if args.no_amp else []),
                 *(["--no-cuda-graph"] if args.no_cuda_graph else []),
+                *(["--branch-streams"] if args.branch_streams else []),
             ]
             procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env), out))
         try:
@@ -350,6 +360,7 @@ def describe(args: argparse.Namespace, device_name: str, cuda: bool) -> str:
         f"harness bench: {args.arch} on {device_name}, torch {torch.__version__}, "
         f"amp={'bf16' if cuda and not args.no_amp else 'off'}, "
         f"cuda_graph={'on' if cuda and not args.no_cuda_graph else 'off'}, {args.steps} steps"
+        + (", branch streams" if args.branch_streams else "")
         + (f", packs of {' '.join(map(str, args.pack))} trials" if args.pack else "")
         + (f", {args.concurrent} processes at once" if args.concurrent > 1 else "")
         + (" under MPS" if args.mps else "")
@@ -613,6 +624,7 @@ def main(args: argparse.Namespace) -> int:
                         cuda_graph=not args.no_cuda_graph,
                         barrier=args.barrier,
                         members=members,
+                        branch_streams=args.branch_streams,
                     )
                 )
                 if not worker:

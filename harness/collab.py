@@ -108,15 +108,34 @@ class Segment(nn.Module):
         # An empty body (the root of "instances") has no layers above the fork to rescale.
         needed = rescale_grad and fanout > 1 and len(body) > 0
         self.fanout = BackpropRescale(1.0 / fanout) if needed else nn.Identity()
+        self.branch_streams = False  # TrainingGraph.use_branch_streams
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         y = self.body(x)
         if not self.branches:
             return [y]
         y = self.fanout(y)
+        if self.branch_streams and y.is_cuda and torch.cuda.is_current_stream_capturing():
+            return self._forward_on_streams(y)
         out: list[torch.Tensor] = []
         for branch in self.branches:
             out.extend(branch(y))
+        return out
+
+    def _forward_on_streams(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """The branches on streams of their own, forked from and joined back to the capturing stream,
+        so the captured graph holds them as independent branches the GPU may run at once. Their
+        backward ops run on the same streams (autograd runs each on its forward op's stream). Only
+        while a CUDA graph is captured: every tensor then lives in the graph's pool until it ends."""
+        streams = [torch.cuda.Stream(y.device) for _ in self.branches]  # once per capture
+        capturing = torch.cuda.current_stream(y.device)
+        out: list[torch.Tensor] = []
+        for branch, stream in zip(self.branches, streams):
+            stream.wait_stream(capturing)
+            with torch.cuda.stream(stream):
+                out.extend(branch(y))
+        for stream in streams:
+            capturing.wait_stream(stream)
         return out
 
 
@@ -157,6 +176,14 @@ class TrainingGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.root(x)
+
+    def use_branch_streams(self, on: bool = True) -> TrainingGraph:
+        """Run sibling branches below every fork on streams of their own inside a captured CUDA graph
+        (`run.branch_streams`); the same kernels on the same data, in another order."""
+        for module in self.modules():
+            if isinstance(module, Segment):
+                module.branch_streams = on
+        return self
 
     def extra_repr(self) -> str:
         return (

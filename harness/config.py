@@ -93,6 +93,9 @@ class RunConfig:
     amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
     cuda_graph: bool = True  # capture the training step in a CUDA graph on CUDA
     channels_last: bool = True  # on CUDA
+    # on CUDA with a captured step: the sibling branches below each fork of a collaborative graph on
+    # streams of their own (graph branches the GPU may run at once); off until a GPU run decides
+    branch_streams: bool = False
     checkpoint_every: int = 1
     # end a trial whose kept head has been collapsed (train/collapsed) for this many epochs in a row;
     # 0: never. The run finishes (tagged harness.collapsed=true), so Ray does not retry it.

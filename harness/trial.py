@@ -232,6 +232,7 @@ class TrialJob:
             zero_init_residual=cfg.model.zero_init_residual,
         )
         rng = torch.get_rng_state()
+        graph.use_branch_streams(cfg.run.branch_streams)
         if world.parallel and cfg.run.sync_bn:
             graph = sync_batchnorm(graph, device)
         channels_last = cfg.run.channels_last and device.type == "cuda"

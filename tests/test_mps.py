@@ -77,6 +77,7 @@ def bench_args(**kw) -> argparse.Namespace:
         concurrent=2,
         no_amp=False,
         no_cuda_graph=False,
+        branch_streams=False,
     )
     return argparse.Namespace(**{**base, **kw})
 
