@@ -40,6 +40,7 @@ from harness.contract import (
 )
 from harness.ddp import ALONE, World, data_parallel, loss_weight
 from harness.optim import SGD, build_scheduler, ramp_factor
+from harness.progress import EpochProgress
 from harness.step import EagerStep, autocast, make_loss_fn, make_pack_step, make_train_step
 
 
@@ -220,6 +221,7 @@ def train_one_epoch(
     kept_heads: Sequence[int],
     device,
     world: World = ALONE,
+    progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, float] | TrainingDiverged]:
     """One pass over each member's training loader, the members stepping together: `step` takes one
     batch per member and returns each member's (loss, logits) (harness.step's pack steps; a pack of
@@ -227,7 +229,8 @@ def train_one_epoch(
 
     Returns each member's metrics, or the TrainingDiverged that ends it. Counters stay on the device,
     one entry per member: no sync per step; they are summed over the data-parallel processes at the
-    end, so every process returns the same metrics.
+    end, so every process returns the same metrics. `progress(images)` is told each step's images (all
+    members'), from the batch shapes: no sync either.
     """
     n_members = len(trainings)
     zeros = lambda: torch.zeros(n_members, device=device, dtype=torch.float64)  # noqa: E731
@@ -253,6 +256,8 @@ def train_one_epoch(
         memorized += (is_flipped & (pred == y)).sum(1)
         top += F.one_hot(pred, kept.shape[2]).sum(1).max(1).values  # per member, as class_counts
         steps += 1
+        if progress is not None:
+            progress(y.numel())
     totals = world.sum(torch.stack([loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top]))
     # one sync per epoch: this is where a diverged loss is caught (by every process at once)
     results: list[dict[str, float] | TrainingDiverged] = []
@@ -366,16 +371,17 @@ def fit(
     on_epoch: EpochCallback | None = None,
     log: Callable[[str], None] = print,
     world: World = ALONE,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Train for opts.epochs; return the last epoch's metrics (a pack of one, see `fit_pack`).
 
     on_epoch(epoch, metrics, state) is called after every epoch (1-based) with the state a
     checkpoint needs (see `checkpoint_state`); `resume` is such a state, to continue from.
     Data-parallel (`world`, harness.ddp): every process runs this with its shard of the loaders
-    and gets the same metrics.
+    and gets the same metrics. `progress`: show the progress within each epoch (harness.progress).
     """
     member = Member(model, train_loader, eval_loaders, opts, resume=resume, on_epoch=on_epoch, log=log)
-    fit_pack([member], device=device, world=world)
+    fit_pack([member], device=device, world=world, progress=progress)
     if member.error is not None:
         raise member.error
     return member.metrics
@@ -387,6 +393,7 @@ def fit_pack(
     device: torch.device,
     world: World = ALONE,
     on_round: Callable[[Sequence[Member]], None] | None = None,
+    progress: bool = False,
 ) -> None:
     """Train every member to its end, all members that are still training stepping together.
 
@@ -395,7 +402,8 @@ def fit_pack(
     Each round trains one epoch of every member still training; then each is evaluated, logged and
     called back on its own. A member ends at its last epoch, at a collapse stop or with an error
     (`Member.error`: a diverged loss, a failing callback), and leaves the pack; the others go on
-    unchanged. `on_round(members)` is called after each round with the members of that round.
+    unchanged. `on_round(members)` is called after each round with the members of that round;
+    `progress` shows each round's progress within the epoch (harness.progress; rank 0 only).
     """
     device = torch.device(device)
     for member in members:
@@ -409,7 +417,7 @@ def fit_pack(
             batch_size=active[0].train_loader.batch_size,
         )
         while active and all(not m.ended for m in active):
-            _train_round(step, active, device, world)
+            _train_round(step, active, device, world, progress=progress and world.is_main)
             if on_round is not None:
                 on_round(active)
             if any(m.ended for m in active):
@@ -446,21 +454,36 @@ def _start(member: Member, device: torch.device, world: World, *, packed: bool) 
     member.model.train()
 
 
-def _train_round(step: Callable, members: Sequence[Member], device: torch.device, world: World) -> None:
+def _train_round(
+    step: Callable, members: Sequence[Member], device: torch.device, world: World, *, progress: bool = False
+) -> None:
     """One epoch of every member: train them together, then evaluate and call back each on its own."""
     for member in members:
         member.train_loader.set_epoch(member.epoch + 1)
+    bar = None
+    if progress:
+        first, loader = members[0], members[0].train_loader
+        per_member = len(loader) * loader.batch_size if loader.drop_last else loader.num_samples
+        title = f"epoch {first.epoch + 1}/{first.opts.epochs}" + (
+            f" (a pack of {len(members)})" if len(members) > 1 else ""
+        )
+        bar = EpochProgress(per_member * len(members), title)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    results = train_one_epoch(
-        step,
-        [m.training for m in members],
-        [m.train_loader for m in members],
-        kept_heads=[m.opts.kept_head for m in members],
-        device=device,
-        world=world,
-    )
+    try:
+        results = train_one_epoch(
+            step,
+            [m.training for m in members],
+            [m.train_loader for m in members],
+            kept_heads=[m.opts.kept_head for m in members],
+            device=device,
+            world=world,
+            progress=bar.update if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     train_s = time.perf_counter() - t0

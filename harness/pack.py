@@ -77,7 +77,10 @@ def check_compatible(configs: Sequence[C.TrialConfig]) -> None:
 
 
 def run_pack(
-    members: Sequence[PackMember], *, on_round: Callable[[dict[int, MemberResult]], None] | None = None
+    members: Sequence[PackMember],
+    *,
+    on_round: Callable[[dict[int, MemberResult]], None] | None = None,
+    progress: bool = False,
 ) -> list[MemberResult]:
     """Train the members of one pack together; return how each ended, in order.
 
@@ -85,7 +88,7 @@ def run_pack(
     that ended in it ({position: result}, maybe none), and before the first round with those that
     ended before it (resumed at their end, or failed to start), if any. Raises only for what ends the
     whole pack: incompatible members, a pack too large for the device (PackTooLarge), a failure of the
-    shared step (out of memory, a CUDA error) or an interrupt.
+    shared step (out of memory, a CUDA error) or an interrupt. `progress`: show each epoch's progress.
     """
     configs = [m.cfg for m in members]
     check_compatible(configs)
@@ -132,7 +135,7 @@ def run_pack(
         if on_round is not None:
             on_round(ended)
 
-    fit_pack(list(engine_members.values()), device=device, on_round=round_done)
+    fit_pack(list(engine_members.values()), device=device, on_round=round_done, progress=progress)
     return [result(i) if i in engine_members else r for i, r in enumerate(results)]
 
 

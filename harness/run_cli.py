@@ -34,6 +34,7 @@ from pathlib import Path
 
 from harness import export as X
 from harness.contract import PACK_TAG, TIME_EPOCH_S
+from harness.progress import clock
 from harness.summary import TrialOutcome, print_problems, trial_table
 
 LOCK_FILE = ".lock"
@@ -174,14 +175,8 @@ class _Progress:
             return
         elapsed = time.monotonic() - self.start
         left = self.total - self.done
-        eta = f"; about {_clock(elapsed / self.done * left)} for the other {left}" if left > 0 else ""
-        print(f"{self.done} of {self.total} trial(s) trained in {_clock(elapsed)}{eta}")
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+        eta = f"; about {clock(elapsed / self.done * left)} for the other {left}" if left > 0 else ""
+        print(f"{self.done} of {self.total} trial(s) trained in {clock(elapsed)}{eta}")
 
 
 def _plan(args: argparse.Namespace):
@@ -300,7 +295,7 @@ def _train(group: list[Planned], *, pack_id: int) -> list:
             results[i] = MemberResult.failed(exc)
     if len(members) > 1:
         try:
-            outcome = run_pack(list(members.values()))
+            outcome = run_pack(list(members.values()), progress=True)
         except Exception as exc:  # noqa: BLE001 - what ends the whole pack ends each member
             outcome = [MemberResult.failed(exc) for _ in members]
         for i, result in zip(members, outcome):
@@ -311,7 +306,12 @@ def _train(group: list[Planned], *, pack_id: int) -> list:
         ((i, m),) = members.items()
         try:
             final = trial_module.run_trial(
-                m.cfg, out_dir=m.out_dir, on_epoch=m.on_epoch, resume_from=m.resume_from, log=m.log
+                m.cfg,
+                out_dir=m.out_dir,
+                on_epoch=m.on_epoch,
+                resume_from=m.resume_from,
+                log=m.log,
+                progress=True,
             )
             results[i] = MemberResult.ended(final)
         except Exception as exc:  # noqa: BLE001 - one failing trial must not stop the others

@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     logger = None if args.no_mlflow else _mlflow_logger(cfg, args.experiment)
     on_epoch = (lambda epoch, metrics, ckpt: logger.log_epoch(epoch, metrics)) if logger else None
     try:
-        final = run_trial(cfg, out_dir=out, on_epoch=on_epoch, resume_from=resume_from)
+        final = run_trial(cfg, out_dir=out, on_epoch=on_epoch, resume_from=resume_from, progress=True)
     except BaseException as exc:
         if logger:
             logger.finish(

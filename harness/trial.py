@@ -110,6 +110,7 @@ def run_trial(
     on_epoch: TrialCallback | None = None,
     resume_from: Path | None = None,
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Train one config; return the final metrics (DESIGN.md names, accuracies as fractions).
 
@@ -120,6 +121,7 @@ def run_trial(
     In a data-parallel trial (torch.distributed initialized, by harness.raytrain) every process
     calls this; each trains on its shard (harness.ddp) and gets the same metrics and callbacks,
     and only rank 0 logs and writes files (`on_epoch` gets the checkpoint folder on rank 0 only).
+    `progress`: show the progress within each epoch (harness.progress), for commands run by a person.
     """
     world = World.current()
     if not world.is_main:
@@ -147,6 +149,7 @@ def run_trial(
         on_epoch=job.epoch_done,
         log=log,
         world=world,
+        progress=progress,
     )
     return job.final(final)
 
