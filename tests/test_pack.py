@@ -205,6 +205,39 @@ def test_a_pack_killed_mid_round_resumes_to_the_metrics_of_an_uninterrupted_pack
         assert_same_checkpoint(tmp_path / f"m{i}", lone_dir)
 
 
+def test_a_pack_killed_mid_epoch_resumes_to_the_metrics_of_an_uninterrupted_pack(
+    tmp_path, lone_runs, monkeypatch
+):
+    from harness import step as step_module
+
+    configs = [config("individual", **m) for m in MEMBERS]
+    calls = {"n": 0}
+    take = step_module.EagerPack.__call__
+
+    def killed_at_step_13(self, batches):  # epoch 2 has steps 10..18
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise Killed
+        return take(self, batches)
+
+    monkeypatch.setattr(step_module.EagerPack, "__call__", killed_at_step_13)
+    with pytest.raises(Killed):
+        packed(configs, tmp_path)
+    monkeypatch.setattr(step_module.EagerPack, "__call__", take)
+    epochs = [
+        torch.load(tmp_path / f"m{i}" / "checkpoint" / CHECKPOINT_FILE, weights_only=True)["epoch"]
+        for i in range(3)
+    ]
+    assert epochs == [1, 1, 1]
+    resume = {i: {"resume_from": tmp_path / f"m{i}" / "checkpoint"} for i in range(3)}
+    results, recorders = packed(configs, tmp_path, resume)
+    assert [[e for e, *_ in r.epochs] for r in recorders] == [[2, 3]] * 3
+    for i, result in enumerate(results):
+        final, _, lone_dir = lone_runs["individual", i]
+        assert untimed(result.metrics) == untimed(final)
+        assert_same_checkpoint(tmp_path / f"m{i}", lone_dir)
+
+
 def test_a_member_whose_checkpoint_is_of_its_last_epoch_is_reported_not_retrained(tmp_path, lone_runs):
     configs = [config("individual", **m) for m in MEMBERS[:2]]
     packed(configs, tmp_path)
