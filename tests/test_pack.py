@@ -177,6 +177,19 @@ def test_a_member_that_cannot_start_fails_alone(tmp_path, lone_runs):
     assert untimed(results[0].metrics) == untimed(lone_runs["individual", 0][0])
 
 
+def checkpoint_epochs(root: Path, members: int) -> list[int]:
+    """The epoch of each member's checkpoint in root/m<i>."""
+    return [
+        torch.load(root / f"m{i}" / "checkpoint" / CHECKPOINT_FILE, weights_only=True)["epoch"]
+        for i in range(members)
+    ]
+
+
+def resume_all(root: Path, members: int) -> dict:
+    """`packed`'s extra: every member resumes from its checkpoint."""
+    return {i: {"resume_from": root / f"m{i}" / "checkpoint"} for i in range(members)}
+
+
 class Killed(BaseException):
     """Stands for the process being stopped: not an Exception, so nothing catches it as a member's failure."""
 
@@ -191,13 +204,8 @@ def test_a_pack_killed_mid_round_resumes_to_the_metrics_of_an_uninterrupted_pack
     # member 1 is stopped after its epoch-2 checkpoint: member 0 has ended epoch 2, member 2 only epoch 1
     with pytest.raises(Killed):
         packed(configs, tmp_path, {1: {"on_epoch": kill_at_epoch_2}})
-    epochs = [
-        torch.load(tmp_path / f"m{i}" / "checkpoint" / CHECKPOINT_FILE, weights_only=True)["epoch"]
-        for i in range(3)
-    ]
-    assert epochs == [2, 2, 1]
-    resume = {i: {"resume_from": tmp_path / f"m{i}" / "checkpoint"} for i in range(3)}
-    results, recorders = packed(configs, tmp_path, resume)
+    assert checkpoint_epochs(tmp_path, 3) == [2, 2, 1]
+    results, recorders = packed(configs, tmp_path, resume_all(tmp_path, 3))
     assert [[e for e, *_ in r.epochs] for r in recorders] == [[3], [3], [2, 3]]
     for i, result in enumerate(results):
         final, _, lone_dir = lone_runs["hierarchical", i]
@@ -224,13 +232,8 @@ def test_a_pack_killed_mid_epoch_resumes_to_the_metrics_of_an_uninterrupted_pack
     with pytest.raises(Killed):
         packed(configs, tmp_path)
     monkeypatch.setattr(step_module.EagerPack, "__call__", take)
-    epochs = [
-        torch.load(tmp_path / f"m{i}" / "checkpoint" / CHECKPOINT_FILE, weights_only=True)["epoch"]
-        for i in range(3)
-    ]
-    assert epochs == [1, 1, 1]
-    resume = {i: {"resume_from": tmp_path / f"m{i}" / "checkpoint"} for i in range(3)}
-    results, recorders = packed(configs, tmp_path, resume)
+    assert checkpoint_epochs(tmp_path, 3) == [1, 1, 1]
+    results, recorders = packed(configs, tmp_path, resume_all(tmp_path, 3))
     assert [[e for e, *_ in r.epochs] for r in recorders] == [[2, 3]] * 3
     for i, result in enumerate(results):
         final, _, lone_dir = lone_runs["individual", i]
