@@ -179,7 +179,9 @@ def bench_one(
         for g in graphs
     ]
     step = make_pack_step(
-        [t.step for t in trainings], graph=device.type == "cuda" and cuda_graph, batch_size=batch_size
+        [t.step for t in trainings],
+        graph=members > 1 and device.type == "cuda" and cuda_graph,  # one trial: its own CUDAGraphStep
+        batch_size=batch_size,
     )
 
     def batches(loader):

@@ -406,13 +406,15 @@ def fit_pack(
     `progress` shows each round's progress within the epoch (harness.progress; rank 0 only).
     """
     device = torch.device(device)
+    packed = len(members) > 1
     for member in members:
-        _start(member, device, world, packed=len(members) > 1)
+        _start(member, device, world, packed=packed)
     active = [m for m in members if not m.ended]
     while active:
         step = make_pack_step(
             [m.training.step for m in active],
-            graph=device.type == "cuda"
+            graph=packed
+            and device.type == "cuda"
             and all(m.opts.cuda_graph and m.opts.update == "simultaneous" for m in active),
             batch_size=active[0].train_loader.batch_size,
         )

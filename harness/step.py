@@ -264,7 +264,6 @@ class GraphedPack:
 
 def make_pack_step(steps: Sequence[Callable], *, graph: bool, batch_size: int) -> Callable[..., Outputs]:
     """The step of a pack whose members take `steps` alone: one CUDA graph for all of them when
-    `graph` (every step an `EagerStep` on CUDA), else their own steps one after another."""
-    if graph and len(steps) > 1:
-        return GraphedPack(steps, batch_size=batch_size)
-    return EagerPack(steps)
+    `graph` (every step a plain `EagerStep` on CUDA; also a pack down to one member), else their own
+    steps one after another (a lone trial's own step, a CUDA graph of its own or not)."""
+    return GraphedPack(steps, batch_size=batch_size) if graph else EagerPack(steps)
