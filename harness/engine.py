@@ -33,6 +33,7 @@ from harness.contract import (
     TRAIN_MEMORIZED,
 )
 from harness.ddp import ALONE, World, data_parallel, loss_weight
+from harness.losses import make_label_loss
 from harness.optim import SGD, build_scheduler, ramp_factor
 from harness.step import EagerStep, autocast, make_loss_fn, make_train_step
 
@@ -65,6 +66,12 @@ class FitOptions:
     cuda_graph: bool
     checkpoint_every: int
     stop_on_collapse: int  # end training after this many consecutive collapsed epochs; 0: never
+    # every head's label term (harness.losses.make_label_loss): ce, gce or sce, and their settings
+    label_loss: str
+    label_smoothing: float
+    gce_q: float
+    sce_alpha: float
+    sce_beta: float
 
 
 @dataclass
@@ -102,8 +109,8 @@ def setup_training(
 ) -> Training:
     """SGD, its schedule and the fastest step the device allows, for `fit`, `harness bench` and the GPU checks.
 
-    The loss is built here: the collaborative objective at opts.T and opts.beta, scaled by 1/H for
-    rescale "loss". The soft target's weight is 1 (the paper), or ramped in from 0 over the first
+    The loss is built here: the collaborative objective at opts.T and opts.beta with opts' label
+    loss as every head's label term, scaled by 1/H for rescale "loss". The soft target's weight is 1 (the paper), or ramped in from 0 over the first
     soft_rampup_epochs as a device tensor refilled outside any captured graph (`Training.after_step`).
     Data-parallel (`world`): the steps run the graph wrapped in DDP (harness.ddp), eagerly (DDP's
     all-reduce is not captured in a CUDA graph); `batch_size` is the global batch.
@@ -132,7 +139,14 @@ def setup_training(
     ramp_steps = opts.soft_rampup_epochs * steps_per_epoch
     soft_weight: float | torch.Tensor = torch.tensor(0.0, device=device) if ramp_steps else 1.0
     scale = loss_scale(opts.rescale, model.heads) * weight
-    loss = dict(T=opts.T, beta=opts.beta, loss_scale=scale, soft_weight=soft_weight)
+    label_loss = make_label_loss(
+        opts.label_loss,
+        label_smoothing=opts.label_smoothing,
+        gce_q=opts.gce_q,
+        sce_alpha=opts.sce_alpha,
+        sce_beta=opts.sce_beta,
+    )
+    loss = dict(T=opts.T, beta=opts.beta, loss_scale=scale, soft_weight=soft_weight, label_loss=label_loss)
     if opts.update == "alternating":
         # one step per head in turn; each head's loss only, so only its path is updated
         steps = [
