@@ -199,6 +199,31 @@ def test_detect_noise_covers_every_sample_once_of_a_shuffled_augmented_train_loa
     assert m["train/detect_auroc"] == 1.0
 
 
+def test_an_image_folder_train_loader_scores_unaugmented_with_the_evaluation_transform(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 5), ("val", 2)):
+        for c, color in (("blue", (0, 0, 255)), ("red", (255, 0, 0))):
+            (tmp_path / split / c).mkdir(parents=True)
+            for k in range(per_class):
+                px = np.clip(np.array(color) + rng.integers(-20, 20, (24, 30, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(px).save(tmp_path / split / c / f"{k}.png")
+    data = load_dataset("imagefolder", root=tmp_path, image_size=16)
+    noisy = data.train_y.copy()
+    noisy[:3] = 1 - noisy[:3]
+    train, _ = make_loaders(data, noisy, batch_size=4, augment=True, device="cpu", seed=1, num_workers=0)
+    view = train.unaugmented()
+    assert (view.augment, view.shuffle, view.drop_last, view.labels_noisy) == (False, False, False, True)
+    batches = list(view)
+    assert torch.equal(torch.cat([b.index for b in batches]), torch.arange(10))  # all, in order
+    assert torch.equal(torch.cat([b.y for b in batches]), torch.as_tensor(noisy))
+    # the evaluation transform (resize, center crop): what a test-style loader of the files gives
+    plain, _ = make_loaders(data, noisy, batch_size=4, augment=False, device="cpu", seed=1, num_workers=0)
+    plain.shuffle, plain.drop_last = False, False
+    assert torch.equal(torch.cat([b.x for b in batches]), torch.cat([b.x for b in plain]))
+
+
 # --- through a trial ------------------------------------------------------------------------------
 
 
