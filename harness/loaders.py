@@ -454,9 +454,10 @@ def make_loaders(
     Eval loaders are `{"test": ..., "val": ...}` ("val" only when the data has a validation split),
     neither shuffled nor augmented, with the clean labels as `.labels`; `val_labels` (the held-out
     split's labels corrupted like the training labels) become the val loader's `.labels` instead,
-    its true labels staying `.clean_labels` (and its `.labels_noisy` is True, as the train loader's). The train loader drops the last
-    partial batch when there is more than one batch (fixed shapes for CUDA graphs / compiled steps,
-    and no batch of one for BatchNorm), and always when data-parallel (`shard`): every step then
+    its true labels staying `.clean_labels` (and its `.labels_noisy` is True, as the train
+    loader's). The train loader drops the last partial batch when there is more than one batch
+    (fixed shapes for CUDA graphs / compiled steps, and no batch of one for BatchNorm), and always
+    when data-parallel (`shard`): every step then
     averages the same number of samples. `batch_size` is global; each process gets its part of
     every batch, evaluation included. `decode` (DECODE_MODES) picks where ImageFolder images are
     decoded (`FolderLoader`); in-memory data sets ignore it.
