@@ -27,7 +27,7 @@ import copy
 import math
 import numbers
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -429,6 +429,7 @@ def collaborative_loss(
     per_head: bool = False,
     soft_weight: float | torch.Tensor = 1.0,
     head: int | None = None,
+    label_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Song & Chai's objective summed over heads (eq. 3 of the paper).
 
@@ -442,6 +443,9 @@ def collaborative_loss(
     Computed in float32 whatever the logits' dtype. Returns a scalar, or the (H,) per-head losses
     when ``per_head``, or head ``head``'s loss alone (for alternating updates: no other head's
     parameters take part in its backward pass, so the optimizer leaves them untouched).
+    ``label_loss(z, y)``: the label term in place of ``CE(z_h, y)`` for every head (e.g. GCE, SCE or
+    smoothed cross-entropy from ``harness.losses.make_label_loss``); None is plain cross-entropy.
+    The soft-target term is the same whatever the label loss.
     """
     if not isinstance(T, numbers.Real) or isinstance(T, bool) or not T > 0:
         raise ValueError(f"T (temperature) must be > 0, got {T!r}")
@@ -456,8 +460,9 @@ def collaborative_loss(
         )
     z = [zh.float() for zh in logits]
     heads = len(z)
+    hard_loss = F.cross_entropy if label_loss is None else label_loss
     if heads == 1:
-        loss = F.cross_entropy(z[0], target)
+        loss = hard_loss(z[0], target)
         return loss.reshape(1) if per_head else loss
 
     frozen = [zh.detach() for zh in z]
@@ -466,7 +471,7 @@ def collaborative_loss(
         others = torch.stack([frozen[j] for j in range(heads) if j != h]).mean(dim=0)
         q = F.softmax(others / T, dim=1)
         soft = -(q * F.log_softmax(z[h] / T, dim=1)).sum(dim=1).mean()
-        hard = F.cross_entropy(z[h], target)
+        hard = hard_loss(z[h], target)
         share = (1.0 - beta) * soft_weight
         losses.append((1.0 - share) * hard + share * T**2 * soft)
     if head is not None:

@@ -84,6 +84,13 @@ class OptimConfig:
     milestones: list | None = None  # epochs at which a step schedule multiplies lr by gamma
     gamma: float = 0.1
     warmup_epochs: int = 0
+    # the label term of every head's objective (harness.losses; the soft-target term is unchanged):
+    # ce (cross-entropy), gce (generalized CE, Zhang & Sabuncu 2018), sce (symmetric CE, Wang et al. 2019)
+    label_loss: str = "ce"
+    label_smoothing: float = 0.0  # eps of smoothed cross-entropy (label_loss ce only)
+    gce_q: float = 0.7  # GCE's q (the paper's value)
+    sce_alpha: float = 0.1  # SCE's weights of CE and reverse CE (the paper's CIFAR-10 setting)
+    sce_beta: float = 1.0
 
 
 @dataclass
@@ -211,6 +218,7 @@ def _registries() -> dict[str, list[str]]:
     # Live views: an arch, dataset or noise kind registered after import is accepted too.
     from harness.collab import RESCALE_MODES, TOPOLOGIES
     from harness.data import DATASETS
+    from harness.losses import LABEL_LOSSES
     from harness.models import ARCHS
     from noise import kind_names
 
@@ -220,6 +228,7 @@ def _registries() -> dict[str, list[str]]:
         "kind": list(kind_names()),
         "topology": list(TOPOLOGIES),
         "rescale": list(RESCALE_MODES),
+        "label_loss": list(LABEL_LOSSES),
     }
 
 
@@ -260,6 +269,11 @@ def check_value(key: str, value: Any) -> str | None:
         "optim.schedule": lambda v: _choice(v, ["cosine", "step"], "schedule"),
         "optim.gamma": lambda v: _in_range(v, 0, 1, lo_open=True),
         "optim.warmup_epochs": lambda v: None if v >= 0 else f"must be >= 0, got {v}",
+        "optim.label_loss": lambda v: _choice(v, names["label_loss"], "label loss"),
+        "optim.label_smoothing": lambda v: _in_range(v, 0, 1, hi_open=True),
+        "optim.gce_q": lambda v: _in_range(v, 0, 1, lo_open=True),
+        "optim.sce_alpha": lambda v: None if v >= 0 else f"must be >= 0, got {v}",
+        "optim.sce_beta": lambda v: None if v >= 0 else f"must be >= 0, got {v}",
         "optim.milestones": lambda v: (
             None
             if all(isinstance(m, int) and m >= 1 for m in v)
@@ -343,6 +357,17 @@ def check_config(cfg: TrialConfig) -> list[tuple[str, str]]:
                 "every worker needs at least one sample of each batch",
             )
         )
+    o = cfg.optim
+    if o.label_smoothing > 0 and o.label_loss != "ce":
+        problems.append(
+            (
+                "optim.label_smoothing",
+                f"label smoothing ({o.label_smoothing:g}) applies to cross-entropy, but optim.label_loss is "
+                f"{o.label_loss}; set label_smoothing to 0 or label_loss to ce",
+            )
+        )
+    if o.label_loss == "sce" and o.sce_alpha == 0 and o.sce_beta == 0:
+        problems.append(("optim.sce_beta", "sce_alpha and sce_beta are both 0: the label loss would be 0"))
     if cfg.optim.warmup_epochs >= cfg.optim.epochs:
         problems.append(
             ("optim.warmup_epochs", f"must be < epochs ({cfg.optim.epochs}), got {cfg.optim.warmup_epochs}")

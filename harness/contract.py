@@ -115,6 +115,29 @@ GPU_PEAK_MEM_MB = "gpu/peak_mem_mb"
 TRAIN_PARAMS = "model/train_params"  # logged at the first epoch
 INFERENCE_PARAMS = "model/inference_params"
 HEAD_ACC = re.compile(r"test/acc_head(\d+)$")  # test/acc_head{h}, one per head
+# share of the training labels flipped, and of the held-out split's (data.val_fraction > 0); first epoch
+NOISE_REALIZED_RATE = "noise/realized_rate"
+NOISE_VAL_REALIZED_RATE = "noise/val_realized_rate"
+# The held-out split (data.val_fraction > 0): the kept head against the true labels, and against the labels
+# corrupted with the trial's noise spec (what a practitioner without clean labels can select on)
+VAL_ACC = "val/acc"
+VAL_ACC_NOISY = "val/acc_noisy"
+# Calibration on the test set, every epoch: expected calibration error (15 equal-width confidence bins, a
+# fraction) and the mean negative log-likelihood of the true class (nats), kept head and heads' ensemble
+TEST_ECE = "test/ece"
+TEST_NLL = "test/nll"
+TEST_ECE_ENSEMBLE = "test/ece_ensemble"
+TEST_NLL_ENSEMBLE = "test/nll_ensemble"
+# Noise detection after the last epoch (harness.engine.detect_noise): how well a per-sample score finds the
+# flipped training labels. AUROC; precision and recall when flagging as many samples as are flipped (equal).
+# Score: the kept head's loss on the given label; _consensus: the heads' consensus disagreeing with it
+# (several heads only). Not logged where no label is flipped (undefined there).
+TRAIN_DETECT_AUROC = "train/detect_auroc"
+TRAIN_DETECT_PRECISION = "train/detect_precision"
+TRAIN_DETECT_RECALL = "train/detect_recall"
+TRAIN_DETECT_AUROC_CONSENSUS = "train/detect_auroc_consensus"
+TRAIN_DETECT_PRECISION_CONSENSUS = "train/detect_precision_consensus"
+TRAIN_DETECT_RECALL_CONSENSUS = "train/detect_recall_consensus"
 
 
 def head_acc(head: int) -> str:
@@ -133,7 +156,23 @@ EPOCH_METRICS = (
     TIME_EPOCH_S,
     PERF_IMG_PER_S,
 )
-FRACTION_METRICS = frozenset({TEST_ACC, TEST_ACC_ENSEMBLE, TRAIN_ACC_NOISY, TRAIN_ACC_CLEAN, TRAIN_MEMORIZED})
+FRACTION_METRICS = frozenset(
+    {
+        TEST_ACC,
+        TEST_ACC_ENSEMBLE,
+        TRAIN_ACC_NOISY,
+        TRAIN_ACC_CLEAN,
+        TRAIN_MEMORIZED,
+        VAL_ACC,
+        VAL_ACC_NOISY,
+        TEST_ECE,
+        TEST_ECE_ENSEMBLE,
+        TRAIN_DETECT_PRECISION,
+        TRAIN_DETECT_RECALL,
+        TRAIN_DETECT_PRECISION_CONSENSUS,
+        TRAIN_DETECT_RECALL_CONSENSUS,
+    }
+)
 
 
 def is_fraction_metric(key: str) -> bool:
@@ -142,5 +181,10 @@ def is_fraction_metric(key: str) -> bool:
 
 
 def lower_is_better(key: str) -> bool:
-    """Losses, times and memory go down as things improve; accuracies and throughput go up."""
-    return "loss" in key or key.startswith(("time/", "gpu/"))
+    """Losses, calibration errors (ECE, NLL), times and memory go down as things improve; accuracies,
+    AUROC and throughput go up."""
+    return (
+        "loss" in key
+        or key.rsplit("/", 1)[-1].startswith(("ece", "nll"))
+        or key.startswith(("time/", "gpu/"))
+    )

@@ -31,16 +31,23 @@ from harness.contract import (
     PERF_IMG_PER_S,
     TEST_ACC,
     TEST_ACC_ENSEMBLE,
+    TEST_ECE,
     TIME_EPOCH_S,
     TRAIN_ACC_CLEAN,
     TRAIN_ACC_NOISY,
     TRAIN_COLLAPSED,
+    TRAIN_DETECT_AUROC,
+    TRAIN_DETECT_AUROC_CONSENSUS,
+    TRAIN_DETECT_PRECISION,
     TRAIN_LOSS,
     TRAIN_MEMORIZED,
+    VAL_ACC_NOISY,
 )
 from harness.ddp import ALONE, World, data_parallel, loss_weight
+from harness.losses import make_label_loss
 from harness.optim import SGD, build_scheduler, ramp_factor
 from harness.progress import EpochProgress
+from harness.scores import CALIBRATION_BINS, calibration_counts, detection_metrics, ece_from_counts
 from harness.step import EagerStep, autocast, make_loss_fn, make_pack_step, make_train_step
 
 
@@ -81,6 +88,12 @@ class FitOptions:
     cuda_graph: bool
     checkpoint_every: int
     stop_on_collapse: int  # end training after this many consecutive collapsed epochs; 0: never
+    # every head's label term (harness.losses.make_label_loss): ce, gce or sce, and their settings
+    label_loss: str
+    label_smoothing: float
+    gce_q: float
+    sce_alpha: float
+    sce_beta: float
 
 
 @dataclass
@@ -119,8 +132,8 @@ def setup_training(
 ) -> Training:
     """SGD, its schedule and the fastest step the device allows, for `fit`, `harness bench` and the GPU checks.
 
-    The loss is built here: the collaborative objective at opts.T and opts.beta, scaled by 1/H for
-    rescale "loss". The soft target's weight is 1 (the paper), or ramped in from 0 over the first
+    The loss is built here: the collaborative objective at opts.T and opts.beta with opts' label
+    loss as every head's label term, scaled by 1/H for rescale "loss". The soft target's weight is 1 (the paper), or ramped in from 0 over the first
     soft_rampup_epochs as a device tensor refilled outside any captured graph (`Training.after_step`).
     Data-parallel (`world`): the steps run the graph wrapped in DDP (harness.ddp), eagerly (DDP's
     all-reduce is not captured in a CUDA graph); `batch_size` is the global batch. `own_graph`
@@ -150,7 +163,14 @@ def setup_training(
     ramp_steps = opts.soft_rampup_epochs * steps_per_epoch
     soft_weight: float | torch.Tensor = torch.tensor(0.0, device=device) if ramp_steps else 1.0
     scale = loss_scale(opts.rescale, model.heads) * weight
-    loss = dict(T=opts.T, beta=opts.beta, loss_scale=scale, soft_weight=soft_weight)
+    label_loss = make_label_loss(
+        opts.label_loss,
+        label_smoothing=opts.label_smoothing,
+        gce_q=opts.gce_q,
+        sce_alpha=opts.sce_alpha,
+        sce_beta=opts.sce_beta,
+    )
+    loss = dict(T=opts.T, beta=opts.beta, loss_scale=scale, soft_weight=soft_weight, label_loss=label_loss)
     if opts.update == "alternating":
         # one step per head in turn; each head's loss only, so only its path is updated
         steps = [
@@ -294,34 +314,100 @@ def evaluate(
     prefix: str = "test",
     world: World = ALONE,
 ) -> dict[str, float]:
-    """Accuracy of every head, of the kept head and of the ensemble (mean of the heads' softmax).
+    """Accuracy of every head, of the kept head and of the ensemble (mean of the heads' softmax),
+    and the calibration of the kept head and of the ensemble, all against the true labels.
 
+    Calibration: ``{prefix}/ece`` (expected calibration error, CALIBRATION_BINS equal-width
+    confidence bins, a fraction) and ``{prefix}/nll`` (mean negative log-likelihood of the true
+    class, nats), ``_ensemble`` for the ensemble. A loader whose labels are noisy (``.labels_noisy``:
+    the held-out split with the trial's noise) also gives ``{prefix}/acc_noisy``, the kept head's
+    accuracy against those labels: what a practitioner without clean labels can select on.
+    Everything is counted on the device; one sync at the end.
     Data-parallel: each process evaluates its part of the set with rank 0's BatchNorm statistics
     (those checkpointed); the counts are summed over the processes."""
     world.broadcast_buffers(model)
     model.eval()
     hits = torch.zeros(model.heads, device=device, dtype=torch.long)  # per head
     counts = torch.zeros(model.num_classes, device=device, dtype=torch.long)  # kept head's predictions
-    hit_ens, n = (torch.zeros((), device=device, dtype=torch.long) for _ in range(2))
+    hit_ens, hit_noisy, n = (torch.zeros((), device=device, dtype=torch.long) for _ in range(3))
+    # kept head, ensemble: calibration bins (3, bins) each, and the summed NLL
+    calib = torch.zeros(2, 3, CALIBRATION_BINS, device=device, dtype=torch.float64)
+    nll = torch.zeros(2, device=device, dtype=torch.float64)
     for batch in loader:
         with autocast(torch.device(device), amp):
             logits = model(batch.x)
         heads = torch.stack([z.float() for z in logits])  # (H, B, K)
         hits += (heads.argmax(2) == batch.clean).sum(1)  # evaluation uses the true labels
-        hit_ens += (heads.softmax(2).mean(0).argmax(1) == batch.clean).sum()
+        probs = heads.softmax(2)
+        ensemble = probs.mean(0)
+        hit_ens += (ensemble.argmax(1) == batch.clean).sum()
+        hit_noisy += (heads[kept_head].argmax(1) == batch.y).sum()
         counts += class_counts(heads[kept_head])
         n += batch.clean.shape[0]
+        calib[0] += calibration_counts(probs[kept_head], batch.clean)
+        calib[1] += calibration_counts(ensemble, batch.clean)
+        nll[0] += F.cross_entropy(heads[kept_head], batch.clean, reduction="sum").double()
+        # a probability that underflowed to 0 would give an infinite NLL: clamp at float32's tiny
+        log_ens = ensemble.clamp_min(torch.finfo(torch.float32).tiny).log()
+        nll[1] += F.nll_loss(log_ens, batch.clean, reduction="sum").double()
     model.train()
-    totals = world.sum(torch.cat([hits, counts, hit_ens[None], n[None]]))
-    hits, counts, hit_ens, n = totals[: model.heads], totals[model.heads : -2], totals[-2], totals[-1].item()
+    totals = world.sum(torch.cat([hits, counts, hit_ens[None], hit_noisy[None], n[None]]))
+    world.sum(calib)
+    world.sum(nll)
+    hits, counts = totals[: model.heads], totals[model.heads : -3]
+    hit_ens, hit_noisy, n = totals[-3].item(), totals[-2].item(), totals[-1].item()
     per_head = (hits.double() / n).tolist()
-    # prefix "test": harness.contract's TEST_ACC, TEST_ACC_ENSEMBLE and head_acc(h)
+    # prefix "test": harness.contract's TEST_ACC, TEST_ACC_ENSEMBLE, head_acc(h), TEST_ECE, TEST_NLL, ...
     metrics = {
         f"{prefix}/acc": per_head[kept_head],
-        f"{prefix}/acc_ensemble": hit_ens.item() / n,
+        f"{prefix}/acc_ensemble": hit_ens / n,
         f"{prefix}/pred_top_share": counts.max().item() / n,
+        f"{prefix}/ece": ece_from_counts(calib[0]),
+        f"{prefix}/ece_ensemble": ece_from_counts(calib[1]),
+        f"{prefix}/nll": nll[0].item() / n,
+        f"{prefix}/nll_ensemble": nll[1].item() / n,
     }
+    if getattr(loader, "labels_noisy", False):
+        metrics[f"{prefix}/acc_noisy"] = hit_noisy / n
     metrics.update({f"{prefix}/acc_head{h}": acc for h, acc in enumerate(per_head)})
+    return metrics
+
+
+@torch.no_grad()
+def detect_noise(
+    model: torch.nn.Module, loader, *, kept_head: int, device, amp: bool, world: World = ALONE
+) -> dict[str, float]:
+    """How well the trained network finds the flipped training labels (the noise module knows them).
+
+    ``loader``: an unaugmented pass over the training set in its order (``train_loader.unaugmented()``),
+    ``.labels`` the labels trained on, ``.clean_labels`` the true ones; flipped = labels != clean
+    (for human noise: the annotators' label != the clean one). Two scores per sample, in eval mode:
+    the kept head's cross-entropy on its given label (TRAIN_DETECT_AUROC, ..._PRECISION, ..._RECALL),
+    and for several heads the disagreement of their consensus (mean softmax) with the given label,
+    1 - p_consensus(label) (the ``_consensus`` variants). Precision and recall flag as many samples
+    as are flipped (the realized noise rate), so they are equal. Nothing is returned where no label
+    (or every label) is flipped: detection is undefined there.
+    Data-parallel: each process scores its part; the scores are summed into every process's copy.
+    """
+    world.broadcast_buffers(model)
+    model.eval()
+    scores = torch.zeros(2, loader.num_samples, device=device, dtype=torch.float32)
+    for batch in loader:
+        with autocast(torch.device(device), amp):
+            logits = model(batch.x)
+        heads = torch.stack([z.float() for z in logits])  # (H, B, K)
+        scores[0, batch.index] = F.cross_entropy(heads[kept_head], batch.y, reduction="none")
+        consensus = heads.softmax(2).mean(0).gather(1, batch.y[:, None]).squeeze(1)
+        scores[1, batch.index] = 1.0 - consensus
+    model.train()
+    world.sum(scores)  # each sample was scored by one process, the others hold 0 there
+    flipped = (loader.labels != loader.clean_labels).cpu().numpy()
+    scores = scores.cpu().numpy()
+    metrics = {f"train/detect_{k}": v for k, v in detection_metrics(scores[0], flipped).items()}
+    if model.heads > 1:  # one head: the consensus is the kept head, the same ranking
+        metrics |= {
+            f"train/detect_{k}_consensus": v for k, v in detection_metrics(scores[1], flipped).items()
+        }
     return metrics
 
 
@@ -541,6 +627,19 @@ def _end_epoch(
     metrics[TRAIN_COLLAPSED] = float(is_collapsed(*shares))
     member.collapsed_for = member.collapsed_for + 1 if metrics[TRAIN_COLLAPSED] else 0
     metrics["train/collapsed_epochs"] = member.collapsed_for
+    if epoch == opts.epochs or stops_on_collapse(opts, metrics):
+        # its last epoch: how well it finds the flipped labels (an extra forward pass over the
+        # training set, not counted in time/epoch_s)
+        metrics.update(
+            detect_noise(
+                model,
+                member.train_loader.unaugmented(),
+                kept_head=opts.kept_head,
+                device=device,
+                amp=opts.amp,
+                world=world,
+            )
+        )
     if device.type == "cuda":
         metrics[GPU_PEAK_MEM_MB] = torch.cuda.max_memory_allocated(device) / 2**20
     member.history.append(metrics)
@@ -608,12 +707,25 @@ def load_checkpoint(path: Path) -> dict:
     return safeload.load_checkpoint(path)
 
 
+def format_detection(m: dict[str, float]) -> str:
+    """One line on noise detection (`detect_noise`'s metrics)."""
+    line = (
+        f"noise detection: AUROC {m[TRAIN_DETECT_AUROC]:.3f} (kept head's loss), precision = recall "
+        f"{m[TRAIN_DETECT_PRECISION]:.3f} at the realized rate"
+    )
+    if TRAIN_DETECT_AUROC_CONSENSUS in m:
+        line += f"; heads' consensus: AUROC {m[TRAIN_DETECT_AUROC_CONSENSUS]:.3f}"
+    return line
+
+
 def format_epoch(epoch: int, epochs: int, m: dict[str, float]) -> str:
     mem = f"  mem {m[GPU_PEAK_MEM_MB]:.0f} MB" if GPU_PEAK_MEM_MB in m else ""
     mem += "  COLLAPSED" if m.get(TRAIN_COLLAPSED) else ""
-    return (
+    val = f"  val noisy {m[VAL_ACC_NOISY]:.4f}" if VAL_ACC_NOISY in m else ""
+    line = (
         f"epoch {epoch:>3}/{epochs}  loss {m[TRAIN_LOSS]:.4f}  train {m[TRAIN_ACC_NOISY]:.3f} "
         f"(clean {m[TRAIN_ACC_CLEAN]:.3f}, memorized {m[TRAIN_MEMORIZED]:.3f})  "
-        f"test {m[TEST_ACC]:.4f} (ens {m[TEST_ACC_ENSEMBLE]:.4f})  "
+        f"test {m[TEST_ACC]:.4f} (ens {m[TEST_ACC_ENSEMBLE]:.4f}, ece {m[TEST_ECE]:.3f}){val}  "
         f"{m[TIME_EPOCH_S]:.1f}s  {m[PERF_IMG_PER_S]:.0f} img/s{mem}"
     )
+    return line + ("\n" + format_detection(m) if TRAIN_DETECT_AUROC in m else "")

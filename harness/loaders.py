@@ -14,6 +14,7 @@ depends on worker timing.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -98,11 +99,16 @@ def _check_batch_size(batch_size: int) -> int:
 
 
 class _LabelsMixin:
-    """`.labels` (trained on) and `.clean_labels` (true) as long tensors on the loader's device."""
+    """`.labels` (trained on) and `.clean_labels` (true) as long tensors on the loader's device.
+
+    `.labels_noisy`: whether `.labels` carry the trial's noise (the training set, and the held-out
+    split that `make_loaders` gets noisy labels for) rather than being the true labels again.
+    """
 
     device: torch.device
     num_samples: int
     _labels: torch.Tensor
+    labels_noisy: bool = False
 
     def _as_labels(self, values: Any, what: str) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values)
@@ -188,6 +194,13 @@ class TensorLoader(_LabelsMixin):
 
     def __len__(self) -> int:
         return _num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def unaugmented(self) -> TensorLoader:
+        """The same images and labels (shared, not copied) in their order, every sample once and
+        without augmentation: a pass to score the training set with (harness.engine.detect_noise)."""
+        view = copy.copy(self)
+        view.augment, view.shuffle, view.drop_last, view.epoch = False, False, False, 0
+        return view
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
@@ -327,6 +340,7 @@ class FolderLoader(_LabelsMixin):
         self.shuffle, self.drop_last, self.seed = bool(shuffle), bool(drop_last), int(seed)
         self.num_workers, self.channels_last = int(num_workers), bool(channels_last)
         self.shard = shard
+        self.mean, self.std, self.decode_mode = tuple(mean), tuple(std), decode  # for `unaugmented`
         self.decode = resolve_decode(decode, self.device)
         self.epoch = 0
         self.clean_labels = self._as_labels(clean_labels, "clean_labels")
@@ -348,6 +362,30 @@ class FolderLoader(_LabelsMixin):
 
     def __len__(self) -> int:
         return _num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def unaugmented(self) -> FolderLoader:
+        """The same files and labels in their order, every sample once, with the evaluation transform
+        (resize and center crop): a pass to score the training set with (harness.engine.detect_noise)."""
+        view = FolderLoader(
+            self.dataset.paths,
+            self._labels,
+            self.clean_labels,
+            batch_size=self.batch_size,
+            image_size=self.image_size,
+            mean=self.mean,
+            std=self.std,
+            augment=False,
+            shuffle=False,
+            drop_last=False,
+            num_workers=self.num_workers,
+            device=self.device,
+            seed=self.seed,
+            channels_last=self.channels_last,
+            shard=self.shard,
+            decode=self.decode_mode,
+        )
+        view.labels_noisy = self.labels_noisy
+        return view
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
@@ -409,13 +447,17 @@ def make_loaders(
     eval_batch_size: int | None = None,
     shard: Shard = Shard(),
     decode: str = "auto",
+    val_labels: Any = None,
 ) -> tuple[Loader, dict[str, Loader]]:
     """Train loader (shuffled, augmented if `augment`, trained on `train_labels`) and eval loaders.
 
     Eval loaders are `{"test": ..., "val": ...}` ("val" only when the data has a validation split),
-    neither shuffled nor augmented, with the clean labels as `.labels`. The train loader drops the last
-    partial batch when there is more than one batch (fixed shapes for CUDA graphs / compiled steps,
-    and no batch of one for BatchNorm), and always when data-parallel (`shard`): every step then
+    neither shuffled nor augmented, with the clean labels as `.labels`; `val_labels` (the held-out
+    split's labels corrupted like the training labels) become the val loader's `.labels` instead,
+    its true labels staying `.clean_labels` (and its `.labels_noisy` is True, as the train
+    loader's). The train loader drops the last partial batch when there is more than one batch
+    (fixed shapes for CUDA graphs / compiled steps, and no batch of one for BatchNorm), and always
+    when data-parallel (`shard`): every step then
     averages the same number of samples. `batch_size` is global; each process gets its part of
     every batch, evaluation included. `decode` (DECODE_MODES) picks where ImageFolder images are
     decoded (`FolderLoader`); in-memory data sets ignore it.
@@ -455,8 +497,25 @@ def make_loaders(
         drop_last=drop_last,
         **common,
     )
+    train.labels_noisy = True
+    if val_labels is not None and data.val_y is None:
+        raise ValueError(
+            "val_labels were given, but the data has no validation split (data.val_fraction = 0)"
+        )
+    given = {"val": val_labels} if val_labels is not None else {}
     evals = {
-        k: make(sources[k], y, y, batch_size=eval_bs, augment=False, shuffle=False, drop_last=False, **common)
+        k: make(
+            sources[k],
+            given.get(k, y),
+            y,
+            batch_size=eval_bs,
+            augment=False,
+            shuffle=False,
+            drop_last=False,
+            **common,
+        )
         for k, y in eval_labels.items()
     }
+    if given:
+        evals["val"].labels_noisy = True
     return train, evals

@@ -27,6 +27,11 @@ MAY_DIFFER = (
     "optim.lr",
     "optim.weight_decay",
     "optim.momentum",
+    "optim.label_loss",  # a member's own loss function, in its own step
+    "optim.label_smoothing",
+    "optim.gce_q",
+    "optim.sce_alpha",
+    "optim.sce_beta",
     "collab.T",
     "collab.beta",
     "collab.soft_rampup_epochs",

@@ -34,8 +34,11 @@ def make_loss_fn(
     loss_scale: float = 1.0,
     head: int | None = None,
     soft_weight: float | torch.Tensor = 1.0,
+    label_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> LossFn:
     """The summed collaborative loss (or one head's share of it, for alternating updates).
+
+    ``label_loss``: each head's label term (``harness.losses.make_label_loss``); None: cross-entropy.
 
     A ramped ``soft_weight`` is a device tensor that the engine refills between steps: a captured
     step reads the tensor, so every replay sees the current weight.
@@ -43,7 +46,9 @@ def make_loss_fn(
 
     def loss_fn(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         return (
-            collaborative_loss(logits, target, T=T, beta=beta, soft_weight=soft_weight, head=head)
+            collaborative_loss(
+                logits, target, T=T, beta=beta, soft_weight=soft_weight, head=head, label_loss=label_loss
+            )
             * loss_scale
         )
 

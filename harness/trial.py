@@ -22,7 +22,7 @@ import torch
 import noise
 from harness import config as C
 from harness.collab import build_training_graph, count_parameters
-from harness.contract import INFERENCE_PARAMS, TRAIN_PARAMS
+from harness.contract import INFERENCE_PARAMS, NOISE_REALIZED_RATE, NOISE_VAL_REALIZED_RATE, TRAIN_PARAMS
 from harness.data import ImageData, load_dataset
 from harness.ddp import ALONE, World, sync_batchnorm
 from harness.engine import (
@@ -41,10 +41,17 @@ from harness.loaders import make_loaders
 TrialCallback = Callable[[int, dict[str, float], Path | None], None]
 
 CHECKPOINT_FILE = "state.pt"
+VAL_NOISE_STREAM = 19  # `val_noise_seed`: the held-out labels' noise is drawn from (seed, this)
 
 
-def corrupt_labels(data: ImageData, spec: C.NoiseConfig, *, seed: int) -> noise.NoisyLabels:
-    """The trial's training labels: the clean ones corrupted as the noise config says."""
+def corrupt_labels(
+    data: ImageData, spec: C.NoiseConfig, *, seed: int, split: str = "train"
+) -> noise.NoisyLabels:
+    """The trial's training labels (``split="train"``) or held-out labels (``"val"``, the split of
+    data.val_fraction): the clean ones corrupted as the noise config says. For human noise, the
+    CIFAR-N labels of the split's images. Draw the val labels with `val_noise_seed`, so they are
+    independent of the training draw (and the training labels do not depend on the split's noise)."""
+    y, indices = (data.train_y, data.train_indices) if split == "train" else (data.val_y, data.val_indices)
     ns = noise.NoiseSpec(
         spec.kind,
         spec.rate,
@@ -56,17 +63,24 @@ def corrupt_labels(data: ImageData, spec: C.NoiseConfig, *, seed: int) -> noise.
     if spec.kind == "human":
         # CIFAR-N labels follow the official training order: corrupt the full set, then take our subset
         _, clean_full = noise.load_human_labels(ns.label_file, ns.label_set)
-        if not np.array_equal(clean_full[data.train_indices], data.train_y):
+        if not np.array_equal(clean_full[indices], y):
             raise ValueError(
-                f"noise.label_file {spec.label_file}: its clean labels disagree with {data.name}'s training labels; "
+                f"noise.label_file {spec.label_file}: its clean labels disagree with {data.name}'s "
+                f"{'training' if split == 'train' else 'held-out'} labels; "
                 "is the data set in the official order?"
             )
         full = noise.corrupt(clean_full, ns, num_classes=data.num_classes, seed=seed)
-        return noise.NoisyLabels.from_pair(data.train_y, full.labels[data.train_indices], data.num_classes)
+        return noise.NoisyLabels.from_pair(y, full.labels[indices], data.num_classes)
     features = None
     if spec.kind == "instance":
-        features = data.train_x.reshape(len(data.train_y), -1).float().numpy() / 255.0
-    return noise.corrupt(data.train_y, ns, num_classes=data.num_classes, seed=seed, features=features)
+        x = data.train_x if split == "train" else data.val_x
+        features = x.reshape(len(y), -1).float().numpy() / 255.0
+    return noise.corrupt(y, ns, num_classes=data.num_classes, seed=seed, features=features)
+
+
+def val_noise_seed(seed: int) -> int:
+    """The seed of the held-out split's noise draw: derived from the trial's seed, another stream."""
+    return int(np.random.SeedSequence([int(seed), VAL_NOISE_STREAM]).generate_state(1)[0])
 
 
 def label_file_problems(configs: list[C.TrialConfig]) -> list[C.Problem]:
@@ -179,6 +193,7 @@ def load_trial_data(cfg: C.TrialConfig) -> ImageData:
     )
 
 
+
 @dataclass
 class TrialJob:
     """One trial ready to train: its labels, graph, loaders and callbacks (`TrialJob.prepare`).
@@ -219,9 +234,15 @@ class TrialJob:
         seed_everything(cfg.run.seed)
         noisy = corrupt_labels(data, cfg.noise, seed=cfg.run.seed)  # the full set, before sharding
         world.check_same(noisy.labels, "noisy training labels", device)
+        # the held-out split gets the same noise as the training labels (a draw of its own)
+        val_noisy = None
+        if data.val_y is not None:
+            val_noisy = corrupt_labels(data, cfg.noise, seed=val_noise_seed(cfg.run.seed), split="val")
         log(
             f"{data.name}: {len(data.train_y)} training images, {data.num_classes} classes; "
-            f"noise {cfg.noise.kind} {cfg.noise.rate}: {noisy.rate:.2%} of labels flipped; device {device}"
+            f"noise {cfg.noise.kind} {cfg.noise.rate}: {noisy.rate:.2%} of labels flipped"
+            + (f" ({val_noisy.rate:.2%} of {data.num_val} held out)" if val_noisy is not None else "")
+            + f"; device {device}"
             + (f"; {world.size} data-parallel workers" if world.parallel else "")
         )
         graph = build_training_graph(
@@ -253,12 +274,15 @@ class TrialJob:
             decode=cfg.data.decode,
             channels_last=channels_last,
             shard=world.shard,
+            val_labels=None if val_noisy is None else val_noisy.labels,
         )
         sizes = {
             TRAIN_PARAMS: count_parameters(graph),
             INFERENCE_PARAMS: count_parameters(graph.export_head(cfg.collab.kept_head)),
-            "noise/realized_rate": noisy.rate,
+            NOISE_REALIZED_RATE: noisy.rate,
         }
+        if val_noisy is not None:
+            sizes[NOISE_VAL_REALIZED_RATE] = val_noisy.rate
         resume = None
         if resume_from is not None and (Path(resume_from) / CHECKPOINT_FILE).exists():
             resume = load_checkpoint(Path(resume_from) / CHECKPOINT_FILE)

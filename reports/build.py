@@ -20,11 +20,13 @@ from harness.contract import (
     TEST_ACC,
     TRAIN_COLLAPSED,
     TRAIN_MEMORIZED,
+    VAL_ACC_NOISY,
     default_tracking_uri,
     is_fraction_metric,
     sqlite_path,
 )
 from reports import plots, render, tables
+from reports.latex import write_latex
 from reports.runs import HISTORY_KEYS, load_histories, select_sweep
 
 
@@ -33,8 +35,9 @@ class ReportResult:
     """What ``build_report`` wrote and computed.
 
     ``files``: file name (``report.html``, ``accuracy.csv``, ``accuracy_vs_noise.png``, ...) -> path.
-    ``tables``: ``accuracy``, ``gains``, ``cost``, ``memorization``, ``collapsed``, ``failed`` as long-form
-    DataFrames, exactly as written to the CSVs (columns documented in ``reports.tables``).
+    ``tables``: ``accuracy``, ``selection``, ``gains``, ``calibration``, ``detection``, ``cost``,
+    ``memorization``, ``collapsed``, ``failed`` as long-form DataFrames, exactly as written to the CSVs
+    (columns documented in ``reports.tables``).
     """
 
     out_dir: Path
@@ -75,6 +78,7 @@ def build_report(
     mode: str = "final",
     tracking_uri: str | None = None,
     log_to_mlflow: bool = True,
+    latex: bool = False,
 ) -> ReportResult:
     """Write the comparison report of one sweep into ``out_dir`` and return what was written.
 
@@ -83,6 +87,9 @@ def build_report(
     (``mode="final"``) or at its best epoch (``mode="best"``: max, min for losses). ``out_dir``
     defaults to ``reports-out/<experiment>/`` in the working directory. When ``log_to_mlflow``, the files are logged on the
     sweep's parent run under the artifact path ``report/`` (skipped, with a note, without a parent).
+    Whatever ``mode`` says, the report also shows ``metric`` three ways side by side (last epoch, best
+    epoch on test, selected by noisy validation), in its own table and in the paired gains.
+    ``latex``: also write ``tables.tex`` (booktabs; ``reports.latex``).
 
     Raises ValueError for an unknown experiment or run id, a store without runs, a ``metric`` that no
     run logged, or a bad ``mode``.
@@ -116,7 +123,10 @@ def build_report(
     methods = list(frame.sort_values("method_order").method.unique())
     pairs = tables.baselines(frame, keys)
     acc = tables.accuracy_table(frame, metric=metric)
+    selection = tables.selection_table(frame, metric=metric)
     gains = tables.gains_table(frame, metric=metric, pairs=pairs)
+    calibration = tables.calibration_table(frame)
+    detection = tables.detection_table(frame)
     cost = tables.cost_table(frame, pairs=pairs)
     mem = tables.memorization_table(frame)
     failed = tables.failed_table(frame, metric=metric)
@@ -134,7 +144,10 @@ def build_report(
     files: dict[str, Path] = {}
     table_map = {
         "accuracy": acc,
+        "selection": selection,
         "gains": gains,
+        "calibration": calibration,
+        "detection": detection,
         "cost": cost,
         "memorization": mem,
         "collapsed": collapsed,
@@ -147,6 +160,9 @@ def build_report(
         plots.accuracy_vs_noise(
             acc, metric=metric, mode=mode, methods=methods, path=out / "accuracy_vs_noise.png"
         ),
+        plots.selection_vs_noise(
+            selection, metric=metric, methods=methods, path=out / "selection_vs_noise.png"
+        ),
         plots.learning_curves(
             curves, metric=metric, conditions=curve_conds, methods=methods, path=out / "learning_curves.png"
         ),
@@ -156,7 +172,10 @@ def build_report(
 
     sections = _sections(
         acc,
+        selection,
         gains,
+        calibration,
+        detection,
         cost,
         mem,
         collapsed,
@@ -179,7 +198,10 @@ def build_report(
             else f"{sweep.name} (no parent run)",
         ),
         ("Tracking URI", uri),
-        ("Metric", f"{metric}, {'final epoch' if mode == 'final' else 'best over epochs'}"),
+        (
+            "Metric",
+            f"{metric}, {'final epoch' if mode == 'final' else 'best epoch (oracle: chosen on test)'}",
+        ),
         ("Methods vary in", ", ".join(keys) or "nothing (one method)"),
         (
             "Trials",
@@ -191,6 +213,16 @@ def build_report(
     title = f"Collaborative learning under label noise: {sweep.name}"
     files["report.md"] = render.write_markdown(out / "report.md", title=title, meta=meta, sections=sections)
     files["report.html"] = render.write_html(out / "report.html", title=title, meta=meta, sections=sections)
+    if latex:
+        files["tables.tex"] = write_latex(
+            out / "tables.tex",
+            selection=selection,
+            calibration=calibration,
+            detection=detection,
+            methods=methods,
+            metric=metric,
+            title=title,
+        )
 
     logged = False
     if log_to_mlflow and sweep.parent_run_id is None:
@@ -215,10 +247,26 @@ def build_report(
 
 
 def _sections(
-    acc, gains, cost, mem, collapsed, failed, files, *, metric, mode, methods, keys, curve_conds, notes
+    acc,
+    selection,
+    gains,
+    calibration,
+    detection,
+    cost,
+    mem,
+    collapsed,
+    failed,
+    files,
+    *,
+    metric,
+    mode,
+    methods,
+    keys,
+    curve_conds,
+    notes,
 ):
     what = f"{metric} ({'%' if is_fraction_metric(metric) else 'as logged'}) at the " + (
-        "final epoch" if mode == "final" else "best epoch"
+        "final epoch" if mode == "final" else "best epoch (oracle: chosen on the test set)"
     )
     s_acc = render.Section(
         f"{metric} by noise condition and method",
@@ -229,13 +277,32 @@ def _sections(
         ],
         images=[files["accuracy_vs_noise.png"]],
     )
+    s_select = render.Section(
+        f"{metric}: last epoch, best epoch (oracle) and selected by noisy validation",
+        *render.selection_rows(selection),
+        images=[files["selection_vs_noise.png"]],
+        notes=[
+            "Each run's value three ways: at its last epoch; at its best epoch, chosen by looking at the "
+            "test set (an oracle: no practitioner has clean test labels to choose with, and it overstates "
+            f"robust methods); and at the epoch of its highest {VAL_ACC_NOISY}, the accuracy on the "
+            "held-out split (data.val_fraction) against labels corrupted with the trial's own noise, "
+            "which is what a practitioner can select on (ties: the earliest such epoch). Mean ± std over "
+            "seeds (n), and the mean chosen epoch."
+        ],
+    )
+    if not (selection[selection.rule == "val"].n > 0).any():
+        s_select.notes.append(
+            f"Selected by noisy validation is n/a: no run logged {VAL_ACC_NOISY} (set data.val_fraction, "
+            "e.g. 0.05, to hold out a noisy validation split)."
+        )
     s_gain = render.Section("Gain over individual training (paired by seed)")
     if len(gains):
-        s_gain.headers, s_gain.rows = render.gains_rows(gains)
+        s_gain.headers, s_gain.rows = render.gains_by_rule_rows(gains)
         s_gain.notes.append(
-            "Difference method − baseline over the seeds both finished in the same noise condition; "
-            "95% confidence interval from the t distribution with n−1 degrees of freedom "
-            "(n/a for fewer than 2 pairs)."
+            "Difference method − baseline over the seeds both finished in the same noise condition, "
+            "under each selection rule: mean [95% confidence interval from the t distribution with n−1 "
+            "degrees of freedom] (pairs); no interval for fewer than 2 pairs. Plain individual training "
+            "(cross-entropy, no label smoothing) is the baseline of the cheap baselines too."
             + (" Units: percentage points." if is_fraction_metric(metric) else "")
         )
     else:
@@ -243,6 +310,26 @@ def _sections(
             "Skipped: no method trains individually (collab.topology = individual), "
             "so there is no baseline to pair with."
         )
+    s_calib = render.Section(
+        "Calibration on the test set (last epoch)",
+        *render.calibration_rows(calibration),
+        notes=[
+            "ECE: expected calibration error, 15 equal-width confidence bins (percent). NLL: mean "
+            "negative log-likelihood of the true class (nats). Kept head, and the heads' ensemble (mean of "
+            "their softmax; the kept head itself for one head). Lower is better. n/a where not logged."
+        ],
+    )
+    s_detect = render.Section(
+        "Noise detection: finding the flipped training labels (after the last epoch)",
+        *render.detection_rows(detection),
+        notes=[
+            "Each training sample is scored in eval mode without augmentation: by the kept head's loss on "
+            "its given label, and (several heads) by the disagreement of the heads' consensus (mean "
+            "softmax) with it. AUROC against the known flip mask (human noise: annotator's label ≠ clean "
+            "label); precision = recall when flagging as many samples as are flipped (the realized rate, "
+            "'Flipped'). 0.5 is chance. n/a where undefined (no flipped label; consensus of one head)."
+        ],
+    )
     s_cost = render.Section("Cost per method", *render.cost_rows(cost), images=[files["cost.png"]])
     s_cost.notes.append(
         "Mean over each method's finished runs (all noise conditions and seeds). Peak GPU memory: "
@@ -286,7 +373,7 @@ def _sections(
         s_failed.headers, s_failed.rows = render.failed_rows(failed)
     else:
         s_failed.notes.append("None: every run finished and logged the metric.")
-    sections = [s_acc, s_gain, s_cost, s_mem, s_curves, s_collapsed, s_failed]
+    sections = [s_acc, s_select, s_gain, s_calib, s_detect, s_cost, s_mem, s_curves, s_collapsed, s_failed]
     if notes:
         sections.append(render.Section("Notes", notes=list(notes)))
     return sections
@@ -315,13 +402,19 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "--mode",
         choices=("final", "best"),
         default="final",
-        help="metric at the final epoch or best over epochs (default: final)",
+        help="the main table's metric at the final epoch or best over epochs, an oracle chosen on the test "
+        "set (default: final); the report shows both and the noisy-validation choice beside them anyway",
     )
     parser.add_argument(
         "--tracking-uri",
         metavar="URI",
         dest="tracking_uri",
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)",
+    )
+    parser.add_argument(
+        "--latex",
+        action="store_true",
+        help="also write tables.tex (booktabs tables to paste into a paper; needs \\usepackage{booktabs})",
     )
     parser.add_argument(
         "--no-log",
@@ -345,6 +438,7 @@ def run_report(args: argparse.Namespace) -> int:
         mode=args.mode,
         tracking_uri=getattr(args, "tracking_uri", None),
         log_to_mlflow=getattr(args, "log_to_mlflow", True),
+        latex=getattr(args, "latex", False),
     )
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -355,6 +449,8 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"  {result.files[name].resolve()}")
     print("  tables: " + ", ".join(n for n in result.files if n.endswith(".csv")))
     print("  plots:  " + ", ".join(n for n in result.files if n.endswith(".png")))
+    if "tables.tex" in result.files:
+        print(f"  LaTeX:  {result.files['tables.tex'].resolve()}")
     if result.logged_to_mlflow:
         print(f"  logged to MLflow run {result.sweep_run_id} under artifacts report/")
     return 0

@@ -14,6 +14,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from harness.contract import TRAIN_MEMORIZED, is_fraction_metric
@@ -104,6 +105,73 @@ def accuracy_vs_noise(acc: pd.DataFrame, *, metric: str, mode: str, methods: lis
                 color="gray",
             )
     fig.suptitle("Mean over seeds; error bars: ±1 std", fontsize=9, y=0.0, va="bottom")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _save(fig, path)
+
+
+# How each selection rule is drawn in `selection_vs_noise` (the colour is the method's).
+RULE_STYLES = {
+    "last": ("-", "o", "last epoch"),
+    "best": (":", "^", "best epoch (oracle)"),
+    "val": ("--", "s", "selected by noisy val."),
+}
+
+
+def selection_vs_noise(selection: pd.DataFrame, *, metric: str, methods: list[str], path: Path) -> Path:
+    """Mean metric vs noise under each selection rule: one colour per method, one line style per rule
+    (last epoch, best epoch on test, selected by noisy validation), one panel per noise kind.
+
+    The gap between the dotted (oracle) and the dashed (noisy validation) line is what reporting the
+    best epoch overstates; rules without values (no noisy held-out split) are not drawn.
+    """
+    colors = method_colors(methods)
+    kinds = [k for k in selection.noise_kind.unique() if k != "none"] or ["none"]
+    clean = selection[selection.noise_kind == "none"]
+    fig, axes = _figure(1, len(kinds), (5.2 * len(kinds) + 2.2, 4.4))
+    for ax, kind in zip(axes[0], kinds):
+        here = selection[selection.noise_kind == kind]
+        human = kind == "human"
+        if not human and kind != "none":
+            here = pd.concat([clean, here])
+        ticks = list(dict.fromkeys(here.condition))
+        for method in methods:
+            for rule, (style, marker, _) in RULE_STYLES.items():
+                sel = here[(here.method == method) & (here.rule == rule) & (here.n > 0)]
+                if sel.empty:
+                    continue
+                x = [ticks.index(c) for c in sel.condition] if human else sel.noise_rate * 100
+                ax.plot(x, sel["mean"], linestyle=style, marker=marker, color=colors[method], alpha=0.9)
+        if human:
+            ax.set_xticks(range(len(ticks)), [t.removeprefix("human ").strip() or "human" for t in ticks])
+            ax.set_xlim(-0.5, len(ticks) - 0.5)
+            ax.set_xlabel("Human label set")
+        else:
+            rates = sorted(set(here.noise_rate.dropna() * 100))
+            ax.set_xticks(rates, [f"{r:g}" for r in rates])
+            ax.set_xlabel("Noise rate (%)")
+        ax.set_ylabel(_metric_label(metric))
+        ax.set_title(
+            f"{metric} vs {kind} noise, three selection rules" if kind != "none" else f"{metric}, clean"
+        )
+        ax.grid(alpha=0.3)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "n/a (no finished run)", ha="center", va="center", transform=ax.transAxes)
+    # two legends right of the last panel: colours are methods, line styles are rules
+    drawn = set(selection[selection.n > 0].method)
+    by_method = [Line2D([], [], color=colors[m], label=m) for m in methods if m in drawn]
+    by_rule = [
+        Line2D([], [], color="black", linestyle=st, marker=mk, label=name)
+        for rule, (st, mk, name) in RULE_STYLES.items()
+        if (selection[selection.rule == rule].n > 0).any()
+    ]
+    last = axes[0][-1]
+    if by_method:
+        first = last.legend(
+            handles=by_method, title="method", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1)
+        )
+        last.add_artist(first)
+        last.legend(handles=by_rule, title="epoch", fontsize=8, loc="lower left", bbox_to_anchor=(1.02, 0))
+    fig.suptitle("Mean over seeds", fontsize=9, y=0.0, va="bottom")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return _save(fig, path)
 

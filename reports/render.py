@@ -66,6 +66,95 @@ def gains_rows(gains: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def _gain_cell(mean: float, low: float, high: float, n: int) -> str:
+    """``+1.23 [-0.45, +2.91] (3)``; ``+1.23 (1)`` without an interval; ``n/a (0)`` without pairs."""
+    n = int(n)
+    if n == 0 or math.isnan(mean):
+        return "n/a (0)"
+    if math.isnan(low):
+        return f"{mean:+.2f} ({n})"
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}] ({n})"
+
+
+RULE_HEADERS = {
+    "last": "Last epoch",
+    "best": "Best epoch (oracle, chosen on test)",
+    "val": "Selected by noisy validation",
+}
+
+
+def gains_by_rule_rows(gains: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Noise, method, baseline, then the paired gain under each selection rule: ``mean [95% CI] (pairs)``."""
+    unit = f" ({gains.unit.iloc[0]})" if len(gains) and gains.unit.iloc[0] else ""
+    headers = ["Noise", "Method", "Baseline", *(f"Gain, {h.lower()}{unit}" for h in RULE_HEADERS.values())]
+    rows = []
+    for r in gains.to_dict("records"):
+        cells = [
+            _gain_cell(r[f"diff_mean_{k}"], r[f"ci_low_{k}"], r[f"ci_high_{k}"], r[f"n_pairs_{k}"])
+            for k in RULE_HEADERS
+        ]
+        rows.append([r["condition"], r["method"], r["baseline"], *cells])
+    return headers, rows
+
+
+def selection_rows(selection: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Noise, method, then ``mean ± std (n)`` under each selection rule (with the mean chosen epoch for
+    the best and the noisy-validation epoch)."""
+    unit = f" ({selection.unit.iloc[0]})" if len(selection) and selection.unit.iloc[0] else ""
+    headers = ["Noise", "Method", *(f"{h}{unit}" for h in RULE_HEADERS.values())]
+    rows = []
+    for (cond, method), here in selection.groupby(["condition", "method"], sort=False):
+        by_rule = here.set_index("rule")
+        cells = []
+        for rule in RULE_HEADERS:
+            r = by_rule.loc[rule]
+            cell = mean_std_n(r["mean"], r["std"], r["n"])
+            if rule != "last" and int(r["n"]) > 0 and not math.isnan(r["epoch_mean"]):
+                cell += f", epoch {r['epoch_mean']:.0f}"
+            cells.append(cell)
+        rows.append([cond, method, *cells])
+    return headers, rows
+
+
+def _stat_cells(r: dict, columns: list[str], digits: dict[str, int]) -> list[str]:
+    return [mean_std_n(r[f"{c}_mean"], r[f"{c}_std"], r[f"{c}_n"], digits.get(c, 2)) for c in columns]
+
+
+def calibration_rows(calibration: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    headers = ["Noise", "Method", "ECE (%)", "NLL", "ECE, ensemble (%)", "NLL, ensemble"]
+    columns = ["ece", "nll", "ece_ensemble", "nll_ensemble"]
+    digits = {"nll": 3, "nll_ensemble": 3}
+    rows = [
+        [r["condition"], r["method"], *_stat_cells(r, columns, digits)]
+        for r in calibration.to_dict("records")
+    ]
+    return headers, rows
+
+
+def detection_rows(detection: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    headers = [
+        "Noise",
+        "Method",
+        "Flipped (%)",
+        "AUROC, kept head's loss",
+        "Precision = recall (%)",
+        "AUROC, heads' consensus",
+        "Precision = recall, consensus (%)",
+    ]
+    columns = [
+        "realized_rate",
+        "detect_auroc",
+        "detect_precision",
+        "detect_auroc_consensus",
+        "detect_precision_consensus",
+    ]
+    digits = {"detect_auroc": 3, "detect_auroc_consensus": 3}
+    rows = [
+        [r["condition"], r["method"], *_stat_cells(r, columns, digits)] for r in detection.to_dict("records")
+    ]
+    return headers, rows
+
+
 def _count(v: float) -> str:
     return "n/a" if math.isnan(v) else f"{v:,.0f}"
 

@@ -28,10 +28,19 @@ from harness.contract import (
     TRAIN_ACC_CLEAN,
     TRAIN_MEMORIZED,
     TRIAL_RUN,
+    VAL_ACC_NOISY,
 )
 
-# Metrics whose per-epoch history the report needs (besides the ranked metric).
-HISTORY_KEYS = (TRAIN_MEMORIZED, TRAIN_ACC_CLEAN, TIME_EPOCH_S, PERF_IMG_PER_S, GPU_PEAK_MEM_MB)
+# Metrics whose per-epoch history the report needs (besides the ranked metric); the noisy held-out
+# accuracy picks the epoch of the "selected by noisy validation" rule.
+HISTORY_KEYS = (
+    TRAIN_MEMORIZED,
+    TRAIN_ACC_CLEAN,
+    TIME_EPOCH_S,
+    PERF_IMG_PER_S,
+    GPU_PEAK_MEM_MB,
+    VAL_ACC_NOISY,
+)
 
 
 @dataclass

@@ -19,11 +19,21 @@ from scipy import stats
 from harness.contract import (
     GPU_PEAK_MEM_MB,
     INFERENCE_PARAMS,
+    NOISE_REALIZED_RATE,
     PERF_IMG_PER_S,
+    TEST_ECE,
+    TEST_ECE_ENSEMBLE,
+    TEST_NLL,
+    TEST_NLL_ENSEMBLE,
     TIME_EPOCH_S,
     TRAIN_ACC_CLEAN,
+    TRAIN_DETECT_AUROC,
+    TRAIN_DETECT_AUROC_CONSENSUS,
+    TRAIN_DETECT_PRECISION,
+    TRAIN_DETECT_PRECISION_CONSENSUS,
     TRAIN_MEMORIZED,
     TRAIN_PARAMS,
+    VAL_ACC_NOISY,
     is_fraction_metric,
     lower_is_better,
 )
@@ -34,6 +44,22 @@ NON_METHOD_PREFIXES = ("noise.", "run.", "sweep.", "tune.", "harness.")
 NON_METHOD_KEYS = frozenset({"data.root", "data.download", "data.num_workers"})
 TOPOLOGY_ORDER = {"individual": 0, "instances": 1, "simple": 2, "hierarchical": 3}
 CONDITION_COLUMNS = ["noise_kind", "noise_rate", "noise_label_set", "condition"]
+# The training recipe's label loss: a run logged before these keys existed trained with the default.
+# A method that changes them is another method, named ``<topology>+gce``, ``<topology>+ls0.1`` (label
+# smoothing 0.1) by `method_label`.
+RECIPE_DEFAULTS = {"optim.label_loss": "ce", "optim.label_smoothing": "0.0"}
+
+# How the epoch whose value a run reports is chosen (`select_epoch`), and what the report calls it.
+SELECTION_RULES = {
+    "last": "last epoch",
+    "best": "best epoch (oracle: chosen on the test set)",
+    "val": "selected by noisy validation",
+}
+
+
+def method_param(params: dict[str, str], key: str) -> str | None:
+    """A run's param ``key``, or its recipe default (RECIPE_DEFAULTS) when the run did not log it."""
+    return params.get(key, RECIPE_DEFAULTS.get(key) if params else None)
 
 
 def parse_value(text: str | None) -> object:
@@ -75,7 +101,7 @@ def method_keys(trials: Iterable[Trial]) -> list[str]:
     keys: list[str] = []
     groups = 1
     for key in candidates:
-        split = len({tuple(t.params.get(k) for k in (*keys, key)) for t in trials})
+        split = len({tuple(method_param(t.params, k) for k in (*keys, key)) for t in trials})
         if split > groups:
             keys.append(key)
             groups = split
@@ -83,31 +109,37 @@ def method_keys(trials: Iterable[Trial]) -> list[str]:
 
 
 def method_label(params: dict[str, str], keys: list[str]) -> str:
-    """A readable name for one method: ``individual``, ``hierarchical-4``, ``hierarchical-4 T=2``, ``T=4``.
+    """A readable name for one method: ``individual``, ``hierarchical-4``, ``hierarchical-4 T=2``, ``T=4``,
+    ``individual+gce``, ``individual+ls0.1``.
 
-    Topology and heads read as one token; ``model.arch`` and ``data.name`` as their value; other keys
-    as ``<last dotted part>=<value>``.
+    Topology and heads read as one token; a label loss other than cross-entropy and label smoothing
+    are appended to it (``+gce``, ``+sce``, ``+ls<eps>``: a cheap baseline is a method of its own);
+    ``model.arch`` and ``data.name`` read as their value; other keys as ``<last dotted part>=<value>``.
     """
+    topo = params.get("collab.topology", "individual")
+    token = topo if topo == "individual" else f"{topo}-{params.get('collab.heads', '?')}"
+    recipe = ""
+    if "optim.label_loss" in keys and (loss := method_param(params, "optim.label_loss")) != "ce":
+        recipe += f"+{loss}"
+    smoothing = parse_value(method_param(params, "optim.label_smoothing"))
+    if "optim.label_smoothing" in keys and isinstance(smoothing, int | float) and smoothing > 0:
+        recipe += f"+ls{smoothing:g}"
     parts = []
-    if "collab.topology" in keys or "collab.heads" in keys:
-        topo = params.get("collab.topology", "individual")
-        parts.append(topo if topo == "individual" else f"{topo}-{params.get('collab.heads', '?')}")
+    if {"collab.topology", "collab.heads", *RECIPE_DEFAULTS} & set(keys):
+        parts.append(token + recipe)
     for key in keys:
-        if key in ("collab.topology", "collab.heads"):
+        if key in ("collab.topology", "collab.heads", *RECIPE_DEFAULTS):
             continue
         value = _fmt_value(parse_value(params.get(key)))
         parts.append(value if key in ("model.arch", "data.name") else f"{key.rsplit('.', 1)[-1]}={value}")
-    if parts:
-        return " ".join(parts)
     # A single method: name it by its topology so the tables still say what was trained.
-    topo = params.get("collab.topology", "individual")
-    return topo if topo == "individual" else f"{topo}-{params.get('collab.heads', '?')}"
+    return " ".join(parts) if parts else token
 
 
 def _method_sort_key(params: dict[str, str], keys: list[str]) -> tuple:
     key: list = [TOPOLOGY_ORDER.get(params.get("collab.topology", "individual"), 9)]
     for k in keys:
-        v = parse_value(params.get(k))
+        v = parse_value(method_param(params, k))
         # Numbers before strings, both ordered among themselves.
         key.append((0, float(v), "") if isinstance(v, int | float) else (1, 0.0, str(v)))
     return tuple(key)
@@ -139,18 +171,54 @@ def _last(history: list[tuple[int, float]]) -> float:
     return history[-1][1] if history else math.nan
 
 
-def _select(history: list[tuple[int, float]], mode: str, metric: str) -> float:
+def select_epoch(
+    history: list[tuple[int, float]],
+    rule: str,
+    *,
+    metric: str,
+    selector: list[tuple[int, float]] | None = None,
+) -> tuple[int | None, float]:
+    """(epoch, value) of ``history`` (``metric``'s (epoch, value) pairs) under a SELECTION_RULES rule.
+
+    ``last``: the final epoch. ``best``: the best value (max; min where lower is better), which
+    looks at the test set: an oracle no practitioner has. ``val``: the epoch of the highest
+    ``selector`` value (the noisy held-out accuracy), the metric taken at that epoch. Ties go to the
+    earliest epoch. (None, NaN) when there is nothing to choose from, or the metric was not logged
+    at the chosen epoch.
+    """
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"rule must be one of {', '.join(SELECTION_RULES)}, got {rule!r}")
     if not history:
-        return math.nan
-    if mode == "final":
-        return history[-1][1]
-    values = [v for _, v in history]
-    # "best" is the maximum except where lower is better (losses, times)
-    return min(values) if lower_is_better(metric) else max(values)
+        return None, math.nan
+    if rule == "last":
+        return history[-1]
+    if rule == "best":
+        sign = -1.0 if lower_is_better(metric) else 1.0
+        # max() keeps the first of equal keys: the earliest epoch
+        return max(history, key=lambda sv: sign * sv[1])
+    if not selector:
+        return None, math.nan
+    epoch = max(selector, key=lambda sv: sv[1])[0]
+    return epoch, dict(history).get(epoch, math.nan)
 
 
 def _median(history: list[tuple[int, float]]) -> float:
     return float(np.median([v for _, v in history])) if history else math.nan
+
+
+# Columns of `trial_frame` read from a run's last logged values: calibration at the final epoch, noise
+# detection (logged once, after the last epoch) and the realized noise rate.
+FINAL_METRICS = {
+    "ece": TEST_ECE,
+    "nll": TEST_NLL,
+    "ece_ensemble": TEST_ECE_ENSEMBLE,
+    "nll_ensemble": TEST_NLL_ENSEMBLE,
+    "detect_auroc": TRAIN_DETECT_AUROC,
+    "detect_auroc_consensus": TRAIN_DETECT_AUROC_CONSENSUS,
+    "detect_precision": TRAIN_DETECT_PRECISION,
+    "detect_precision_consensus": TRAIN_DETECT_PRECISION_CONSENSUS,
+    "realized_rate": NOISE_REALIZED_RATE,
+}
 
 
 def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.DataFrame, list[str]]:
@@ -158,10 +226,14 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
 
     Columns: run_id, run_name, status, error, start_time, seed, noise_kind, noise_rate,
     noise_label_set, condition, condition_order, method, method_order, topology, value (``metric`` at the final
-    epoch or best over epochs, as logged), memorized, acc_clean (final epoch), time_epoch_s,
+    epoch or best over epochs, as logged), value_<rule> and epoch_<rule> (``metric`` and its epoch under
+    each of SELECTION_RULES: last, best, val), memorized, acc_clean (final epoch), time_epoch_s,
     img_per_s (median over epochs: robust to first-epoch warm-up and compilation), peak_mem_mb (max
     over epochs), train_params, inference_params, collapsed (tagged harness.collapsed), usable
-    (finished with a metric value, not collapsed, not a duplicate), plus one column per method param. Returns the frame and notes.
+    (finished with a metric value, not collapsed, not a duplicate), the FINAL_METRICS columns (ece, nll,
+    ece_ensemble, nll_ensemble, detect_auroc, detect_auroc_consensus, detect_precision,
+    detect_precision_consensus, realized_rate; NaN where not logged), plus one column per method
+    param. Returns the frame and notes.
     """
     if mode not in ("final", "best"):
         raise ValueError(f"mode must be 'final' or 'best', got {mode!r}")
@@ -171,6 +243,10 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
         kind, rate, label_set, cond = noise_condition(t.params)
         seed = parse_value(t.params.get("run.seed"))
         h = t.history
+        selected = {}
+        for rule in SELECTION_RULES:
+            epoch, value = select_epoch(h.get(metric, []), rule, metric=metric, selector=h.get(VAL_ACC_NOISY))
+            selected |= {f"value_{rule}": value, f"epoch_{rule}": epoch}
         rows.append(
             {
                 "run_id": t.run_id,
@@ -186,7 +262,8 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
                 "method": method_label(t.params, keys),
                 "topology": t.params.get("collab.topology", "individual" if t.params else ""),
                 "_method_key": _method_sort_key(t.params, keys),
-                "value": _select(h.get(metric, []), mode, metric),
+                **selected,
+                "value": selected["value_last" if mode == "final" else "value_best"],
                 "memorized": _last(h.get(TRAIN_MEMORIZED, [])),
                 "acc_clean": _last(h.get(TRAIN_ACC_CLEAN, [])),
                 "time_epoch_s": _median(h.get(TIME_EPOCH_S, [])),
@@ -196,7 +273,9 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
                 "inference_params": t.metrics.get(INFERENCE_PARAMS, math.nan),
                 "collapsed": t.collapsed,
                 "epochs": len(h.get(metric, [])),
-                **{k: t.params.get(k) for k in keys},
+                # final-epoch calibration and end-of-training noise detection (NaN where not logged)
+                **{col: t.metrics.get(key, math.nan) for col, key in FINAL_METRICS.items()},
+                **{k: method_param(t.params, k) for k in keys},
             }
         )
     frame = pd.DataFrame(rows)
@@ -268,24 +347,117 @@ def accuracy_table(frame: pd.DataFrame, *, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def selection_table(frame: pd.DataFrame, *, metric: str) -> pd.DataFrame:
+    """``metric`` under each selection rule, side by side: mean, std (ddof=1) and n over seeds, and the
+    mean selected epoch, per noise condition x method x rule (SELECTION_RULES order).
+
+    Columns: noise_kind, noise_rate, noise_label_set, condition, method, rule, rule_name, mean, std, n,
+    epoch_mean, unit. The same usable runs as the accuracy table; a run without a noisy held-out split
+    has no ``val`` value (n counts the runs that have one).
+    """
+    scale, unit = (100.0, "%") if is_fraction_metric(metric) else (1.0, "")
+    rows = []
+    for c, method, sel in _cells(frame):
+        for rule, name in SELECTION_RULES.items():
+            mean, std, n = _summary(sel[f"value_{rule}"] * scale)
+            epochs = sel[f"epoch_{rule}"][sel[f"value_{rule}"].notna()].astype(float)
+            rows.append(
+                {
+                    **{k: c[k] for k in CONDITION_COLUMNS},
+                    "method": method,
+                    "rule": rule,
+                    "rule_name": name,
+                    "mean": mean,
+                    "std": std,
+                    "n": n,
+                    "epoch_mean": float(epochs.mean()) if len(epochs) else math.nan,
+                    "unit": unit,
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[*CONDITION_COLUMNS, "method", "rule", "rule_name", "mean", "std", "n", "epoch_mean", "unit"],
+    )
+
+
+def _final_table(frame: pd.DataFrame, columns: dict[str, float]) -> pd.DataFrame:
+    """Mean, std and n over seeds of each frame column in ``columns`` (column -> scale), per cell."""
+    rows = []
+    for c, method, sel in _cells(frame):
+        row = {**{k: c[k] for k in CONDITION_COLUMNS}, "method": method}
+        for col, scale in columns.items():
+            mean, std, n = _summary(sel[col] * scale)
+            row.update({f"{col}_mean": mean, f"{col}_std": std, f"{col}_n": n})
+        rows.append(row)
+    names = [f"{col}_{s}" for col in columns for s in ("mean", "std", "n")]
+    return pd.DataFrame(rows, columns=[*CONDITION_COLUMNS, "method", *names])
+
+
+def calibration_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Final-epoch calibration on the test set per noise condition x method: ECE (%, 15 bins) and NLL
+    (nats) of the kept head and of the heads' ensemble.
+
+    Columns: noise_kind, noise_rate, noise_label_set, condition, method, then ``<col>_mean``,
+    ``<col>_std``, ``<col>_n`` for col in ece, nll, ece_ensemble, nll_ensemble (n = 0 where no run
+    logged it).
+    """
+    return _final_table(frame, {"ece": 100.0, "nll": 1.0, "ece_ensemble": 100.0, "nll_ensemble": 1.0})
+
+
+def detection_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Noise detection after the last epoch per noise condition x method: AUROC of the kept head's loss
+    and of the heads' consensus as flipped-label detectors, precision (= recall) when flagging as many
+    training samples as are flipped (%), and the realized noise rate (%).
+
+    Columns: noise_kind, noise_rate, noise_label_set, condition, method, then ``<col>_mean``,
+    ``<col>_std``, ``<col>_n`` for col in realized_rate, detect_auroc, detect_precision,
+    detect_auroc_consensus, detect_precision_consensus. n = 0 where undefined (no flipped label, or one
+    head for the consensus) or not logged: shown as n/a, never as 0.
+    """
+    return _final_table(
+        frame,
+        {
+            "realized_rate": 100.0,
+            "detect_auroc": 1.0,
+            "detect_precision": 100.0,
+            "detect_auroc_consensus": 1.0,
+            "detect_precision_consensus": 100.0,
+        },
+    )
+
+
 def _method_params(frame: pd.DataFrame, method: str, keys: list[str]) -> dict[str, object]:
     row = frame[frame.method == method].iloc[0]
     return {k: row[k] for k in keys if k in frame.columns}
 
 
+def _plain_recipe(frame: pd.DataFrame, method: str) -> bool:
+    """Whether ``method`` trains with the default label loss (cross-entropy, no smoothing)."""
+    row = frame[frame.method == method].iloc[0]
+    return all(
+        parse_value(row[k]) == parse_value(default)
+        for k, default in RECIPE_DEFAULTS.items()
+        if k in frame.columns and row[k] is not None
+    )
+
+
 def baselines(frame: pd.DataFrame, keys: list[str]) -> dict[str, str]:
     """The individual-training method each method is compared with (empty if there is none).
 
-    With several individual methods (e.g. the architecture varies), a method is paired with the
-    individual one that agrees on the most other method params.
+    Individual training with the plain recipe (cross-entropy, no label smoothing) is the baseline:
+    it has no partner. A cheap baseline (individual with another label loss or with smoothing) is
+    paired with plain individual training, so its gain reads next to collaborative learning's. Any
+    other method is paired with the individual one that agrees on the most other method params
+    (architecture and data first, then the recipe: hierarchical-4+gce with individual+gce).
     """
     individual = list(frame[frame.topology == "individual"].method.unique())
     if not individual:
         return {}
+    plain = [m for m in individual if _plain_recipe(frame, m)]
     others = [k for k in keys if k not in ("collab.topology", "collab.heads")]
     result = {}
     for (method,) in _ordered(frame, ["method"]):
-        if method in individual:
+        if method in plain or (method in individual and not plain):
             continue
         mine = _method_params(frame, method, others)
 
@@ -295,58 +467,52 @@ def baselines(frame: pd.DataFrame, keys: list[str]) -> dict[str, str]:
             # Agreement on architecture and data matters more than on collab.* settings.
             return sum(not k.startswith("collab.") for k in same), sum(k.startswith("collab.") for k in same)
 
-        result[method] = max(individual, key=agreement)
+        candidates = plain if method in individual else individual
+        result[method] = max(candidates, key=agreement)
     return result
+
+
+def _paired(usable: pd.DataFrame, condition: str, method: str, base: str, column: str, scale: float) -> dict:
+    """Paired-by-seed difference of ``column`` (method - base) in one condition, with a 95% t interval."""
+    here = usable[usable.condition == condition]
+    a = here[here.method == method].set_index("seed")[column].dropna()
+    b = here[here.method == base].set_index("seed")[column].dropna()
+    seeds = sorted(set(a.index) & set(b.index))
+    d = (a.loc[seeds] - b.loc[seeds]).to_numpy(dtype=float) * scale
+    n = len(d)
+    mean = float(d.mean()) if n else math.nan
+    std = float(d.std(ddof=1)) if n > 1 else math.nan
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan
+    return {"diff_mean": mean, "diff_std": std, "ci_low": mean - half, "ci_high": mean + half, "n_pairs": n}
+
+
+GAIN_COLUMNS = ["diff_mean", "diff_std", "ci_low", "ci_high", "n_pairs"]
 
 
 def gains_table(frame: pd.DataFrame, *, metric: str, pairs: dict[str, str]) -> pd.DataFrame:
     """Paired-by-seed difference (method - baseline) per noise condition, with a 95% t interval.
 
     Columns: noise_kind, noise_rate, noise_label_set, condition, method, baseline, diff_mean,
-    diff_std, ci_low, ci_high, n_pairs, unit. The interval is
-    ``mean +- t_{0.975, n-1} * std / sqrt(n)`` over the n seeds both methods finished (NaN for n < 2).
+    diff_std, ci_low, ci_high, n_pairs (of the report's value: final or best epoch), then the same
+    five with the suffix ``_<rule>`` for each of SELECTION_RULES (last, best, val), then unit. The
+    interval is ``mean +- t_{0.975, n-1} * std / sqrt(n)`` over the n seeds both methods finished
+    (and, per rule, have a value under it) (NaN for n < 2).
     """
     scale, unit = (100.0, "pp") if is_fraction_metric(metric) else (1.0, "")
     usable = frame[frame.usable & frame.seed.notna()]
     rows = []
     conds = frame.drop_duplicates("condition").sort_values("condition_order")
     for _, c in conds.iterrows():
-        here = usable[usable.condition == c.condition]
         for method, base in pairs.items():
-            a = here[here.method == method].set_index("seed").value
-            b = here[here.method == base].set_index("seed").value
-            seeds = sorted(set(a.index) & set(b.index))
-            d = (a.loc[seeds] - b.loc[seeds]).to_numpy(dtype=float) * scale
-            n = len(d)
-            mean = float(d.mean()) if n else math.nan
-            std = float(d.std(ddof=1)) if n > 1 else math.nan
-            half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan
-            rows.append(
-                {
-                    **{k: c[k] for k in CONDITION_COLUMNS},
-                    "method": method,
-                    "baseline": base,
-                    "diff_mean": mean,
-                    "diff_std": std,
-                    "ci_low": mean - half,
-                    "ci_high": mean + half,
-                    "n_pairs": n,
-                    "unit": unit,
-                }
-            )
+            row = {**{k: c[k] for k in CONDITION_COLUMNS}, "method": method, "baseline": base}
+            row |= _paired(usable, c.condition, method, base, "value", scale)
+            for rule in SELECTION_RULES:
+                paired = _paired(usable, c.condition, method, base, f"value_{rule}", scale)
+                row |= {f"{k}_{rule}": v for k, v in paired.items()}
+            rows.append({**row, "unit": unit})
+    ruled = [f"{k}_{rule}" for rule in SELECTION_RULES for k in GAIN_COLUMNS]
     return pd.DataFrame(
-        rows,
-        columns=[
-            *CONDITION_COLUMNS,
-            "method",
-            "baseline",
-            "diff_mean",
-            "diff_std",
-            "ci_low",
-            "ci_high",
-            "n_pairs",
-            "unit",
-        ],
+        rows, columns=[*CONDITION_COLUMNS, "method", "baseline", *GAIN_COLUMNS, *ruled, "unit"]
     )
 
 

@@ -58,6 +58,15 @@ def test_every_problem_is_reported_at_once():
         ),
         ({"run.device": "tpu"}, "must be auto, cpu, cuda or cuda:N"),
         ({"optim.batch_size": True}, "must be int, got bool"),
+        ({"optim.label_loss": "mae"}, "optim.label_loss: unknown label loss 'mae'; choose from ce, gce, sce"),
+        ({"optim.label_smoothing": 1.0}, r"optim.label_smoothing: must be in \[0, 1\), got 1.0"),
+        ({"optim.gce_q": 0}, r"optim.gce_q: must be in \(0, 1\], got 0"),
+        ({"optim.sce_alpha": -0.1}, "optim.sce_alpha: must be >= 0, got -0.1"),
+        (
+            {"optim.label_loss": "gce", "optim.label_smoothing": 0.1},
+            "optim.label_smoothing: label smoothing \\(0.1\\) applies to cross-entropy, but optim.label_loss is gce",
+        ),
+        ({"optim.label_loss": "sce", "optim.sce_alpha": 0, "optim.sce_beta": 0}, "both 0"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(overrides, message):

@@ -264,10 +264,10 @@ def test_cost_memorization_and_files(main_report, store):
     assert "| Noise | individual | hierarchical-4 |" in md
     assert f"| symmetric 20% | {cell} | " in md
     assert "![accuracy_vs_noise](accuracy_vs_noise.png)" in md
-    for png in ("accuracy_vs_noise.png", "learning_curves.png", "cost.png"):
+    for png in ("accuracy_vs_noise.png", "selection_vs_noise.png", "learning_curves.png", "cost.png"):
         assert (out / png).stat().st_size > 10_000
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "src='accuracy" not in html
+    assert html.count("data:image/png;base64,") == 4 and "src='accuracy" not in html
 
     assert main_report.logged_to_mlflow
     logged = {f.path for f in store["client"].list_artifacts(store["main"], "report")}
