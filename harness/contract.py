@@ -76,6 +76,9 @@ REPLAY_RESULT_KEY = "harness_replay"
 # the newest checkpoint of a data-parallel trial, as Ray's TuneReportCallback adds it to Tune's results
 TRAIN_CHECKPOINT_KEY = "checkpoint_path"
 WORLD_SIZE_TAG = "harness.world_size"  # data-parallel processes of the trial (run.workers; 1: one process)
+# the pack a trial trained in, "<pack id>:<pack size>" (e.g. "3:4": 4 trials as one step on one device);
+# absent or empty: the trial trained alone (pack size 1)
+PACK_TAG = "harness.pack"
 # harness sync's runs (harness.sync): launcher=run (`harness train` sets train, a Ray sweep none), the
 # export they came from, true on a run whose trial had not ended when synced (KILLED), and what the
 # last sync logged (a later sync skips the trial when that is unchanged)
