@@ -37,6 +37,12 @@ class DataConfig:
     # where ImageFolder JPEGs are decoded and augmented: workers (PIL in the DataLoader workers), device
     # (a batch at once on the trial's device: nvJPEG on CUDA), auto (device on CUDA, else workers)
     decode: str = "auto"
+    # the side of the square images a data set that can choose its size trains and tests on, e.g. 64 for a
+    # folder of 64x64 images: imagefolder (train: a random resized crop to image_size; eval: the short
+    # side resized to image_size * 256 / 224, then the central image_size crop) and synthetic (the size
+    # it draws). null: the data set's own (imagefolder 224, synthetic 32). Refused elsewhere: digits and
+    # CIFAR keep their 8x8 and 32x32 images.
+    image_size: int | None = None
 
 
 @dataclass
@@ -234,6 +240,9 @@ def check_value(key: str, value: Any) -> str | None:
         "data.name": lambda v: _choice(v, names["dataset"], "dataset"),
         "data.num_workers": lambda v: None if v >= 0 else f"must be >= 0, got {v}",
         "data.decode": lambda v: _choice(v, ["auto", "workers", "device"], "decode mode"),
+        "data.image_size": lambda v: (
+            None if v >= 1 else f"must be a positive integer (pixels) or null, got {v}"
+        ),
         "noise.kind": lambda v: _choice(v, names["kind"], "noise kind"),
         "noise.rate": lambda v: _in_range(v, 0, 1),
         "model.arch": lambda v: _choice(v, names["arch"], "arch"),
@@ -288,7 +297,13 @@ def check_config(cfg: TrialConfig) -> list[tuple[str, str]]:
     ]
     from harness.data import config_problems  # the data sets' own rules (root, download, subsets)
 
-    given = dict(root=d.root, download=d.download, train_subset=d.train_subset, val_fraction=d.val_fraction)
+    given = dict(
+        root=d.root,
+        download=d.download,
+        train_subset=d.train_subset,
+        val_fraction=d.val_fraction,
+        image_size=d.image_size,
+    )
     problems += [
         (f"data.{key}", message) for key, message in config_problems(d.name, **given) if key != "name"
     ]

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import config as C
-from harness.contract import EPOCH_METRICS, HEAD_ACC, TEST_ACC, lower_is_better
+from harness.contract import EPOCH_METRICS, HEAD_ACC, TEST_ACC, TRAIN_MEMORIZED, lower_is_better
 
 TOP_KEYS = (
     "name",
@@ -256,6 +256,14 @@ def parse_sweep(tree: Mapping[str, Any], *, source: str, overrides: Mapping[str,
             problems.add(
                 "metric", f"{metric} needs heads > {m.group(1)} in every trial; some trials have {fewest}"
             )
+    if metric == TRAIN_MEMORIZED:
+        clean = next((cfg.noise for *_, cfg in configs if not _flips_labels(cfg.noise)), None)
+        if clean is not None:  # Tune would fail those trials: they never report the metric
+            problems.add(
+                "metric",
+                f"{metric} is logged only where labels are flipped; some trials have noise.kind {clean.kind}, "
+                f"rate {clean.rate:g} (rank by test/acc, or give every trial noise)",
+            )
     if problems:
         raise C.ConfigError(list(problems), source)
 
@@ -283,6 +291,11 @@ def parse_sweep(tree: Mapping[str, Any], *, source: str, overrides: Mapping[str,
         max_failures=max_failures,
         workers=workers,
     )
+
+
+def _flips_labels(noise: C.NoiseConfig) -> bool:
+    """Whether a noise config can flip a label (human and matrix noise: as their labels or matrix say)."""
+    return noise.kind != "none" and (noise.kind in ("human", "matrix") or noise.rate > 0)
 
 
 def _build_point(flat: dict[str, Any], places: dict[str, str], problems: _Problems) -> C.TrialConfig | None:

@@ -140,6 +140,7 @@ def run_trial(
         download=cfg.data.download,
         train_subset=cfg.data.train_subset,
         val_fraction=cfg.data.val_fraction,
+        image_size=cfg.data.image_size,
     )
     noisy = corrupt_labels(data, cfg.noise, seed=cfg.run.seed)  # the full set, before sharding
     world.check_same(noisy.labels, "noisy training labels", device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import shutil
 import statistics
 import subprocess
@@ -325,6 +326,38 @@ def test_cost_table_keeps_each_setup_of_workers_and_pack_apart(tmp_path):
     html = (tmp_path / "out" / "report.html").read_text()
     assert "<th>Method</th><th>Workers</th><th>Pack</th><th>Runs</th>" in html
     assert "<td>individual</td><td>2</td><td>1</td><td>1</td>" in html
+
+
+def test_memorized_is_not_logged_without_flipped_labels_and_the_report_says_n_a(
+    tmp_path, monkeypatch, capsys
+):
+    """A trial on labels as given (noise.kind none: no flip mask, as for Animal-10N or Clothing1M) has
+    no flipped sample to memorize: the engine does not log train/memorized, its epoch line and the
+    report say n/a, never 0. A noisy trial beside it logs it as before."""
+    from harness import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    common = ["--set", "data.train_subset=30", "--set", "optim.epochs=1", "--set", "run.device=cpu"]
+    noisy = ["--set", "noise.kind=symmetric", "--set", "noise.rate=0.4"]
+    for name, extra in (("given", []), ("noisy", noisy)):
+        args = ["train", *common, *extra, "--experiment", "labels", "--out", str(tmp_path / name)]
+        assert cli.main(args) == 0
+        out = capsys.readouterr().out
+        assert ("memorized n/a" in out) == (name == "given"), out
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("labels").experiment_id])
+    logged = {r.data.params["noise.kind"]: set(r.data.metrics) for r in runs}
+    assert "train/memorized" not in logged["none"] and "train/memorized" in logged["symmetric"]
+    assert {"train/acc_clean", "train/acc_noisy"} <= logged["none"]
+
+    result = build_report(experiment="labels", out_dir=tmp_path / "out", log_to_mlflow=False)
+    mem = result.tables["memorization"].set_index("condition")
+    assert mem.loc["clean", "memorized_n"] == 0 and math.isnan(mem.loc["clean", "memorized_mean"])
+    assert mem.loc["clean", "acc_clean_n"] == 1
+    assert mem.loc["symmetric 40%", "memorized_n"] == 1
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert re.search(r"^\| clean \| individual \| n/a \(0\) \| \d+\.\d\d \(1\) \|$", md, re.M), md
 
 
 def test_best_mode_takes_the_best_epoch(store):

@@ -251,6 +251,17 @@ BAD = {
         "name: x\nmetric: test/acc_head3\ngrid:\n  collab: [{topology: simple, heads: 2}]\n",
         ["metric: test/acc_head3 needs heads > 3 in every trial; some trials have 2"],
     ),
+    "ranked by memorization where nothing is flipped": (
+        "name: x\nmetric: train/memorized\ngrid:\n  noise.kind: [symmetric]\n  noise.rate: [0.0, 0.4]\n",
+        [
+            "metric: train/memorized is logged only where labels are flipped; some trials have noise.kind "
+            "symmetric, rate 0"
+        ],
+    ),
+    "an image size for a data set of fixed size": (
+        "name: x\nbase:\n  data: {name: digits, image_size: 64}\n",
+        ["base.data.image_size: digits images keep their own size (they are not resized)"],
+    ),
     "seed in the grid": (
         "name: x\ngrid:\n  run.seed: [0, 1]\n",
         ["grid.run.seed[0]: set seeds with the top-level seeds list"],
