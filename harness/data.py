@@ -91,8 +91,8 @@ def config_problems(
         problems.append(("val_fraction", f"must be in [0, 1), got {val_fraction!r}"))
     if spec.needs_root and not root:
         problems.append(("root", f"data set {name} needs data.root (the folder holding it)"))
-    elif spec.needs_root and not download and not Path(os.path.expanduser(root)).exists():
-        problems.append(("root", f"folder does not exist: {root}"))
+    elif spec.needs_root and not download and (why := path_problem(root)):
+        problems.append(("root", f"folder {why}"))
     if image_size is not None and "image_size" not in spec.options:
         sized = [d.name for d in DATASETS.values() if "image_size" in d.options]
         problems.append(
@@ -106,6 +106,18 @@ def config_problems(
         downloadable = [d.name for d in DATASETS.values() if d.downloadable]
         problems.append(("download", f"only {'/'.join(downloadable)} can be downloaded, not {name}"))
     return problems
+
+
+def path_problem(path: str | os.PathLike) -> str | None:
+    """None when `path` (`~` expanded) exists, else why not, with the path as given: 'does not exist:
+    PATH', or the system's reason for a name it cannot even look up (too long, a NUL byte)."""
+    text = str(path)
+    shown = text if len(text) <= 120 else f"{text[:117]}... ({len(text)} characters)"
+    shown = shown if shown.isprintable() else repr(shown)
+    try:
+        return None if Path(os.path.expanduser(path)).exists() else f"does not exist: {shown}"
+    except (OSError, ValueError) as exc:  # ENAMETOOLONG; ValueError: embedded null byte
+        return f"cannot be looked up ({getattr(exc, 'strerror', None) or exc}): {shown}"
 
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

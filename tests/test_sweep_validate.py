@@ -225,7 +225,7 @@ BAD = {
         [
             "base.optim.epochs: must be int, got str 'ten'",
             "base.collab.rescale: unknown rescale mode 'maybe'; choose from backprop, loss, none",
-            "seeds[1]: must be an integer >= 0",
+            "seeds[1]: must be an integer in [0, 2**32)",
         ],
     ),
     "unknown top-level keys": (
@@ -363,7 +363,7 @@ def test_seed_comes_from_seeds_or_else_from_base():
     ] == [4]
     with pytest.raises(C.ConfigError, match="base.run.seed: the seeds list sets run.seed"):
         parse_sweep({"name": "s", "base": {"run": {"seed": 4}}, "seeds": [1]}, source="s")
-    with pytest.raises(C.ConfigError, match=r"--set run.seed: must be an integer >= 0, got 'x'"):
+    with pytest.raises(C.ConfigError, match=r"--set run.seed: must be an integer in \[0, 2\*\*32\), got 'x'"):
         parse_sweep({"name": "s"}, source="s", overrides={"run.seed": "x"})
 
 
