@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -94,3 +96,33 @@ def interrupted_and_resumed():
         return final, epochs
 
     return run
+
+
+@pytest.fixture
+def chromium_dom(tmp_path):
+    """`dom(url)`: the page at `url` as headless Chromium renders it, after its scripts have run and
+    fetched their data (virtual time: Chromium waits for the requests), in a fresh profile each call.
+    Skips where Debian's chromium is not installed (CI installs it)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (apt-get install chromium); CI installs it")
+    calls = []
+
+    def dom(url: str, *, wait_ms: int = 15000) -> str:
+        calls.append(url)
+        profile = tmp_path / f"chromium-profile-{len(calls)}"
+        command = [
+            chromium,
+            *("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
+            *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
+            f"--user-data-dir={profile}",
+            "--window-size=1400,1000",
+            f"--virtual-time-budget={wait_ms}",
+            "--dump-dom",
+            url,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        assert done.stdout.strip(), f"chromium rendered nothing at {url}: {done.stderr[-2000:]}"
+        return done.stdout
+
+    return dom
