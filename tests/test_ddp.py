@@ -215,7 +215,7 @@ def test_data_parallel_resources_show_the_drivers_cpu_in_the_sum_and_the_fix(cap
     assert "--num-cpus" not in err
 
 
-def test_harness_train_logs_the_workers_epochs_once_through_the_train_controller(tmp_path):
+def test_harness_train_logs_the_workers_epochs_once_through_the_train_controller(tmp_path, new_mlflow_store):
     """`harness train --set run.workers=N` logs its MLflow run from Ray Train's controller
     (harness.raytrain.log_epochs, given each report of the workers) and closes it from the driver,
     which first learns what the controller logged (TrialLogger.catch_up): each epoch once, the
@@ -225,7 +225,7 @@ def test_harness_train_logs_the_workers_epochs_once_through_the_train_controller
     from harness.raytrain import log_epochs
     from harness.tracking import TrialLogger
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_mlflow_store(tmp_path)
     cfg = C.build_config(None, {"run.workers": 2, "optim.epochs": 3})
     driver = TrialLogger.start_single(cfg, experiment="dp", tracking_uri=uri)
     callback = log_epochs(uri, driver.run_id)  # pickled to the controller in a real run

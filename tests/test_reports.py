@@ -120,9 +120,9 @@ def _parent(client, exp_id, name, start, planned=None):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, new_mlflow_store):
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = new_mlflow_store(root)
     client = MlflowClient(tracking_uri=uri)
     now = int(time.time() * 1000)
     ids = {}
@@ -276,11 +276,11 @@ def test_cost_memorization_and_files(main_report, store):
     assert {"report/report.html", "report/report.md", "report/accuracy.csv", "report/cost.png"} <= logged
 
 
-def test_cost_table_keeps_each_setup_of_workers_and_pack_apart(tmp_path):
+def test_cost_table_keeps_each_setup_of_workers_and_pack_apart(tmp_path, new_mlflow_store):
     """Times and memory depend on how a run trained: data-parallel processes (harness.world_size) and
     trials packed into one step (harness.pack = "<pack id>:<pack size>"; absent or empty: alone).
     The cost table gives each (method, workers, pack) a row of its own and says so in every format."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_mlflow_store(tmp_path)
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("setups", artifact_location=str(tmp_path / "artifacts"))
     parent = _parent(client, exp, "setups-sweep", 0)
@@ -329,7 +329,7 @@ def test_cost_table_keeps_each_setup_of_workers_and_pack_apart(tmp_path):
 
 
 def test_memorized_is_not_logged_without_flipped_labels_and_the_report_says_n_a(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, new_mlflow_store
 ):
     """A trial on labels as given (noise.kind none: no flip mask, as for Animal-10N or Clothing1M) has
     no flipped sample to memorize: the engine does not log train/memorized, its epoch line and the
@@ -337,7 +337,7 @@ def test_memorized_is_not_logged_without_flipped_labels_and_the_report_says_n_a(
     from harness import cli
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_mlflow_store(tmp_path))
     common = ["--set", "data.train_subset=30", "--set", "optim.epochs=1", "--set", "run.device=cpu"]
     noisy = ["--set", "noise.kind=symmetric", "--set", "noise.rate=0.4"]
     for name, extra in (("given", []), ("noisy", noisy)):

@@ -15,9 +15,11 @@ from harness.contract import EXPERIMENT_KIND_TAG, MODEL_TRAINING
 
 
 @pytest.fixture()
-def store(tmp_path, monkeypatch) -> str:
+def store(tmp_path, monkeypatch, new_mlflow_store) -> str:
+    """The default store (mlflow.db in the working directory), empty."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    new_mlflow_store(tmp_path)
     return tracking.default_tracking_uri()
 
 
