@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
-import os
+import sys
 import types
 import typing
 import warnings
@@ -37,6 +38,12 @@ class DataConfig:
     # where ImageFolder JPEGs are decoded and augmented: workers (PIL in the DataLoader workers), device
     # (a batch at once on the trial's device: nvJPEG on CUDA), auto (device on CUDA, else workers)
     decode: str = "auto"
+    # the side of the square images a data set that can choose its size trains and tests on, e.g. 64 for a
+    # folder of 64x64 images: imagefolder (train: a random resized crop to image_size; eval: the short
+    # side resized to image_size * 256 / 224, then the central image_size crop) and synthetic (the size
+    # it draws). null: the data set's own (imagefolder 224, synthetic 32). Refused elsewhere: digits and
+    # CIFAR keep their 8x8 and 32x32 images.
+    image_size: int | None = None
 
 
 @dataclass
@@ -151,6 +158,11 @@ def all_keys() -> list[str]:
     return [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
+@functools.cache
+def _known_keys() -> frozenset[str]:
+    return frozenset(all_keys())
+
+
 def did_you_mean(key: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
     if not close and "." in key:  # 'grid.noise.rte' -> compare the last part too
@@ -159,6 +171,7 @@ def did_you_mean(key: str, choices: list[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+@functools.cache  # get_type_hints evaluates the annotations anew each call: 3/4 of a sweep's validation
 def _field_type(key: str) -> Any:
     section, name = key.split(".", 1)
     return typing.get_type_hints(SECTIONS[section])[name]
@@ -187,9 +200,15 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: a message quotes a 5,000-character value by its start."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
 def check_key(key: str) -> str | None:
     """None when `key` is a known dotted key, else the message (with a did-you-mean)."""
-    if key in all_keys():
+    if key in _known_keys():
         return None
     return f"unknown key{did_you_mean(key, all_keys())}"
 
@@ -238,14 +257,19 @@ def check_value(key: str, value: Any) -> str | None:
         return problem
     tp = _field_type(key)
     if not _type_ok(value, tp):
-        return f"must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        return f"must be {_type_name(tp)}, got {type(value).__name__} {shown(value)}"
     if value is None:
         return None
+    if tp is float and isinstance(value, int) and abs(value) > sys.float_info.max:
+        return f"must be a float (at most {sys.float_info.max:.4g}), got {shown(value)}"
     names = _registries()
     checks: dict[str, typing.Callable[[Any], str | None]] = {
         "data.name": lambda v: _choice(v, names["dataset"], "dataset"),
         "data.num_workers": lambda v: None if v >= 0 else f"must be >= 0, got {v}",
         "data.decode": lambda v: _choice(v, ["auto", "workers", "device"], "decode mode"),
+        "data.image_size": lambda v: (
+            None if v >= 1 else f"must be a positive integer (pixels) or null, got {v}"
+        ),
         "noise.kind": lambda v: _choice(v, names["kind"], "noise kind"),
         "noise.rate": lambda v: _in_range(v, 0, 1),
         "model.arch": lambda v: _choice(v, names["arch"], "arch"),
@@ -284,6 +308,8 @@ def check_value(key: str, value: Any) -> str | None:
             if v in ("auto", "cpu", "cuda") or v.startswith("cuda:")
             else f"must be auto, cpu, cuda or cuda:N, got {v!r}"
         ),
+        # numpy's legacy seeding (third-party code's RNG, seed_everything) takes 32 bits
+        "run.seed": lambda v: None if 0 <= v < 2**32 else f"must be an integer in [0, 2**32), got {shown(v)}",
         "run.checkpoint_every": lambda v: None if v >= 0 else f"must be >= 0 (0: never), got {v}",
         "run.stop_on_collapse": lambda v: None if v >= 0 else f"must be >= 0 epochs (0: never), got {v}",
         "run.workers": lambda v: None if v >= 1 else f"must be a positive integer (1: one process), got {v}",
@@ -305,15 +331,23 @@ def check_config(cfg: TrialConfig) -> list[tuple[str, str]]:
     ]
     from harness.data import config_problems  # the data sets' own rules (root, download, subsets)
 
-    given = dict(root=d.root, download=d.download, train_subset=d.train_subset, val_fraction=d.val_fraction)
+    given = dict(
+        root=d.root,
+        download=d.download,
+        train_subset=d.train_subset,
+        val_fraction=d.val_fraction,
+        image_size=d.image_size,
+    )
     problems += [
         (f"data.{key}", message) for key, message in config_problems(d.name, **given) if key != "name"
     ]
     if n.kind == "human":
+        from harness.data import path_problem
+
         if not n.label_file:
             problems.append(("noise.label_file", "human noise needs the CIFAR-N .pt file"))
-        elif not Path(os.path.expanduser(n.label_file)).exists():
-            problems.append(("noise.label_file", f"file does not exist: {n.label_file}"))
+        elif why := path_problem(n.label_file):
+            problems.append(("noise.label_file", f"file {why}"))
         if not n.label_set:
             problems.append(
                 ("noise.label_set", "human noise needs a label set (aggre, worse, random1..3, noisy)")
@@ -375,11 +409,18 @@ def check_config(cfg: TrialConfig) -> list[tuple[str, str]]:
     return problems
 
 
+def key_text(key: Any) -> str:
+    """A key of a user's mapping as a message shows it: quoted where it would not be seen ('', ' x')."""
+    text = str(key)
+    plain = text and text.isprintable() and not any(c.isspace() or c in ":'" for c in text)
+    return text if plain else repr(text)
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
-        dotted = f"{prefix}{key}"
+        dotted = f"{prefix}{key_text(key)}"
         if isinstance(value, dict):
             out.update(flatten(value, dotted + "."))
         else:
@@ -468,13 +509,32 @@ def add_overrides_option(parser, help: str) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """['optim.lr=0.05', 'collab.split=[1,2]'] -> {'optim.lr': 0.05, 'collab.split': [1, 2]} (values read as YAML)."""
-    out = {}
+    """['optim.lr=0.05', 'collab.split=[1,2]'] -> {'optim.lr': 0.05, 'collab.split': [1, 2]} (values read as YAML).
+
+    ConfigError lists every item that is not key=value or whose value is not YAML (as a shell passes
+    `--set optim.milestones=[100,150`), each placed at its `--set`.
+    """
+    out, problems = {}, []
     for item in items:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or not key:
-            raise ConfigError([Problem(f"--set {item!r}", "expected key=value, e.g. optim.lr=0.05")])
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            problems.append(Problem(f"--set {item!r}", "expected key=value, e.g. optim.lr=0.05"))
+            continue
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            shown = raw if len(raw) <= 60 else raw[:60] + "..."
+            problems.append(
+                Problem(
+                    f"--set {key}",
+                    f"value {shown!r} is not valid YAML ({reason}); close its brackets and quotes, "
+                    "e.g. --set 'optim.milestones=[100, 150]'",
+                )
+            )
+    if problems:
+        raise ConfigError(problems)
     return out
 
 

@@ -79,7 +79,8 @@ TRAIN_CHECKPOINT_KEY = "checkpoint_path"
 # finished, collapsed, failed) and "error"} for every member (harness.tune_runner, harness.tracking)
 MEMBERS_RESULT_KEY = "harness_members"
 WORLD_SIZE_TAG = "harness.world_size"  # data-parallel processes of the trial (run.workers; 1: one process)
-# the pack a trial trained in (`pack:` in a sweep file), "<pack id>:<pack size>"; absent: it trained alone
+# the pack a trial trained in, "<pack id>:<pack size>" (e.g. "3:4": 4 trials as one step on one device);
+# absent or empty: the trial trained alone (pack size 1)
 PACK_TAG = "harness.pack"
 # harness sync's runs (harness.sync): launcher=run (`harness train` sets train, a Ray sweep none), the
 # export they came from, true on a run whose trial had not ended when synced (KILLED), and what the
@@ -107,7 +108,9 @@ TEST_ACC_ENSEMBLE = "test/acc_ensemble"
 TRAIN_LOSS = "train/loss"
 TRAIN_ACC_NOISY = "train/acc_noisy"  # against the labels trained on
 TRAIN_ACC_CLEAN = "train/acc_clean"  # against the true labels
-TRAIN_MEMORIZED = "train/memorized"  # share of flipped samples predicted as their wrong label
+# share of flipped samples predicted as their wrong label; absent where no label was flipped (no noise, or
+# a data set whose labels came noisy: nothing to measure it on), so readers show n/a, not 0
+TRAIN_MEMORIZED = "train/memorized"
 TRAIN_COLLAPSED = "train/collapsed"  # 1.0 when the kept head's output has become input-independent
 TIME_EPOCH_S = "time/epoch_s"
 PERF_IMG_PER_S = "perf/img_per_s"
@@ -145,7 +148,8 @@ def head_acc(head: int) -> str:
     return f"test/acc_head{head}"
 
 
-# What every trial reports every epoch (test/acc_head{h} besides): the metrics a sweep may rank by.
+# What every trial reports every epoch (test/acc_head{h} besides; train/memorized where labels were
+# flipped): the metrics a sweep may rank by.
 EPOCH_METRICS = (
     TEST_ACC,
     TEST_ACC_ENSEMBLE,

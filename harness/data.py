@@ -72,6 +72,7 @@ def config_problems(
     download: bool = False,
     train_subset: int | None = None,
     val_fraction: float = 0.0,
+    image_size: int | None = None,
 ) -> list[tuple[str, str]]:
     """What is wrong with a ``data`` config, as (key in the data section, message); [] when nothing.
 
@@ -90,12 +91,33 @@ def config_problems(
         problems.append(("val_fraction", f"must be in [0, 1), got {val_fraction!r}"))
     if spec.needs_root and not root:
         problems.append(("root", f"data set {name} needs data.root (the folder holding it)"))
-    elif spec.needs_root and not download and not Path(os.path.expanduser(root)).exists():
-        problems.append(("root", f"folder does not exist: {root}"))
+    elif spec.needs_root and not download and (why := path_problem(root)):
+        problems.append(("root", f"folder {why}"))
+    if image_size is not None and "image_size" not in spec.options:
+        sized = [d.name for d in DATASETS.values() if "image_size" in d.options]
+        problems.append(
+            (
+                "image_size",
+                f"{name} images keep their own size (they are not resized); image_size applies to "
+                f"{'/'.join(sized)} only: leave it null",
+            )
+        )
     if download and not spec.downloadable:
         downloadable = [d.name for d in DATASETS.values() if d.downloadable]
         problems.append(("download", f"only {'/'.join(downloadable)} can be downloaded, not {name}"))
     return problems
+
+
+def path_problem(path: str | os.PathLike) -> str | None:
+    """None when `path` (`~` expanded) exists, else why not, with the path as given: 'does not exist:
+    PATH', or the system's reason for a name it cannot even look up (too long, a NUL byte)."""
+    text = str(path)
+    shown = text if len(text) <= 120 else f"{text[:117]}... ({len(text)} characters)"
+    shown = shown if shown.isprintable() else repr(shown)
+    try:
+        return None if Path(os.path.expanduser(path)).exists() else f"does not exist: {shown}"
+    except (OSError, ValueError) as exc:  # ENAMETOOLONG; ValueError: embedded null byte
+        return f"cannot be looked up ({getattr(exc, 'strerror', None) or exc}): {shown}"
 
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -178,8 +200,10 @@ def load_dataset(
     val_fraction: in [0, 1); stratified share of the (subset) training set held out as val_x/val_y,
         drawn with `seed`. The test set never depends on `seed`.
     options: `synthetic`: num_classes, image_size, channels, train_per_class, test_per_class;
-        `imagefolder`: image_size (default 224).
+        `imagefolder`: image_size (default 224). An option given as None takes the data set's default
+        (so a trial passes its config's data.image_size as it is).
     """
+    options = {key: value for key, value in options.items() if value is not None}
     # root is not checked here: None means $HARNESS_DATA_ROOT or ~/data, and a missing file is
     # reported by the loader with the path it expected
     checked = config_problems(name, download=download, train_subset=train_subset, val_fraction=val_fraction)
@@ -482,6 +506,8 @@ def _scan_split(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
 
 @register_dataset("imagefolder", needs_root=True, options=("image_size",))
 def _imagefolder(root: Path, *, download: bool, holdout: bool, image_size: int = 224) -> ImageData:
+    if isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1:
+        raise ValueError(f"imagefolder option image_size must be a positive integer, got {image_size!r}")
     return _load_imagefolder(root, int(image_size), holdout=holdout)
 
 

@@ -293,8 +293,10 @@ def train_one_epoch(
                 TRAIN_LOSS: loss_mean,
                 TRAIN_ACC_NOISY: hit_noisy / n,
                 TRAIN_ACC_CLEAN: hit_clean / n,
-                # share of flipped samples the kept head predicts as their wrong label; 0 without noise
-                TRAIN_MEMORIZED: memorized / flipped if flipped else 0.0,
+                # share of flipped samples the kept head predicts as their wrong label; not logged where
+                # no label was flipped (no noise, or labels that came noisy, noise.kind none): a share
+                # of nothing, not 0
+                **({TRAIN_MEMORIZED: memorized / flipped} if flipped else {}),
                 "train/pred_top_share": top / n,
                 "train/images": n,
                 "train/steps": steps,
@@ -722,9 +724,10 @@ def format_epoch(epoch: int, epochs: int, m: dict[str, float]) -> str:
     mem = f"  mem {m[GPU_PEAK_MEM_MB]:.0f} MB" if GPU_PEAK_MEM_MB in m else ""
     mem += "  COLLAPSED" if m.get(TRAIN_COLLAPSED) else ""
     val = f"  val noisy {m[VAL_ACC_NOISY]:.4f}" if VAL_ACC_NOISY in m else ""
+    memorized = f"{m[TRAIN_MEMORIZED]:.3f}" if TRAIN_MEMORIZED in m else "n/a"  # no flipped labels
     line = (
         f"epoch {epoch:>3}/{epochs}  loss {m[TRAIN_LOSS]:.4f}  train {m[TRAIN_ACC_NOISY]:.3f} "
-        f"(clean {m[TRAIN_ACC_CLEAN]:.3f}, memorized {m[TRAIN_MEMORIZED]:.3f})  "
+        f"(clean {m[TRAIN_ACC_CLEAN]:.3f}, memorized {memorized})  "
         f"test {m[TEST_ACC]:.4f} (ens {m[TEST_ACC_ENSEMBLE]:.4f}, ece {m[TEST_ECE]:.3f}){val}  "
         f"{m[TIME_EPOCH_S]:.1f}s  {m[PERF_IMG_PER_S]:.0f} img/s{mem}"
     )

@@ -37,6 +37,7 @@ where the trial runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -49,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import config as C
-from harness.contract import EPOCH_METRICS, HEAD_ACC, TEST_ACC, lower_is_better
+from harness.contract import EPOCH_METRICS, HEAD_ACC, TEST_ACC, TRAIN_MEMORIZED, lower_is_better
 from harness.pack_plan import Pack, pack_tag, plan_packs
 
 TOP_KEYS = (
@@ -248,7 +249,7 @@ def parse_sweep(tree: Mapping[str, Any], *, source: str, overrides: Mapping[str,
             hint = C.did_you_mean(str(key), list(TOP_KEYS))
             if not hint and key in C.SECTIONS:
                 hint = f"; config sections go under base (or grid), e.g. base.{key}"
-            problems.add(str(key), f"unknown key{hint}")
+            problems.add(C.key_text(key), f"unknown key{hint}")
 
     name = tree.get("name")
     if name is None:
@@ -337,6 +338,14 @@ def parse_sweep(tree: Mapping[str, Any], *, source: str, overrides: Mapping[str,
             problems.add(
                 "metric", f"{metric} needs heads > {m.group(1)} in every trial; some trials have {fewest}"
             )
+    if metric == TRAIN_MEMORIZED:
+        clean = next((cfg.noise for *_, cfg in configs if not _flips_labels(cfg.noise)), None)
+        if clean is not None:  # Tune would fail those trials: they never report the metric
+            problems.add(
+                "metric",
+                f"{metric} is logged only where labels are flipped; some trials have noise.kind {clean.kind}, "
+                f"rate {clean.rate:g} (rank by test/acc, or give every trial noise)",
+            )
     if problems:
         raise C.ConfigError(list(problems), source)
 
@@ -367,6 +376,11 @@ def parse_sweep(tree: Mapping[str, Any], *, source: str, overrides: Mapping[str,
     )
 
 
+def _flips_labels(noise: C.NoiseConfig) -> bool:
+    """Whether a noise config can flip a label (human and matrix noise: as their labels or matrix say)."""
+    return noise.kind != "none" and (noise.kind in ("human", "matrix") or noise.rate > 0)
+
+
 def _build_point(flat: dict[str, Any], places: dict[str, str], problems: _Problems) -> C.TrialConfig | None:
     """build_config for one grid point, its problems mapped to their places in the file.
 
@@ -384,7 +398,8 @@ def _build_point(flat: dict[str, Any], places: dict[str, str], problems: _Proble
         C.build_config(None, {k: v for k, v in flat.items() if k not in bad})
     except C.ConfigError as exc:
         for key, message in exc.problems:
-            problems.add(places.get(key, f"base.{key}"), message)
+            if key not in bad:  # not 'data.root: needs data.root' after 'data.root: does not exist'
+                problems.add(places.get(key, f"base.{key}"), message)
     return None
 
 
@@ -419,7 +434,7 @@ def _parse_grid(grid: Any, problems: _Problems) -> list[list[_Choice]]:
     axes = []
     owner: dict[str, str] = {}  # dotted key -> the axis that sets it
     for axis, values in grid.items():
-        axis = str(axis)
+        axis = C.key_text(axis)
         place = f"grid.{axis}"
         is_section = axis in C.SECTIONS
         if not is_section and (problem := C.check_key(axis)) is not None:
@@ -490,9 +505,11 @@ def _parse_seeds(seeds: Any, base: dict[str, Any], places: dict[str, str], probl
     """The seeds list; without one, the run.seed of base (or --set), else [0]."""
     if seeds is None:
         seed = base.get("run.seed", 0)
-        if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:
+        if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32:
             return [seed]
-        problems.add(places.get("run.seed", "base.run.seed"), f"must be an integer >= 0, got {seed!r}")
+        problems.add(
+            places.get("run.seed", "base.run.seed"), f"must be an integer in [0, 2**32), got {C.shown(seed)}"
+        )
         return [0]
     if "run.seed" in base:
         problems.add(places.get("run.seed", "base.run.seed"), "the seeds list sets run.seed; remove it here")
@@ -501,8 +518,8 @@ def _parse_seeds(seeds: Any, base: dict[str, Any], places: dict[str, str], probl
         return [0]
     out = []
     for i, seed in enumerate(seeds):
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            problems.add(f"seeds[{i}]", f"must be an integer >= 0, got {seed!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+            problems.add(f"seeds[{i}]", f"must be an integer in [0, 2**32), got {C.shown(seed)}")
         elif seed in out:
             problems.add(f"seeds[{i}]", f"repeats seed {seed}")
         else:
@@ -518,7 +535,7 @@ def _parse_resources(resources: Any, problems: _Problems) -> dict[str, float]:
         problems.add("resources", f"must be a mapping like {{cpu: 1, gpu: 0.25}}, got {resources!r}")
         return out
     for key, value in resources.items():
-        place = f"resources.{key}"
+        place = f"resources.{C.key_text(key)}"
         if key not in RESOURCE_KEYS:
             hint = C.did_you_mean(str(key), list(RESOURCE_KEYS)) or "; choose from cpu, gpu, workers"
             problems.add(place, f"unknown key{hint}")
@@ -528,8 +545,8 @@ def _parse_resources(resources: Any, problems: _Problems) -> dict[str, float]:
                 problems.add(place, f"must be a positive integer (processes per trial), got {value!r}")
             else:
                 out[key] = value
-        elif not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-            problems.add(place, f"must be a number, got {value!r}")
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            problems.add(place, f"must be a finite number, got {C.shown(value)}")
         elif key == "cpu" and value <= 0:
             problems.add(place, f"must be > 0, got {value}")
         elif key == "gpu" and (value < 0 or (value > 1 and value != int(value))):
@@ -556,7 +573,8 @@ def _absolute_paths(flat: dict[str, Any]) -> dict[str, Any]:
     for key in PATH_KEYS:
         value = out.get(key)
         if isinstance(value, str) and value and not value.startswith("~") and not Path(value).is_absolute():
-            out[key] = str(Path(value).resolve())
+            with contextlib.suppress(OSError, ValueError):  # a name no system takes: validation says why
+                out[key] = str(Path(value).resolve())
     return out
 
 

@@ -121,16 +121,19 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 
 
 UI_HOST, UI_PORT = "127.0.0.1", 5000  # where `harness ui` serves the store by default
+# MLflow 3's UI opens a page in "Model training" mode (runs table, model registry; not its GenAI
+# navigation of traces and judges) when its address carries this; the mode is otherwise global
+MODEL_TRAINING_QUERY = "workflowType=machine_learning"
 
 
 def runs_table_url(tracking_uri: str, experiment_id: str, *, host: str = UI_HOST, port: int = UI_PORT) -> str:
-    """The MLflow UI's runs table of an experiment: on the server itself for an http(s) store, else
-    on `harness ui` at host:port."""
+    """The MLflow UI's runs table of an experiment, in Model training mode: on the server itself for
+    an http(s) store, else on `harness ui` at host:port."""
     if tracking_uri.startswith(("http://", "https://")):
         base = tracking_uri.rstrip("/")
     else:
         base = f"http://{host}:{port}"
-    return f"{base}/#/experiments/{experiment_id}/runs"
+    return f"{base}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_QUERY}"
 
 
 def _now_ms() -> int:

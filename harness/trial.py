@@ -190,8 +190,8 @@ def load_trial_data(cfg: C.TrialConfig) -> ImageData:
         download=cfg.data.download,
         train_subset=cfg.data.train_subset,
         val_fraction=cfg.data.val_fraction,
+        image_size=cfg.data.image_size,
     )
-
 
 
 @dataclass

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import shutil
 import sys
@@ -434,25 +435,35 @@ def _check_resources(sweep: Sweep, cluster: dict[str, float], *, local: bool) ->
     need = {kind: amount * workers for kind, amount in per_worker.items()}
     if workers > 1:
         need["CPU"] += DRIVER_CPU
-    short = [
-        f"{kind.lower()}: {_per_trial(workers, per_worker[kind], need[kind])}, the Ray cluster has "
-        f"{cluster.get(kind, 0):g}"
-        for kind in need
-        if need[kind] > cluster.get(kind, 0) + 1e-9
-    ]
+    short = [kind for kind in need if need[kind] > cluster.get(kind, 0) + 1e-9]
     if short:
-        hint = " (a local Ray takes --num-cpus/--num-gpus)" if local else ""
-        message = f"resources do not fit: {'; '.join(short)}{hint}"
+        message = "resources do not fit: " + "; ".join(
+            f"{kind.lower()}: {_per_trial(kind, workers, per_worker[kind], need[kind])}, "
+            f"the Ray cluster has {cluster.get(kind, 0):g}"
+            for kind in short
+        )
         if local:
-            raise ValueError(message)
+            raise ValueError(f"{message} ({'; '.join(_local_fix(kind, need[kind]) for kind in short)})")
         print(f"warning: {message}; trials wait until the cluster grows", file=sys.stderr)
     if workers == 1:
         return None
     return max(1, min(int((cluster.get(kind, 0) + 1e-9) // need[kind]) for kind in need if need[kind] > 0))
 
 
-def _per_trial(workers: int, per_worker: float, total: float) -> str:
-    return f"{total:g} per trial" if workers == 1 else f"{workers} workers x {per_worker:g} per trial"
+def _local_fix(kind: str, need: float) -> str:
+    """What makes a local Ray hold one trial: CPUs may be oversubscribed, GPUs must be there."""
+    least = math.ceil(need - 1e-9)
+    if kind == "CPU":
+        return f"--num-cpus {least} lets a local Ray offer them, sharing the cores; or ask for less"
+    return f"a local Ray offers the GPUs it finds; --num-gpus {least} only where the machine has them"
+
+
+def _per_trial(kind: str, workers: int, per_worker: float, total: float) -> str:
+    """`2 workers x 1 + 0.01 for the trial's driver = 2.01 per trial`: the whole sum a trial asks for."""
+    if workers == 1:
+        return f"{total:g} per trial"
+    driver = f" + {DRIVER_CPU:g} for the trial's driver" if kind == "CPU" else ""
+    return f"{workers} workers x {per_worker:g}{driver} = {total:g} per trial"
 
 
 def _concurrent(asked: int | None, fitting: int | None) -> int | None:

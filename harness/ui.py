@@ -1,7 +1,9 @@
 """`harness ui`: the MLflow UI on the harness's store, until Ctrl-C.
 
 It prints the address of the latest sweep's runs table (and of every other experiment's), where
-a person wants to land: MLflow 3's UI otherwise opens on its GenAI overview.
+a person wants to land, in "Model training" mode (`?workflowType=machine_learning`): MLflow 3's UI
+otherwise opens on its GenAI navigation. The server is MLflow's app wrapped by harness.ui_app, so the
+bare address opens in Model training mode too.
 
 The store is the one sweeps write: `MLFLOW_TRACKING_URI`, else `mlflow.db` in the working
 directory (harness.tracking.default_tracking_uri). The UI binds to 127.0.0.1 by default; reach
@@ -19,7 +21,7 @@ import subprocess
 import sys
 
 from harness.contract import RUN_KIND_TAG, SWEEP_RUN, default_tracking_uri, sqlite_path
-from harness.tracking import UI_HOST, UI_PORT, runs_table_url
+from harness.tracking import MODEL_TRAINING_QUERY, UI_HOST, UI_PORT, runs_table_url
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -34,11 +36,22 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     )
 
 
-def ui_command(uri: str, host: str, port: int, workers: int = 2) -> list[str]:
-    """The `mlflow ui` command line for store `uri`."""
+UI_APP = "harness"  # harness.ui_app as MLflow knows it: the `mlflow.app` entry point in pyproject.toml
+
+
+def ui_app_installed() -> bool:
+    """Whether MLflow finds our app plugin: an install of this package (pip install -e .) registers it."""
+    from importlib.metadata import entry_points
+
+    return any(ep.name == UI_APP for ep in entry_points(group="mlflow.app"))
+
+
+def ui_command(uri: str, host: str, port: int, workers: int = 2, *, app: str | None = None) -> list[str]:
+    """The `mlflow ui` command line for store `uri`; `app`: an MLflow app plugin to serve instead of MLflow's."""
     return [
         *(sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri),
         *("--host", host, "--port", str(port), "--workers", str(workers)),
+        *(("--app-name", app) if app else ()),
     ]
 
 
@@ -75,7 +88,10 @@ def runs_tables(uri: str, host: str = UI_HOST, port: int = UI_PORT) -> list[str]
 def main(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
-        print(f"the store is an MLflow server: open {uri} in a browser")
+        print(
+            f"the store is an MLflow server: open {uri.rstrip('/')}/#/experiments?{MODEL_TRAINING_QUERY} "
+            "in a browser"
+        )
         return 0
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
@@ -92,7 +108,14 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    app = UI_APP if ui_app_installed() else None
     print(f"MLflow UI: http://{args.host}:{args.port}  (store {uri}); Ctrl-C to stop", flush=True)
+    if app is None:  # a checkout on PYTHONPATH, not installed: MLflow's own app, GenAI at the bare address
+        print(
+            "  (the bare address opens MLflow's GenAI home here: install this package, pip install -e ., "
+            "for the Model training landing; the links below open Model training either way)",
+            flush=True,
+        )
     try:
         lines = runs_tables(uri, args.host, args.port)
     except Exception as exc:  # noqa: BLE001 - `mlflow ui` says what is wrong with the store
@@ -106,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
     # `kill PID` (SIGTERM, as service managers and tests stop it) cleans up like Ctrl-C
     signal.signal(signal.SIGTERM, _interrupt)
     proc = subprocess.Popen(
-        ui_command(uri, args.host, args.port, args.workers), env=env, start_new_session=True
+        ui_command(uri, args.host, args.port, args.workers, app=app), env=env, start_new_session=True
     )
     try:
         return proc.wait()

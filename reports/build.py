@@ -332,11 +332,19 @@ def _sections(
     )
     s_cost = render.Section("Cost per method", *render.cost_rows(cost), images=[files["cost.png"]])
     s_cost.notes.append(
-        "Mean over each method's finished runs (all noise conditions and seeds). Peak GPU memory: "
+        "Mean over each method's finished runs (all noise conditions and seeds) that trained the same "
+        "way: Workers = data-parallel processes per run (harness.world_size), Pack = trials trained "
+        "together as one step on one device (harness.pack; 1: alone). Peak GPU memory: "
         "maximum over epochs (n/a for CPU-only runs); time per epoch and images/s: median over "
         "epochs. Last column: whether the exported inference network has the same parameter "
         "count as individual training's."
     )
+    setups = cost.drop_duplicates(["workers", "pack"])
+    if len(setups) > 1:
+        s_cost.notes.append(
+            f"The runs trained in {len(setups)} different setups (workers x pack): compare times and memory "
+            "only between rows of the same setup."
+        )
     mismatch = cost[cost.inference_matches_individual == "no"]
     if len(mismatch):
         s_cost.notes.append(

@@ -223,6 +223,12 @@ def cost_bars(cost: pd.DataFrame, *, methods: list[str], path: Path) -> Path:
     ]
     fig, axes = _figure(1, 3, (4.4 * 3, 4.0))
     x = np.arange(len(cost))
+    # a method trained in several setups (workers, pack) has a bar per setup, named by it
+    one_setup = len(cost.drop_duplicates(["workers", "pack"])) <= 1
+    labels = [
+        m if one_setup else f"{m} ({w:g} workers, pack {p:g})"
+        for m, w, p in zip(cost.method, cost.workers, cost.pack)
+    ]
     for ax, (col, label, missing) in zip(axes[0], panels):
         values = cost[col].to_numpy(dtype=float)
         shown = np.nan_to_num(values, nan=0.0)
@@ -240,7 +246,7 @@ def cost_bars(cost: pd.DataFrame, *, methods: list[str], path: Path) -> Path:
             ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes, color="gray")
             ax.set_ylim(0, 1)
             ax.set_yticks([])
-        ax.set_xticks(x, cost.method, rotation=20, ha="right")
+        ax.set_xticks(x, labels, rotation=20, ha="right")
         ax.set_title(label)
         ax.set_ylabel(label)
         ax.set_xlabel("Method")

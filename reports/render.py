@@ -162,6 +162,8 @@ def _count(v: float) -> str:
 def cost_rows(cost: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     headers = [
         "Method",
+        "Workers",
+        "Pack",
         "Runs",
         "Peak GPU memory (MB)",
         "Time/epoch (s)",
@@ -173,6 +175,8 @@ def cost_rows(cost: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     rows = [
         [
             r.method,
+            _count(r.workers),
+            _count(r.pack),
             str(r.n_runs),
             _num(r.peak_mem_mb, 0),
             _num(r.time_epoch_s, 2),

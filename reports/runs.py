@@ -2,12 +2,14 @@
 
 What the sweep side writes, and under which names, is harness.contract (the writer's promise, read
 here): one parent run per sweep, one child run per trial, ``ERROR_TAG`` on failure, ``COLLAPSED_TAG =
-"true"`` on a run whose kept head ended collapsed, params flattened with dots and metrics logged per
+"true"`` on a run whose kept head ended collapsed, ``WORLD_SIZE_TAG`` and ``PACK_TAG`` (how it
+trained: its data-parallel processes, and ``"<pack id>:<pack size>"`` when packed), params flattened with dots and metrics logged per
 epoch with ``step = epoch`` (1-based).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
@@ -18,6 +20,7 @@ from harness.contract import (
     COLLAPSED_TAG,
     ERROR_TAG,
     GPU_PEAK_MEM_MB,
+    PACK_TAG,
     PARENT_TAG,
     PERF_IMG_PER_S,
     RUN_KIND_TAG,
@@ -29,6 +32,7 @@ from harness.contract import (
     TRAIN_MEMORIZED,
     TRIAL_RUN,
     VAL_ACC_NOISY,
+    WORLD_SIZE_TAG,
 )
 
 # Metrics whose per-epoch history the report needs (besides the ranked metric); the noisy held-out
@@ -56,6 +60,10 @@ class Trial:
     metrics: dict[str, float]
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     collapsed: bool = False  # the run ended collapsed: finished, but its numbers mean nothing
+    # how it trained, which its times and memory depend on: data-parallel processes, trials packed
+    # into its step (1: alone); NaN where a tag cannot be read
+    world_size: float = 1
+    pack_size: float = 1
 
 
 @dataclass
@@ -186,6 +194,8 @@ def select_sweep(client: MlflowClient, *, experiment: str | None, sweep_run_id: 
             params=dict(r.data.params),
             metrics=dict(r.data.metrics),
             collapsed=r.data.tags.get(COLLAPSED_TAG) == "true",
+            world_size=_count_tag(r.data.tags.get(WORLD_SIZE_TAG) or r.data.params.get("run.workers")),
+            pack_size=_count_tag((r.data.tags.get(PACK_TAG) or "").rpartition(":")[2]),
         )
         for r in runs
         if r.data.tags.get(RUN_KIND_TAG) in (None, TRIAL_RUN)
@@ -202,6 +212,13 @@ def select_sweep(client: MlflowClient, *, experiment: str | None, sweep_run_id: 
         notes=notes,
         planned_trials=_planned(parent),
     )
+
+
+def _count_tag(text: str | None) -> float:
+    """A positive count from a tag (absent or empty: 1, the trial trained alone); NaN when unreadable."""
+    if not text:
+        return 1
+    return int(text) if text.isdigit() and int(text) > 0 else math.nan
 
 
 def _planned(parent: Run | None) -> int | None:

@@ -229,7 +229,8 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
     epoch or best over epochs, as logged), value_<rule> and epoch_<rule> (``metric`` and its epoch under
     each of SELECTION_RULES: last, best, val), memorized, acc_clean (final epoch), time_epoch_s,
     img_per_s (median over epochs: robust to first-epoch warm-up and compilation), peak_mem_mb (max
-    over epochs), train_params, inference_params, collapsed (tagged harness.collapsed), usable
+    over epochs), train_params, inference_params, collapsed (tagged harness.collapsed), workers and
+    pack (data-parallel processes and packed trials it trained with; NaN where unreadable), usable
     (finished with a metric value, not collapsed, not a duplicate), the FINAL_METRICS columns (ece, nll,
     ece_ensemble, nll_ensemble, detect_auroc, detect_auroc_consensus, detect_precision,
     detect_precision_consensus, realized_rate; NaN where not logged), plus one column per method
@@ -272,6 +273,8 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
                 "train_params": t.metrics.get(TRAIN_PARAMS, math.nan),
                 "inference_params": t.metrics.get(INFERENCE_PARAMS, math.nan),
                 "collapsed": t.collapsed,
+                "workers": t.world_size,
+                "pack": t.pack_size,
                 "epochs": len(h.get(metric, [])),
                 # final-epoch calibration and end-of-training noise detection (NaN where not logged)
                 **{col: t.metrics.get(key, math.nan) for col, key in FINAL_METRICS.items()},
@@ -517,9 +520,13 @@ def gains_table(frame: pd.DataFrame, *, metric: str, pairs: dict[str, str]) -> p
 
 
 def cost_table(frame: pd.DataFrame, *, pairs: dict[str, str]) -> pd.DataFrame:
-    """Cost per method over all its finished runs (every noise condition and seed).
+    """Cost per method and setup over all its finished runs (every noise condition and seed).
 
-    Columns: method, n_runs, peak_mem_mb (mean of per-run maxima; NaN on CPU-only runs),
+    A setup is how the runs trained: ``workers`` (data-parallel processes, harness.world_size) and
+    ``pack`` (trials packed into one step, from harness.pack; 1: alone). Times and memory depend on
+    it, so each setup of a method has a row of its own rather than a mean across setups.
+
+    Columns: method, workers, pack, n_runs, peak_mem_mb (mean of per-run maxima; NaN on CPU-only runs),
     time_epoch_s and img_per_s (mean of per-run medians over epochs), train_params,
     inference_params (median over runs), individual_inference_params (of the method's baseline),
     inference_matches_individual ("yes", "no" or "n/a").
@@ -527,20 +534,24 @@ def cost_table(frame: pd.DataFrame, *, pairs: dict[str, str]) -> pd.DataFrame:
     done = frame[frame.status == "FINISHED"]
     rows = []
     for (method,) in _ordered(frame, ["method"]):
-        sel = done[done.method == method]
-        rows.append(
-            {
-                "method": method,
-                "n_runs": len(sel),
-                "peak_mem_mb": sel.peak_mem_mb.mean(),
-                "time_epoch_s": sel.time_epoch_s.mean(),
-                "img_per_s": sel.img_per_s.mean(),
-                "train_params": sel.train_params.median(),
-                "inference_params": sel.inference_params.median(),
-            }
-        )
+        setups = frame[frame.method == method].drop_duplicates(["workers", "pack"])
+        for workers, pack in sorted(zip(setups.workers, setups.pack), key=lambda s: _nan_last(*s)):
+            sel = done[(done.method == method) & _equal(done.workers, workers) & _equal(done.pack, pack)]
+            rows.append(
+                {
+                    "method": method,
+                    "workers": workers,
+                    "pack": pack,
+                    "n_runs": len(sel),
+                    "peak_mem_mb": sel.peak_mem_mb.mean(),
+                    "time_epoch_s": sel.time_epoch_s.mean(),
+                    "img_per_s": sel.img_per_s.mean(),
+                    "train_params": sel.train_params.median(),
+                    "inference_params": sel.inference_params.median(),
+                }
+            )
     table = pd.DataFrame(rows)
-    ref = dict(zip(table.method, table.inference_params))
+    ref = table.groupby("method").inference_params.median().to_dict()
     individual = set(pairs.values()) | ({m for m in table.method if m == "individual"})
     base_of = {**{m: m for m in individual}, **pairs}
     table["individual_inference_params"] = [ref.get(base_of.get(m), math.nan) for m in table.method]
@@ -554,6 +565,15 @@ def cost_table(frame: pd.DataFrame, *, pairs: dict[str, str]) -> pd.DataFrame:
         check(o, b) for o, b in zip(table.inference_params, table.individual_inference_params)
     ]
     return table
+
+
+def _equal(column: pd.Series, value: float) -> pd.Series:
+    """column == value, where NaN (a tag that could not be read) equals NaN."""
+    return column.isna() if math.isnan(value) else column == value
+
+
+def _nan_last(*values: float) -> tuple:
+    return tuple((math.isnan(v), 0 if math.isnan(v) else v) for v in values)
 
 
 def memorization_table(frame: pd.DataFrame) -> pd.DataFrame:

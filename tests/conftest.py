@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -94,3 +97,155 @@ def interrupted_and_resumed():
         return final, epochs
 
     return run
+
+
+@pytest.fixture
+def chromium_dom(tmp_path):
+    """`dom(url)`: the page at `url` as headless Chromium renders it, after its scripts have run and
+    fetched their data (virtual time: Chromium waits for the requests), in a fresh profile each call.
+    Skips where Debian's chromium is not installed (CI installs it)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (apt-get install chromium); CI installs it")
+    calls = []
+
+    def dom(url: str, *, wait_ms: int = 15000) -> str:
+        calls.append(url)
+        profile = tmp_path / f"chromium-profile-{len(calls)}"
+        command = [
+            chromium,
+            *("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
+            *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
+            f"--user-data-dir={profile}",
+            "--window-size=1400,1000",
+            f"--virtual-time-budget={wait_ms}",
+            "--dump-dom",
+            url,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        assert done.stdout.strip(), f"chromium rendered nothing at {url}: {done.stderr[-2000:]}"
+        return done.stdout
+
+    return dom
+
+
+class SharedRay:
+    """A local Ray in the test process, started once and shared by the tests that run sweeps.
+
+    `harness.tune_runner.run_sweep` uses the Ray of its process when there is one, so an in-process
+    sweep runs on it; a `harness sweep --address ADDRESS` in a subprocess joins it (the cluster's
+    token is the default one, ~/.ray/auth_token, and ray.init sets RAY_AUTH_MODE=token for the
+    children). Each start of a Ray costs seconds on two cores; each test that shares this one
+    saves them. Loopback only, in a temp folder of its own (Ray's socket paths must stay short).
+    """
+
+    CPUS = 4  # more than the cores: the trials of these tests mostly wait, and 8 x 0.25 must fit
+
+    def __init__(self) -> None:
+        self.temp: Path | None = None
+
+    def start(self) -> str:
+        """The cluster's address, started now if it is not running."""
+        import tempfile
+
+        import ray
+
+        if not ray.is_initialized():
+            self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+            # Ray Train's controller takes one report per poll, every 2 s by default: the epochs of
+            # these tests take a fraction of a second. The cluster's processes read it at their start.
+            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
+            ray.init(
+                num_cpus=self.CPUS,
+                num_gpus=0,
+                include_dashboard=False,
+                logging_level="WARNING",
+                _node_ip_address="127.0.0.1",
+                _temp_dir=str(self.temp),
+            )
+        return ray.get_runtime_context().gcs_address
+
+    def stop(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
+        if self.temp is not None:
+            shutil.rmtree(self.temp, ignore_errors=True)
+            self.temp = None
+
+
+@pytest.fixture(scope="session")
+def _shared_ray():
+    shared = SharedRay()
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def ray_cluster(_shared_ray) -> SharedRay:
+    """The shared local Ray, running (`.start()` gives its address; `.temp` its folder)."""
+    _shared_ray.start()
+    return _shared_ray
+
+
+@pytest.fixture
+def no_ray_in_this_process(_shared_ray) -> None:
+    """For a test whose sweep must start its own local Ray (`--mps`): the shared one is stopped
+    (the next test that wants it starts it again)."""
+    _shared_ray.stop()
+
+
+@pytest.fixture
+def harness_here(monkeypatch, capsys):
+    """`harness ARGS` in this process (the same main, without a second start of Python and torch,
+    ~2-3 s each on two cores), run from `cwd`: (returncode, stdout, stderr). The torch settings a
+    command may change for itself (threads, the global seed) are put back afterwards."""
+    import torch
+
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+
+    def run(*args, cwd):
+        from harness import cli
+
+        monkeypatch.chdir(cwd)
+        try:
+            code = cli.main(list(args))
+        finally:
+            torch.set_num_threads(threads)
+            torch.set_rng_state(rng)
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def _empty_mlflow_store(tmp_path_factory) -> Path:
+    """An MLflow store with its schema and nothing else, made once: a new SQLite store runs some
+    twenty schema migrations, 1-5 s on two cores. Made in its own folder (MLflow's Default
+    experiment keeps the folder it was made in as its artifact location)."""
+    from mlflow import MlflowClient
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    here = Path.cwd()
+    os.chdir(folder)
+    try:
+        MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments(max_results=1)
+    finally:
+        os.chdir(here)
+    return folder / "mlflow.db"
+
+
+@pytest.fixture(scope="session")
+def new_mlflow_store(_empty_mlflow_store):
+    """`make(folder)`: an empty MLflow store at folder/mlflow.db, copied from the session's template
+    rather than migrated anew; returns its sqlite:/// URI. (Tests of creating a store don't use it.)"""
+
+    def make(folder: Path) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_empty_mlflow_store, folder / "mlflow.db")
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    return make

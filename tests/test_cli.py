@@ -1,9 +1,6 @@
-"""`harness train` and `harness bench` as a user runs them."""
+"""`harness train` and `harness bench` as a user runs them (in this process: conftest's harness_here)."""
 
 import json
-import subprocess
-import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,31 +22,9 @@ BENCH_KEYS = {
 }
 
 
-def harness(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
-@pytest.fixture
-def harness_here(monkeypatch, capsys):
-    """`harness ARGS` in this process (the same main, without a second start of Python and torch):
-    for commands that must stop before they do anything."""
-
-    def run(*args, cwd):
-        from harness import cli
-
-        monkeypatch.chdir(cwd)
-        code = cli.main(list(args))
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-
-    return run
-
-
-def test_bench_writes_one_record_per_topology(tmp_path):
+def test_bench_writes_one_record_per_topology(harness_here, tmp_path):
     out = tmp_path / "bench.json"
-    proc = harness(
+    proc = harness_here(
         "bench",
         "--device",
         "cpu",
@@ -76,9 +51,9 @@ def test_bench_writes_one_record_per_topology(tmp_path):
     assert "hierarchical" in proc.stdout and "img/s" in proc.stdout
 
 
-def test_bench_concurrent_sums_the_processes_throughput(tmp_path):
+def test_bench_concurrent_sums_the_processes_throughput(harness_here, tmp_path):
     out = tmp_path / "bench.json"
-    proc = harness(
+    proc = harness_here(
         *("bench", "--device", "cpu", "--arch", "cnn_small", "--batch-size", "8"),
         *("--topologies", "individual", "--steps", "20", "--warmup", "1", "--concurrent", "2"),
         *("--json", str(out)),
@@ -173,8 +148,8 @@ def test_bench_loader_refuses_bad_options(harness_here, tmp_path, args, message)
     assert proc.returncode == 2 and message in proc.stderr
 
 
-def test_train_runs_one_trial_and_writes_json(tmp_path):
-    proc = harness(
+def test_train_runs_one_trial_and_writes_json(harness_here, tmp_path):
+    proc = harness_here(
         "train",
         "--no-mlflow",
         "--set",

@@ -159,13 +159,15 @@ def test_stop_on_collapse_must_not_be_negative():
         C.build_config({}, {"run.stop_on_collapse": -1})
 
 
-def test_harness_train_tags_a_collapsed_run_and_the_report_leaves_it_out(tmp_path, monkeypatch):
+def test_harness_train_tags_a_collapsed_run_and_the_report_leaves_it_out(
+    tmp_path, monkeypatch, new_mlflow_store
+):
     """Writer to reader: the tag harness train's tracking sets is the one the report reads."""
     pytest.importorskip("mlflow")
     from harness import train_cli
     from reports.build import build_report
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_mlflow_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(engine, "COLLAPSE_SHARE", 0.0)

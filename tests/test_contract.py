@@ -39,10 +39,10 @@ def _epoch_metrics(acc: float, epoch: int, heads: int, collapsed: bool) -> dict[
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory):
+def written(tmp_path_factory, new_mlflow_store):
     """The sweep as the Ray driver writes it: a parent run, one child run per trial, closed."""
     root = tmp_path_factory.mktemp("contract")
-    uri = f"{K.SQLITE_PREFIX}{root / 'mlflow.db'}"
+    uri = new_mlflow_store(root)
     sweep_run = tracking.SweepRun.open(
         tracking_uri=uri, experiment="contract", sweep_name="contract-sweep", sweep_file="none", num_trials=6
     )

@@ -209,6 +209,60 @@ def test_imagefolder_unknown_eval_class(tmp_path):
         load_dataset("imagefolder", root=tmp_path)
 
 
+def test_data_image_size_is_a_config_key_that_imagefolder_trials_train_at(tmp_path, monkeypatch, capsys):
+    """`data.image_size` (e.g. a folder of 64x64 images at its own size): a positive integer, for the
+    data sets that can choose their size (imagefolder, synthetic); digits and CIFAR refuse it. A trial
+    hands it to the data set, and the ImageFolder loaders cut their crops at that size."""
+    from harness import cli, trial
+    from harness import config as C
+
+    _write_tree(tmp_path / "tree", "train", ["cat", "dog"], 4, size=(40, 30))
+    _write_tree(tmp_path / "tree", "test", ["cat", "dog"], 2, size=(40, 30))
+    base = {"data": {"name": "imagefolder", "root": str(tmp_path / "tree"), "num_workers": 0}}
+    assert C.build_config(base).data.image_size is None, "null: the data set's own size (224)"
+    assert C.build_config(base, C.parse_overrides(["data.image_size=24"])).data.image_size == 24
+    assert C.build_config(None, {"data.name": "synthetic", "data.image_size": 16}).data.image_size == 16
+    for value, message in [
+        (0, "must be a positive integer (pixels) or null, got 0"),
+        (64.5, "must be int or null, got float 64.5"),
+        ("64px", "must be int or null, got str '64px'"),
+    ]:
+        with pytest.raises(C.ConfigError) as info:
+            C.build_config(base, {"data.image_size": value})
+        assert [tuple(p) for p in info.value.problems] == [("data.image_size", message)]
+    with pytest.raises(C.ConfigError) as info:
+        C.build_config(None, {"data.name": "digits", "data.image_size": 64})
+    assert [tuple(p) for p in info.value.problems] == [
+        (
+            "data.image_size",
+            "digits images keep their own size (they are not resized); "
+            "image_size applies to imagefolder/synthetic only: leave it null",
+        )
+    ]
+    out = tmp_path / "refused"
+    assert cli.main(["train", "--set", "data.image_size=64", "--out", str(out), "--no-mlflow"]) == 2
+    assert "data.image_size: digits images keep their own size" in capsys.readouterr().err
+    assert not out.exists()
+
+    made = []  # the loaders the trial trains and tests with (the real ones, looked at on the way)
+
+    def make_loaders(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    real = trial.make_loaders
+    monkeypatch.setattr(trial, "make_loaders", make_loaders)
+    cfg = C.build_config(
+        base,
+        {"data.image_size": 24, "optim.epochs": 1, "optim.batch_size": 4, "run.device": "cpu"},
+    )
+    metrics = trial.run_trial(cfg, out_dir=tmp_path / "run", log=lambda _: None)
+    (train, evals) = made[0]
+    assert train.image_size == 24 and evals["test"].image_size == 24
+    assert next(iter(evals["test"])).x.shape == (4, 3, 24, 24)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
 # --- synthetic --------------------------------------------------------------------------------------
 
 

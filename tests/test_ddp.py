@@ -182,13 +182,40 @@ def test_more_gpu_workers_than_there_are_gpus_is_said_before_anything_starts(mon
         "resources": {"workers": 4, "gpu": 1, "cpu": 2},
     }
     sweep = parse_sweep(tree, source="dp.yaml")
-    with pytest.raises(ValueError, match=r"gpu: 4 workers x 1 per trial, the Ray cluster has 2"):
+    with pytest.raises(
+        ValueError, match=r"gpu: 4 workers x 1 = 4 per trial, the Ray cluster has 2 \(.*only where"
+    ):
         tune_runner._check_resources(sweep, {"CPU": 32, "GPU": 2}, local=True)
     # two such trials fit a node of 8 GPUs and 32 CPUs at once (Tune starts no more drivers than that)
     assert tune_runner._check_resources(sweep, {"CPU": 32, "GPU": 8}, local=True) == 2
 
 
-def test_harness_train_logs_the_workers_epochs_once_through_the_train_controller(tmp_path):
+def test_data_parallel_resources_show_the_drivers_cpu_in_the_sum_and_the_fix(capsys):
+    """On a 2-core box, 2 workers x 1 CPU do not fit: the trial's driver takes 0.01 CPU more. The
+    message shows the whole sum (not "2 per trial, the cluster has 2") and the --num-cpus that fits."""
+    from harness import tune_runner
+    from harness.raytrain import DRIVER_CPU
+    from harness.sweepfile import parse_sweep
+
+    sweep = parse_sweep({"name": "dp", "resources": {"cpu": 1, "workers": 2}}, source="dp.yaml")
+    expected = (
+        f"resources do not fit: cpu: 2 workers x 1 + {DRIVER_CPU:g} for the trial's driver = "
+        f"{2 + DRIVER_CPU:g} per trial, the Ray cluster has 2 (--num-cpus 3 lets a local Ray offer them"
+    )
+    with pytest.raises(ValueError) as refused:
+        tune_runner._check_resources(sweep, {"CPU": 2}, local=True)
+    assert str(refused.value).startswith(expected), str(refused.value)
+    assert tune_runner._check_resources(sweep, {"CPU": 3}, local=True) == 1, "the fix it names fits"
+    # a cluster may grow: a warning with the same sum, no local fix
+    assert tune_runner._check_resources(sweep, {"CPU": 2}, local=False) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"= {2 + DRIVER_CPU:g} per trial, the Ray cluster has 2; trials wait until the cluster grows" in err
+    )
+    assert "--num-cpus" not in err
+
+
+def test_harness_train_logs_the_workers_epochs_once_through_the_train_controller(tmp_path, new_mlflow_store):
     """`harness train --set run.workers=N` logs its MLflow run from Ray Train's controller
     (harness.raytrain.log_epochs, given each report of the workers) and closes it from the driver,
     which first learns what the controller logged (TrialLogger.catch_up): each epoch once, the
@@ -198,7 +225,7 @@ def test_harness_train_logs_the_workers_epochs_once_through_the_train_controller
     from harness.raytrain import log_epochs
     from harness.tracking import TrialLogger
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_mlflow_store(tmp_path)
     cfg = C.build_config(None, {"run.workers": 2, "optim.epochs": 3})
     driver = TrialLogger.start_single(cfg, experiment="dp", tracking_uri=uri)
     callback = log_epochs(uri, driver.run_id)  # pickled to the controller in a real run

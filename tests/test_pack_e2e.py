@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from harness import cli
@@ -26,7 +27,7 @@ BASE = {
 
 
 def test_a_packed_sweep_gives_each_trial_its_own_run_and_retries_only_the_failed_member(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, ray_cluster
 ):
     monkeypatch.chdir(tmp_path)
     for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
@@ -41,7 +42,7 @@ def test_a_packed_sweep_gives_each_trial_its_own_run_and_retries_only_the_failed
         "grid:\n  optim.lr: [0.05, 0.02, 10000.0]\n"  # the third diverges
         "pack: 3\nmax_failures: 1\nresources: {cpu: 1}\n"
     )
-    code = cli.main(["sweep", str(path), "--num-cpus", "2"])
+    code = cli.main(["sweep", str(path)])  # on the shared Ray of this process
     out = capsys.readouterr().out
     assert code == 1, out[-3000:]
     assert "3 trials (3 grid points x 1 seeds); 3 of them in 1 packs of up to 3" in out
@@ -68,8 +69,15 @@ def test_a_packed_sweep_gives_each_trial_its_own_run_and_retries_only_the_failed
         assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == [1, 2]
         assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ARTIFACTS
         assert run.data.params["optim.lr"] == str(lr)
-        # the member's numbers are those of the trial trained alone
-        alone = run_trial(C.build_config({}, {**BASE, "optim.lr": lr}), out_dir=tmp_path / name, log=print)
+        # the member's numbers are those of the trial trained alone (one thread, as a Ray trial of cpu 1)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            alone = run_trial(
+                C.build_config({}, {**BASE, "optim.lr": lr}), out_dir=tmp_path / name, log=print
+            )
+        finally:
+            torch.set_num_threads(threads)
         for key in ("test/acc", "train/loss", "train/acc_noisy"):
             assert run.data.metrics[key] == alone[key], (name, key)
 

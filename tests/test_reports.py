@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import shutil
 import statistics
 import subprocess
@@ -119,9 +120,9 @@ def _parent(client, exp_id, name, start, planned=None):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, new_mlflow_store):
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = new_mlflow_store(root)
     client = MlflowClient(tracking_uri=uri)
     now = int(time.time() * 1000)
     ids = {}
@@ -243,6 +244,7 @@ def test_cost_memorization_and_files(main_report, store):
     assert cost.loc["hierarchical-4", "inference_params"] == 1000
     assert (cost.inference_matches_individual == "yes").all()
     assert cost.peak_mem_mb.isna().all()  # CPU runs: no gpu/peak_mem_mb, shown as n/a
+    assert (cost.workers == 1).all() and (cost.pack == 1).all(), "untagged runs trained alone, one process"
 
     mem = main_report.tables["memorization"]
     row = mem[(mem.noise_rate == 0.4) & (mem.method == "hierarchical-4")].iloc[0]
@@ -272,6 +274,90 @@ def test_cost_memorization_and_files(main_report, store):
     assert main_report.logged_to_mlflow
     logged = {f.path for f in store["client"].list_artifacts(store["main"], "report")}
     assert {"report/report.html", "report/report.md", "report/accuracy.csv", "report/cost.png"} <= logged
+
+
+def test_cost_table_keeps_each_setup_of_workers_and_pack_apart(tmp_path, new_mlflow_store):
+    """Times and memory depend on how a run trained: data-parallel processes (harness.world_size) and
+    trials packed into one step (harness.pack = "<pack id>:<pack size>"; absent or empty: alone).
+    The cost table gives each (method, workers, pack) a row of its own and says so in every format."""
+    uri = new_mlflow_store(tmp_path)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("setups", artifact_location=str(tmp_path / "artifacts"))
+    parent = _parent(client, exp, "setups-sweep", 0)
+    # by seed: alone (untagged), 2 workers, packed 4 to a step, alone again (an empty pack tag)
+    setups = {0: {}, 1: {"harness.world_size": "2"}, 2: {"harness.pack": "3:4"}, 3: {"harness.pack": ""}}
+    for topology, heads in (("individual", 1), ("hierarchical", 4)):
+        for seed, tags in setups.items():
+            run_id = _log_trial(
+                client,
+                exp,
+                parent,
+                kind="symmetric",
+                rate=0.4,
+                topology=topology,
+                heads=heads,
+                seed=seed,
+                acc=0.5,
+            )
+            for key, value in tags.items():
+                client.set_tag(run_id, key, value)
+    result = build_report(
+        experiment="setups", out_dir=tmp_path / "out", tracking_uri=uri, log_to_mlflow=False
+    )
+
+    cost = result.tables["cost"]
+    rows = list(zip(cost.method, cost.workers, cost.pack, cost.n_runs))
+    assert rows == [
+        ("individual", 1, 1, 2),
+        ("individual", 1, 4, 1),
+        ("individual", 2, 1, 1),
+        ("hierarchical-4", 1, 1, 2),
+        ("hierarchical-4", 1, 4, 1),
+        ("hierarchical-4", 2, 1, 1),
+    ]
+    assert (cost.inference_matches_individual == "yes").all()
+    csv = pd.read_csv(tmp_path / "out" / "cost.csv")
+    assert list(csv.columns[:4]) == ["method", "workers", "pack", "n_runs"]
+    assert list(zip(csv.method, csv.workers, csv.pack, csv.n_runs)) == rows
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| Method | Workers | Pack | Runs | Peak GPU memory (MB) |" in md
+    assert "| hierarchical-4 | 1 | 4 | 1 | n/a | 4.00 |" in md
+    assert "3 different setups (workers x pack)" in md
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "<th>Method</th><th>Workers</th><th>Pack</th><th>Runs</th>" in html
+    assert "<td>individual</td><td>2</td><td>1</td><td>1</td>" in html
+
+
+def test_memorized_is_not_logged_without_flipped_labels_and_the_report_says_n_a(
+    tmp_path, monkeypatch, capsys, new_mlflow_store
+):
+    """A trial on labels as given (noise.kind none: no flip mask, as for Animal-10N or Clothing1M) has
+    no flipped sample to memorize: the engine does not log train/memorized, its epoch line and the
+    report say n/a, never 0. A noisy trial beside it logs it as before."""
+    from harness import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_mlflow_store(tmp_path))
+    common = ["--set", "data.train_subset=30", "--set", "optim.epochs=1", "--set", "run.device=cpu"]
+    noisy = ["--set", "noise.kind=symmetric", "--set", "noise.rate=0.4"]
+    for name, extra in (("given", []), ("noisy", noisy)):
+        args = ["train", *common, *extra, "--experiment", "labels", "--out", str(tmp_path / name)]
+        assert cli.main(args) == 0
+        out = capsys.readouterr().out
+        assert ("memorized n/a" in out) == (name == "given"), out
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("labels").experiment_id])
+    logged = {r.data.params["noise.kind"]: set(r.data.metrics) for r in runs}
+    assert "train/memorized" not in logged["none"] and "train/memorized" in logged["symmetric"]
+    assert {"train/acc_clean", "train/acc_noisy"} <= logged["none"]
+
+    result = build_report(experiment="labels", out_dir=tmp_path / "out", log_to_mlflow=False)
+    mem = result.tables["memorization"].set_index("condition")
+    assert mem.loc["clean", "memorized_n"] == 0 and math.isnan(mem.loc["clean", "memorized_mean"])
+    assert mem.loc["clean", "acc_clean_n"] == 1
+    assert mem.loc["symmetric 40%", "memorized_n"] == 1
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert re.search(r"^\| clean \| individual \| n/a \(0\) \| \d+\.\d\d \(1\) \|$", md, re.M), md
 
 
 def test_best_mode_takes_the_best_epoch(store):

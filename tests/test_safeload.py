@@ -4,8 +4,6 @@ refused (their code never runs), and the real files, our own copies and our chec
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +41,6 @@ def _cifar10_folder(root: Path, batch: dict, protocol: int = 4) -> Path:
     _write_pickle(folder / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
     _write_pickle(folder / "data_batch_1", batch, protocol)
     return folder
-
-
-def harness(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
 
 
 def test_the_crafted_object_does_run_code_when_unpickled_unsafely(tmp_path):
@@ -199,10 +191,10 @@ def test_plain_turns_numpy_into_python_and_refuses_objects():
 # --- through the command line, as a user meets them ---------------------------------------------------
 
 
-def test_train_refuses_a_crafted_data_batch(tmp_path):
+def test_train_refuses_a_crafted_data_batch(harness_here, tmp_path):
     batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, Touch(tmp_path / "marker")]}
     _cifar10_folder(tmp_path / "data", batch)
-    proc = harness(
+    proc = harness_here(
         "train", "--no-mlflow", "--set", "data.name=cifar10", "--set", "data.root=data", cwd=tmp_path
     )
     assert proc.returncode == 2, proc.stderr
@@ -213,10 +205,10 @@ def test_train_refuses_a_crafted_data_batch(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "marker").exists()
 
 
-def test_train_refuses_a_crafted_label_file(tmp_path):
+def test_train_refuses_a_crafted_label_file(harness_here, tmp_path):
     torch.save({"clean_label": Touch(tmp_path / "marker")}, tmp_path / "evil.pt")
     human = ("noise.kind=human", "noise.label_set=aggre", "noise.label_file=evil.pt")
-    proc = harness("train", "--no-mlflow", *(a for kv in human for a in ("--set", kv)), cwd=tmp_path)
+    proc = harness_here("train", "--no-mlflow", *(a for kv in human for a in ("--set", kv)), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert (
         "harness train: noise.label_file: evil.pt refers to io.open, which a CIFAR-N label file never holds; "
@@ -225,11 +217,11 @@ def test_train_refuses_a_crafted_label_file(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "marker").exists()
 
 
-def test_train_resume_refuses_a_crafted_checkpoint(tmp_path):
+def test_train_resume_refuses_a_crafted_checkpoint(harness_here, tmp_path):
     ckpt = tmp_path / "run" / "checkpoint" / CHECKPOINT_FILE
     ckpt.parent.mkdir(parents=True)
     torch.save({"model": Touch(tmp_path / "marker"), "epoch": 1}, ckpt)
-    proc = harness(
+    proc = harness_here(
         "train", "--no-mlflow", "--set", "optim.epochs=2", "--set", "run.device=cpu", "--out", "run", "--resume",
         cwd=tmp_path,
     )  # fmt: skip

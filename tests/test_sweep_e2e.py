@@ -1,7 +1,9 @@
 """End-to-end sweeps on Ray Tune with the real trial (digits, cnn_small, CPU): tracking, failures,
 fractional GPUs, resume after Ctrl-C, and a data-parallel trial on a running Ray cluster.
 
-Each test starts Ray (tens of seconds on two cores), so all are marked slow.
+They share one local Ray (conftest's `ray_cluster`: its start costs seconds on two cores): in-process
+sweeps run on it, a sweep in a subprocess joins it with --address. The --mps sweep must start a Ray
+of its own, so it runs last. All are marked slow.
 """
 
 from __future__ import annotations
@@ -10,13 +12,10 @@ import contextlib
 import functools
 import json
 import os
-import secrets
-import shutil
+import re
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -67,8 +66,219 @@ def _max_overlap(runs) -> int:
     return best
 
 
+def test_eight_concurrent_trials_on_a_fresh_store_lose_nothing(tmp_path, monkeypatch, capsys, ray_cluster):
+    """Eight trials at once on a store that does not exist yet: every run, epoch and artifact lands.
+
+    (A store that each trial process created and wrote itself would fail here; DESIGN.md.)
+    """
+    _clean_env(monkeypatch, tmp_path)
+    assert not (tmp_path / "mlflow.db").exists()
+    path = _sweep_file(
+        tmp_path,
+        "eight",
+        "grid:\n"
+        "  collab:\n    - {topology: individual, heads: 1}\n    - {topology: hierarchical, heads: 2}\n"
+        "seeds: [0, 1, 2, 3]\n"
+        "resources: {cpu: 0.25}\n"
+        "max_concurrent: 8\n",
+    )
+    code = cli.main(["sweep", str(path)])  # on the shared Ray of this process
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    client, sweeps, trials = _runs(tmp_path)
+    assert len(sweeps) == 1 and len(trials) == 8
+    assert all(r.info.status == "FINISHED" for r in trials)
+    for run in trials:
+        for key in ("test/acc", "train/loss", "perf/img_per_s"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ARTIFACTS
+    assert _max_overlap(trials) == 8, "all eight trials were running at the same time"
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"the sweep exited ({proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _epochs(trial_dir: Path) -> list[int]:
+    lines = (trial_dir / "result.json").read_text().splitlines()
+    return [json.loads(line)["epoch"] for line in lines if line.strip()]
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
+    """Stop a process we started in its own session, and whatever it started there."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):  # children left in the group (a Ray head drains for 30 s)
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_resume_after_ctrl_c_finishes_from_checkpoints_with_one_run_per_trial(
+    tmp_path, monkeypatch, capsys, ray_cluster
+):
+    """Ctrl-C while the second of three trials trains; --resume continues it from its checkpoint,
+    leaves the finished one alone, runs the third, and every trial keeps exactly one MLflow run.
+
+    The interrupted sweep is a process of its own (Ctrl-C ends it) that joins the shared Ray with
+    --address; the resume runs in this process, on the same Ray. Before the resume, the finished
+    trial's run is set back to RUNNING, as when a driver is killed between a trial's end and its
+    MLflow update: the resume closes it from Ray's record."""
+    _clean_env(monkeypatch, tmp_path)
+    path = _sweep_file(
+        tmp_path,
+        "resume",
+        "grid:\n  collab:\n    - {topology: individual, heads: 1}\n    - {topology: simple, heads: 2}\n"
+        "    - {topology: hierarchical, heads: 2}\n"
+        "max_concurrent: 1\n",
+    )
+    # all of digits and 8 epochs: the second trial trains for seconds after its first checkpoint,
+    # time enough for Ctrl-C to land while it runs
+    path.write_text(path.read_text().replace("epochs: 2", "epochs: 8").replace(", train_subset: 60", ""))
+    command = [sys.executable, "-m", "harness.cli", "sweep", path.name, "--address", ray_cluster.start()]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    exp = tmp_path / "ray_results" / "resume"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            # one trial at a time: when the second has a checkpoint, the first has finished
+            _wait_for(
+                lambda: any(exp.glob("001_*/checkpoint_*")), 300, proc, "the second trial's first checkpoint"
+            )
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=120)
+        finally:
+            _stop_group(proc)
+    first_log = (tmp_path / "first.log").read_text()
+    assert code == 130, first_log[-3000:]
+    assert "interrupted: run the same command with --resume" in first_log
+    assert "1 of 3 trials succeeded, 2 unfinished" in first_log, "the trial that never started is listed too"
+    _, sweeps, trials = _runs(tmp_path)
+    status = {r.info.run_name: r.info.status for r in trials}
+    assert status["individual-1 seed0"] == "FINISHED" and status["simple-2 seed0"] == "KILLED"
+    assert sweeps[0].info.status == "KILLED"
+    first_trial = next(exp.glob("000_*"))
+    finished_epochs = _epochs(first_trial)
+    interrupted_epochs = _epochs(next(exp.glob("001_*")))
+    assert finished_epochs == list(range(1, 9)) and interrupted_epochs[-1] < 8
+    client, _, trials = _runs(tmp_path)
+    stale = next(r for r in trials if r.info.run_name == "individual-1 seed0")
+    client.update_run(stale.info.run_id, status="RUNNING")
+
+    code = cli.main(["sweep", path.name, "--resume"])
+    second = capsys.readouterr()
+    assert code == 0, (second.out + second.err)[-3000:]
+    assert "3 of 3 trials succeeded" in second.out
+    assert _epochs(first_trial) == finished_epochs, "a finished trial is not run again"
+    resumed = _epochs(next(exp.glob("001_*")))
+    assert resumed[-1] == 8 and resumed.count(1) == 1, (
+        f"resumed from a checkpoint, not from scratch: {resumed}"
+    )
+
+    client, sweeps, trials = _runs(tmp_path)
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in trials) == [
+        "hierarchical-2 seed0",
+        "individual-1 seed0",
+        "simple-2 seed0",
+    ]
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == list(range(1, 9))
+        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ARTIFACTS
+
+    assert [m.step for m in client.get_metric_history(stale.info.run_id, "test/acc")] == list(range(1, 9))
+
+
+def _pids_using(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_data_parallel_sweep_on_a_running_ray_cluster_survives_a_killed_worker(
+    tmp_path, monkeypatch, capsys, ray_cluster
+):
+    """A data-parallel trial (resources.workers: 2) on the running (shared) Ray: a Ray Train run of
+    two gloo workers with one MLflow run, tagged harness.world_size=2. One worker is SIGKILLed after
+    the first checkpoint: Ray Train restarts both from it (same world size), and the trial ends
+    exactly where an uninterrupted two-process run of its config (gloo, without Ray) ends.
+
+    The sweep runs in this process, on its Ray; a thread kills the worker. (A driver joining a
+    cluster with --address in a process of its own: the resume test.)
+    """
+    import threading
+
+    from harness import config as C
+    from harness.sweepfile import load_sweep
+
+    _clean_env(monkeypatch, tmp_path)
+    path = _sweep_file(tmp_path, "cluster", "resources: {workers: 2, cpu: 0.5}\n")
+    # all of digits and 10 epochs: seconds of training after the first checkpoint, to kill a worker in
+    path.write_text(path.read_text().replace("epochs: 2", "epochs: 10").replace(", train_subset: 60", ""))
+    train_run = tmp_path / "ray_results" / "cluster" / "ray_train"
+    done, killed, problems = threading.Event(), [], []
+
+    def kill_a_worker() -> None:  # once a checkpoint is Ray Train's (its manager has recorded it)
+        deadline = time.monotonic() + 300
+        while not any(train_run.glob("*/checkpoint_manager_snapshot.json")):
+            if done.is_set() or time.monotonic() > deadline:
+                problems.append("the sweep ended (or 300 s passed) before the trial's first checkpoint")
+                return
+            time.sleep(0.1)
+        workers = _pids_using("RayTrainWorker")
+        if len(workers) != 2:
+            problems.append(f"expected the trial's 2 Ray Train workers, found {workers}")
+            return
+        os.kill(max(workers), signal.SIGKILL)
+        killed.append(max(workers))
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    try:
+        code = cli.main(["sweep", path.name])
+    finally:
+        done.set()
+        killer.join(timeout=10)
+    output = capsys.readouterr().out
+    assert not problems and killed, problems
+    assert code == 0, output[-4000:]
+    assert "1 of 1 trials succeeded" in output
+    client, sweeps, trials = _runs(tmp_path)
+    assert len(sweeps) == 1 and len(trials) == 1
+    run = trials[0]
+    assert run.info.status == "FINISHED" and run.data.tags["harness.world_size"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == list(range(1, 11))
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ARTIFACTS
+    # the workers ran in the cluster: their output is in its session folder, the restart's included
+    logs = "".join(
+        p.read_text(errors="replace") for p in ray_cluster.temp.glob("session_*/logs/worker-*.out")
+    )
+    assert re.search(r"resuming at epoch \d+ of 10\b", logs), (
+        "the restarted workers went on from the checkpoint"
+    )
+    reference = testing.gloo_trial(C.to_dict(load_sweep(path).trials[0].config), tmp_path / "reference", 2)
+    for key in ("train/loss", "test/acc", "train/acc_noisy", "test/acc_ensemble"):
+        assert run.data.metrics[key] == pytest.approx(reference[key], abs=1e-6), key
+
+
 def test_sweep_tracks_every_trial_shares_a_gpu_and_reports_failures(
-    tmp_path, monkeypatch, capsys, fake_mps_control
+    tmp_path, monkeypatch, capsys, fake_mps_control, no_ray_in_this_process
 ):
     """Six trials: four succeed, two raise (the seed-5 ones: harness.testing's trial function) and are
     retried once.
@@ -145,249 +355,3 @@ def test_sweep_tracks_every_trial_shares_a_gpu_and_reports_failures(
     overlap = _max_overlap(trials)
     assert overlap == 4, f"four gpu: 0.25 trials share the one GPU at once (saw at most {overlap})"
     assert (tmp_path / "ray_results" / "e2e" / "harness_sweep.json").is_file()
-
-
-def test_eight_concurrent_trials_on_a_fresh_store_lose_nothing(tmp_path, monkeypatch, capsys):
-    """Eight trials at once on a store that does not exist yet: every run, epoch and artifact lands.
-
-    (A store that each trial process created and wrote itself would fail here; DESIGN.md.)
-    """
-    _clean_env(monkeypatch, tmp_path)
-    assert not (tmp_path / "mlflow.db").exists()
-    path = _sweep_file(
-        tmp_path,
-        "eight",
-        "grid:\n"
-        "  collab:\n    - {topology: individual, heads: 1}\n    - {topology: hierarchical, heads: 2}\n"
-        "seeds: [0, 1, 2, 3]\n"
-        "resources: {cpu: 0.25}\n"
-        "max_concurrent: 8\n",
-    )
-    code = cli.main(["sweep", str(path), "--num-cpus", "2"])
-    out = capsys.readouterr().out
-    assert code == 0, out[-3000:]
-    client, sweeps, trials = _runs(tmp_path)
-    assert len(sweeps) == 1 and len(trials) == 8
-    assert all(r.info.status == "FINISHED" for r in trials)
-    for run in trials:
-        for key in ("test/acc", "train/loss", "perf/img_per_s"):
-            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
-        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ARTIFACTS
-    assert _max_overlap(trials) == 8, "all eight trials were running at the same time"
-
-
-def _wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(f"the sweep exited ({proc.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def _epochs(trial_dir: Path) -> list[int]:
-    lines = (trial_dir / "result.json").read_text().splitlines()
-    return [json.loads(line)["epoch"] for line in lines if line.strip()]
-
-
-def _stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
-    """Stop a process we started in its own session, and whatever it started there."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError):  # children left in the group (a Ray head drains for 30 s)
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def test_resume_after_ctrl_c_finishes_from_checkpoints_with_one_run_per_trial(tmp_path, monkeypatch):
-    """Ctrl-C while the second of three trials trains; --resume continues it from its checkpoint,
-    leaves the finished one alone, runs the third, and every trial keeps exactly one MLflow run.
-
-    Before the resume, the finished trial's run is set back to RUNNING, as when a driver is killed
-    between a trial's end and its MLflow update: the resume closes it from Ray's record."""
-    _clean_env(monkeypatch, tmp_path)
-    path = _sweep_file(
-        tmp_path,
-        "resume",
-        "grid:\n  collab:\n    - {topology: individual, heads: 1}\n    - {topology: simple, heads: 2}\n"
-        "    - {topology: hierarchical, heads: 2}\n"
-        "max_concurrent: 1\n",
-    )
-    # all of digits and 8 epochs: the second trial trains for seconds after its first checkpoint,
-    # time enough for Ctrl-C to land while it runs
-    path.write_text(path.read_text().replace("epochs: 2", "epochs: 8").replace(", train_subset: 60", ""))
-    command = [sys.executable, "-m", "harness.cli", "sweep", path.name, "--num-cpus", "2"]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    exp = tmp_path / "ray_results" / "resume"
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(
-            command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            # one trial at a time: when the second has a checkpoint, the first has finished
-            _wait_for(
-                lambda: any(exp.glob("001_*/checkpoint_*")), 300, proc, "the second trial's first checkpoint"
-            )
-            proc.send_signal(signal.SIGINT)
-            code = proc.wait(timeout=120)
-        finally:
-            _stop_group(proc)
-    first_log = (tmp_path / "first.log").read_text()
-    assert code == 130, first_log[-3000:]
-    assert "interrupted: run the same command with --resume" in first_log
-    assert "1 of 3 trials succeeded, 2 unfinished" in first_log, "the trial that never started is listed too"
-    _, sweeps, trials = _runs(tmp_path)
-    status = {r.info.run_name: r.info.status for r in trials}
-    assert status["individual-1 seed0"] == "FINISHED" and status["simple-2 seed0"] == "KILLED"
-    assert sweeps[0].info.status == "KILLED"
-    first_trial = next(exp.glob("000_*"))
-    finished_epochs = _epochs(first_trial)
-    interrupted_epochs = _epochs(next(exp.glob("001_*")))
-    assert finished_epochs == list(range(1, 9)) and interrupted_epochs[-1] < 8
-    client, _, trials = _runs(tmp_path)
-    stale = next(r for r in trials if r.info.run_name == "individual-1 seed0")
-    client.update_run(stale.info.run_id, status="RUNNING")
-
-    second = subprocess.run(
-        command + ["--resume"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        start_new_session=True,
-    )
-    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
-    assert "3 of 3 trials succeeded" in second.stdout
-    assert _epochs(first_trial) == finished_epochs, "a finished trial is not run again"
-    resumed = _epochs(next(exp.glob("001_*")))
-    assert resumed[-1] == 8 and resumed.count(1) == 1, (
-        f"resumed from a checkpoint, not from scratch: {resumed}"
-    )
-
-    client, sweeps, trials = _runs(tmp_path)
-    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
-    assert sorted(r.info.run_name for r in trials) == [
-        "hierarchical-2 seed0",
-        "individual-1 seed0",
-        "simple-2 seed0",
-    ]
-    for run in trials:
-        assert run.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == list(range(1, 9))
-        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ARTIFACTS
-
-    assert [m.step for m in client.get_metric_history(stale.info.run_id, "test/acc")] == list(range(1, 9))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pids_using(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
-
-
-def test_data_parallel_sweep_on_a_running_ray_cluster_survives_a_killed_worker(tmp_path, monkeypatch):
-    """`ray start --head` on loopback in a process of our own; the sweep joins it with --address.
-    Its trial is data-parallel (resources.workers: 2): a Ray Train run of two gloo workers with one
-    MLflow run, tagged harness.world_size=2. One worker is SIGKILLed after the first checkpoint: Ray
-    Train restarts both from it (same world size), and the trial ends exactly where an
-    uninterrupted two-process run of its config (gloo, without Ray) ends.
-
-    Both run as subprocesses: Ray clusters check a token, a driver given an explicit address
-    sends one only when told to (RAY_AUTH_MODE=token), and a process keeps the first token it
-    read -- so the driver must be a fresh process that knows this cluster's token.
-    """
-    from harness import config as C
-    from harness.sweepfile import load_sweep
-
-    _clean_env(monkeypatch, tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    env.pop("RAY_AUTH_TOKEN_PATH", None)
-    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    # Ray Train's controller takes one report per poll, every 2 s by default: an epoch here is 0.3 s
-    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.1"
-    port = _free_port()
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
-    ray_cli = Path(sys.executable).with_name("ray")
-    log = open(tmp_path / "cluster.log", "w")  # noqa: SIM115 - closed in finally, after the head stops
-    head = subprocess.Popen(
-        [
-            str(ray_cli),
-            "start",
-            "--head",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            f"--temp-dir={temp}",
-            "--block",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-
-        def up() -> bool:
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0
-
-        _wait_for(up, 120, head, "the Ray head to listen")
-        path = _sweep_file(tmp_path, "cluster", "resources: {workers: 2, cpu: 0.5}\n")
-        # all of digits and 10 epochs: seconds of training after the first checkpoint, to kill a worker in
-        path.write_text(path.read_text().replace("epochs: 2", "epochs: 10").replace(", train_subset: 60", ""))
-        command = [sys.executable, "-m", "harness.cli", "sweep", path.name, "--address", f"127.0.0.1:{port}"]
-        train_run = tmp_path / "ray_results" / "cluster" / "ray_train"
-        with open(tmp_path / "sweep.log", "w") as out:
-            driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-            try:  # a checkpoint is Ray Train's once its manager has recorded it
-                committed = lambda: any(train_run.glob("*/checkpoint_manager_snapshot.json"))  # noqa: E731
-                _wait_for(committed, 300, driver, "the trial's first checkpoint")
-                workers = _pids_using("RayTrainWorker")
-                assert len(workers) == 2, workers
-                os.kill(max(workers), signal.SIGKILL)
-                code = driver.wait(timeout=300)
-            finally:
-                if driver.poll() is None:
-                    driver.kill()
-        output = (tmp_path / "sweep.log").read_text()
-        assert code == 0, output[-4000:]
-        assert "1 of 1 trials succeeded" in output
-        client, sweeps, trials = _runs(tmp_path)
-        assert len(sweeps) == 1 and len(trials) == 1
-        run = trials[0]
-        assert run.info.status == "FINISHED" and run.data.tags["harness.world_size"] == "2"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "test/acc")] == list(range(1, 11))
-        assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ARTIFACTS
-        # the workers ran in the cluster: their output is in its session folder, the restart's included
-        logs = "".join(p.read_text(errors="replace") for p in Path(temp).glob("session_*/logs/worker-*.out"))
-        assert "resuming at epoch" in logs, "the restarted workers went on from the checkpoint"
-        reference = testing.gloo_trial(
-            C.to_dict(load_sweep(path).trials[0].config), tmp_path / "reference", 2
-        )
-        for key in ("train/loss", "test/acc", "train/acc_noisy", "test/acc_ensemble"):
-            assert run.data.metrics[key] == pytest.approx(reference[key], abs=1e-6), key
-    finally:
-        _stop_group(head, grace=1)  # SIGTERM takes a Ray head 35 s here; SIGKILL its group sooner
-        log.close()
-        leftovers = _pids_using(temp)
-        for pid in leftovers:  # processes of the cluster we started, and only those
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
-    assert not leftovers, f"the cluster left processes behind: {leftovers}"

@@ -225,7 +225,7 @@ BAD = {
         [
             "base.optim.epochs: must be int, got str 'ten'",
             "base.collab.rescale: unknown rescale mode 'maybe'; choose from backprop, loss, none",
-            "seeds[1]: must be an integer >= 0",
+            "seeds[1]: must be an integer in [0, 2**32)",
         ],
     ),
     "unknown top-level keys": (
@@ -250,6 +250,17 @@ BAD = {
     "head metric beyond the heads": (
         "name: x\nmetric: test/acc_head3\ngrid:\n  collab: [{topology: simple, heads: 2}]\n",
         ["metric: test/acc_head3 needs heads > 3 in every trial; some trials have 2"],
+    ),
+    "ranked by memorization where nothing is flipped": (
+        "name: x\nmetric: train/memorized\ngrid:\n  noise.kind: [symmetric]\n  noise.rate: [0.0, 0.4]\n",
+        [
+            "metric: train/memorized is logged only where labels are flipped; some trials have noise.kind "
+            "symmetric, rate 0"
+        ],
+    ),
+    "an image size for a data set of fixed size": (
+        "name: x\nbase:\n  data: {name: digits, image_size: 64}\n",
+        ["base.data.image_size: digits images keep their own size (they are not resized)"],
     ),
     "seed in the grid": (
         "name: x\ngrid:\n  run.seed: [0, 1]\n",
@@ -352,7 +363,7 @@ def test_seed_comes_from_seeds_or_else_from_base():
     ] == [4]
     with pytest.raises(C.ConfigError, match="base.run.seed: the seeds list sets run.seed"):
         parse_sweep({"name": "s", "base": {"run": {"seed": 4}}, "seeds": [1]}, source="s")
-    with pytest.raises(C.ConfigError, match=r"--set run.seed: must be an integer >= 0, got 'x'"):
+    with pytest.raises(C.ConfigError, match=r"--set run.seed: must be an integer in \[0, 2\*\*32\), got 'x'"):
         parse_sweep({"name": "s"}, source="s", overrides={"run.seed": "x"})
 
 

@@ -15,9 +15,11 @@ from harness.contract import EXPERIMENT_KIND_TAG, MODEL_TRAINING
 
 
 @pytest.fixture()
-def store(tmp_path, monkeypatch) -> str:
+def store(tmp_path, monkeypatch, new_mlflow_store) -> str:
+    """The default store (mlflow.db in the working directory), empty."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    new_mlflow_store(tmp_path)
     return tracking.default_tracking_uri()
 
 
@@ -205,21 +207,32 @@ def test_sweep_summary_and_ui_print_the_runs_table_address(store):
     latest = tracking.SweepRun.open(
         client=client, experiment="newer", sweep_name="b", sweep_file="b", num_trials=0
     )
-    url = f"http://127.0.0.1:5001/#/experiments/{latest.experiment_id}/runs"
+    mode = "?workflowType=machine_learning"  # MLflow 3's UI opens the page in Model training mode
+    url = f"http://127.0.0.1:5001/#/experiments/{latest.experiment_id}/runs{mode}"
     assert runs_tables(store, "127.0.0.1", 5001) == [
         f"latest sweep 'b' (experiment 'newer'): {url}",
-        f"experiment 'older': http://127.0.0.1:5001/#/experiments/{older.experiment_id}/runs",
+        f"experiment 'older': http://127.0.0.1:5001/#/experiments/{older.experiment_id}/runs{mode}",
     ], "the latest sweep first; the empty Default experiment left out"
     assert (
         tracking.runs_table_url("https://mlflow.example/", "7")
-        == "https://mlflow.example/#/experiments/7/runs"
+        == f"https://mlflow.example/#/experiments/7/runs{mode}"
     )
 
     runs_url = tracking.runs_table_url(store, latest.experiment_id)
     text = format_summary(SweepOutcome([], Path("ray_results/b"), latest.run_id, store, runs_url=runs_url))
     assert (
-        f"its runs: http://127.0.0.1:5000/#/experiments/{latest.experiment_id}/runs (after `harness ui`)"
+        f"its runs: http://127.0.0.1:5000/#/experiments/{latest.experiment_id}/runs{mode} (after `harness ui`)"
         in text
+    )
+
+
+def test_ui_on_an_mlflow_server_prints_its_address_in_model_training_mode(capsys):
+    from harness import cli
+
+    assert cli.main(["ui", "--tracking-uri", "http://mlflow.example:5000/"]) == 0
+    assert (
+        "open http://mlflow.example:5000/#/experiments?workflowType=machine_learning"
+        in capsys.readouterr().out
     )
 
 
@@ -233,8 +246,17 @@ def test_ui_refuses_a_missing_store_and_creates_none(tmp_path, monkeypatch, caps
     assert list(tmp_path.iterdir()) == []
 
 
+# What MLflow 3.x's UI shows in each mode: its navigation (mlflow/server/js), and the runs table's header
+MODEL_TRAINING_NAV = ("Model registry",)
+GENAI_NAV = ("Judges", "Sessions", "Evaluation runs", "Agent versions", "Token usage", "MCP registry")
+
+
 @pytest.mark.slow
-def test_ui_serves_the_store_until_ctrl_c(store, tmp_path):
+def test_ui_serves_the_store_until_ctrl_c(store, tmp_path, chromium_dom):
+    """`harness ui` on loopback: the printed runs link and the bare address render in a real browser
+    (headless Chromium) in Model training mode, the runs table with the sweep's run and the model
+    registry in the navigation, none of the GenAI navigation; the same page asked for in GenAI mode
+    shows it (the check can tell them apart). Ctrl-C stops the server and its helper processes."""
     import os
     import signal
     import socket
@@ -242,9 +264,12 @@ def test_ui_serves_the_store_until_ctrl_c(store, tmp_path):
     import sys
     import urllib.request
 
+    from harness.ui import ui_app_installed
+
+    assert ui_app_installed(), "harness's MLflow app is not registered: pip install -e . (make install)"
     client = tracking.open_store(store)
     sweep_run = tracking.SweepRun.open(
-        client=client, experiment="ui-check", sweep_name="s", sweep_file="s.yaml", num_trials=0
+        client=client, experiment="ui-check", sweep_name="ui-check-sweep", sweep_file="s.yaml", num_trials=0
     )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -262,8 +287,10 @@ def test_ui_serves_the_store_until_ctrl_c(store, tmp_path):
     )
     try:
         assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
-        runs = f"http://127.0.0.1:{port}/#/experiments/{sweep_run.experiment_id}/runs"
-        assert proc.stdout.readline().strip() == f"latest sweep 's' (experiment 'ui-check'): {runs}"
+        runs = f"http://127.0.0.1:{port}/#/experiments/{sweep_run.experiment_id}/runs?workflowType=machine_learning"
+        assert (
+            proc.stdout.readline().strip() == f"latest sweep 'ui-check-sweep' (experiment 'ui-check'): {runs}"
+        )
         url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-check"
         deadline = time.monotonic() + 90
         while True:
@@ -275,6 +302,15 @@ def test_ui_serves_the_store_until_ctrl_c(store, tmp_path):
                 assert proc.poll() is None, proc.stdout.read()
                 assert time.monotonic() < deadline, "the UI did not answer within 90 s"
                 time.sleep(0.5)
+        page = chromium_dom(runs)  # the link as printed
+        assert "Run Name" in page and "ui-check-sweep" in page, "the runs table with the sweep's run"
+        assert all(item in page for item in MODEL_TRAINING_NAV), "Model training navigation"
+        assert not [item for item in GENAI_NAV if item in page], "no GenAI navigation"
+        home = chromium_dom(f"http://127.0.0.1:{port}/")  # the bare address, typed by hand
+        assert all(item in home for item in MODEL_TRAINING_NAV), home[-3000:]
+        assert not [item for item in GENAI_NAV if item in home], "no GenAI navigation at the bare address"
+        genai = chromium_dom(runs.replace("machine_learning", "genai"))
+        assert "Judges" in genai and "Model registry" not in genai, "the mode follows the address"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         deadline = time.monotonic() + 10  # its server processes exit with it, or are left behind
