@@ -110,6 +110,14 @@ def _epochs(trial_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in lines if line.strip()]
 
 
+def _epochs_so_far(trial_dir: Path) -> list[int]:
+    """`_epochs` of a trial the driver is still writing: none yet, or up to a line it is writing."""
+    try:
+        return _epochs(trial_dir)
+    except (OSError, ValueError):
+        return []
+
+
 def _stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
     """Stop a process we started in its own session, and whatever it started there."""
     if proc.poll() is None:
@@ -150,9 +158,16 @@ def test_resume_after_ctrl_c_finishes_from_checkpoints_with_one_run_per_trial(
             command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            # one trial at a time: when the second has a checkpoint, the first has finished
+            # one trial at a time: when the second has a checkpoint, the first has finished. Its
+            # checkpoint folder appears before the driver has taken it in (the worker writes it, then
+            # reports); the driver's result.json holding epoch 2 means epoch 1's checkpoint is known
+            # (Tune takes a trial's reports and their checkpoints in order), so Ctrl-C cannot land
+            # between the two and leave nothing to resume from
             _wait_for(
-                lambda: any(exp.glob("001_*/checkpoint_*")), 300, proc, "the second trial's first checkpoint"
+                lambda: any(len(_epochs_so_far(d)) >= 2 for d in exp.glob("001_*")),
+                300,
+                proc,
+                "the second trial's first checkpoint, taken in by the driver",
             )
             proc.send_signal(signal.SIGINT)
             code = proc.wait(timeout=120)
