@@ -62,6 +62,15 @@ class MemberResult:
         return cls("collapsed" if metrics.get(TRAIN_COLLAPSED) == 1.0 else "finished", dict(metrics))
 
 
+def member_log(name: str, indent: str = "") -> Callable[[str], None]:
+    """A member's log: each line (an epoch's, and the detection line under its last) named by its trial."""
+
+    def log(text: str) -> None:
+        print("\n".join(f"{indent}{name}: {line}" for line in text.splitlines()))
+
+    return log
+
+
 class PackTooLarge(RuntimeError):
     """The pack will not fit the device's memory (found before training starts)."""
 

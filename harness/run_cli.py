@@ -322,7 +322,7 @@ def _train(group: list[Planned], *, pack_id: int) -> list:
 def _member(planned: Planned, *, pack_tag: tuple[int, int] | None):
     """Ready the trial's folder to (re)start it: history rewound to its checkpoint (or cleared),
     where it runs, status running. Its run_trial arguments, as a pack member."""
-    from harness.pack import PackMember
+    from harness.pack import PackMember, member_log
     from harness.pack_plan import pack_tag as tag_of
     from harness.runtime import code_tags, runtime_tags
     from harness.safeload import load_checkpoint
@@ -343,7 +343,7 @@ def _member(planned: Planned, *, pack_tag: tuple[int, int] | None):
         tags[PACK_TAG] = tag_of(*pack_tag)
     X.write_runtime(path, {"overrides": planned.overrides, "tags": tags})
     X.set_status(path, "running")
-    log = print if pack_tag is None else (lambda line: print(f"  {path.name}: {line}"))
+    log = print if pack_tag is None else member_log(path.name, indent="  ")
     return PackMember(cfg, path, _history_writer(path, written), resume_from, log)
 
 

@@ -178,7 +178,7 @@ def _train_pack(pack: PackSpec) -> None:
 
     from harness.contract import ENV_RESULT_KEY, MEMBERS_RESULT_KEY
     from harness.engine import stops_on_collapse
-    from harness.pack import PackMember, run_pack
+    from harness.pack import PackMember, member_log, run_pack
     from harness.runtime import runtime_tags
     from harness.trial import CHECKPOINT_FILE, fit_options
 
@@ -224,8 +224,7 @@ def _train_pack(pack: PackSpec) -> None:
     for spec, cfg in zip(pack.members, configs):
         folder = out_dir / spec.dirname
         resume = folder / "checkpoint" if (folder / "checkpoint" / CHECKPOINT_FILE).is_file() else None
-        log = lambda line, name=spec.name: print(f"{name}: {line}")  # noqa: E731
-        members.append(PackMember(cfg, folder, recorder(spec, cfg), resume, log))
+        members.append(PackMember(cfg, folder, recorder(spec, cfg), resume, member_log(spec.name)))
     results = run_pack(members, on_round=on_round)
     on_round(dict(enumerate(results)))  # the final report: every member's end
     failed = [(spec, r) for spec, r in zip(pack.members, results) if r.status == "failed"]
