@@ -261,8 +261,13 @@ def _run_group(
             ready.append((Planned(now, planned.cfg, planned.overrides), outcome))
         if not ready:
             return outcomes
-        names = ", ".join(p.trial.path.name for p, _ in ready)
-        print(f"{prefix} {names}" if len(ready) == 1 else f"{prefix} a pack of {len(ready)}: {names}")
+        names = ", ".join(p.trial.path.name + _was(p.trial) for p, _ in ready)
+        if len(ready) == 1:
+            print(
+                f"{prefix} {ready[0][0].trial.path.name} ({ready[0][0].trial.name}){_was(ready[0][0].trial)}"
+            )
+        else:
+            print(f"{prefix} a pack of {len(ready)}: {names}")
         results = _train([p for p, _ in ready], pack_id=ready[0][0].trial.index)
         for (planned, outcome), result in zip(ready, results):
             path = planned.trial.path
@@ -279,6 +284,11 @@ def _run_group(
             outcome.metrics = {**result.metrics, "time_total_s": _seconds(X.read_history(path))}
     progress.add(len(ready))
     return outcomes
+
+
+def _was(trial: X.TrialDir) -> str:
+    """': was failed' for a trial that is not new (its last attempt's state), else ''."""
+    return f": was {trial.state}" if trial.state != X.PENDING else ""
 
 
 def _train(group: list[Planned], *, pack_id: int) -> list:

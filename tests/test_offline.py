@@ -617,3 +617,22 @@ def test_a_trial_another_run_holds_is_no_failure_and_wait_trains_it_when_that_ru
     assert "waiting for 1 trial(s) that another `harness run` holds" in text
     assert "2 of 2 trials succeeded" in text and (first / X.STATUS_FILE).read_text() == "finished\n"
     assert not any(p.name == ".lock" for p in out.rglob("*"))
+
+
+@pytest.mark.slow
+def test_two_harness_run_of_one_folder_share_its_trials_and_both_succeed(tmp_path):
+    """A job array: two `harness run` processes on one export at once. Each trial is trained by one of
+    them (the other skips it, or finds it finished), both exit 0, and no lock file is left."""
+    out = tmp_path / "X"
+    assert cli.main(["sweep", str(sweep_file(tmp_path)), "--export", str(out)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "harness.cli", "run", str(out)]
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    for folder in trial_dirs(out):
+        starts = sum(f"] {folder.name} (" in text for text in outputs)
+        assert starts == 1, (folder.name, outputs)  # trained once, by one of the two
+        assert (folder / X.STATUS_FILE).read_text() == "finished\n" and history_epochs(folder) == [1, 2]
+    assert all("4 of 4 trials succeeded" in text or "running elsewhere" in text for text in outputs)
+    assert not any(p.name == ".lock" for p in out.rglob("*"))
