@@ -53,6 +53,18 @@ for command in sys.stdin.read().split("\\n"):
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread for the test, then as it was: results compared exactly are computed with the
+    same thread count (it changes CPU results in the last bits), and tests share two cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def fake_mps_control(tmp_path, monkeypatch):
     """`nvidia-cuda-mps-control` played by a script (this machine has no NVIDIA driver): `-d` starts
     the daemon (a `control` file in $CUDA_MPS_PIPE_DIRECTORY); without arguments it reads commands

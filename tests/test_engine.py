@@ -21,12 +21,7 @@ def trial(tmp_path, name, **overrides):
     return run_trial(cfg, out_dir=tmp_path / name, log=quiet)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_digits_learns_without_noise(tmp_path):

@@ -19,13 +19,7 @@ from harness.loaders import TensorLoader, make_loaders
 from harness.scores import auroc
 from harness.trial import corrupt_labels, run_trial, val_noise_seed
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- the held-out split's noise ------------------------------------------------------------------

@@ -38,12 +38,7 @@ def quiet(_msg: str) -> None:
     pass
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(topology: str, **member) -> C.TrialConfig:
@@ -104,7 +99,7 @@ def lone_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("alone")
     runs = {}
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the tests' packs: thread counts change CPU results in the last bits
+    torch.set_num_threads(1)  # as the tests' packs (one_thread): it changes CPU results in the last bits
     try:
         for topology in TOPOLOGIES:
             for i, member in enumerate(MEMBERS):
