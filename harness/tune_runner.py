@@ -178,7 +178,7 @@ def _train_pack(pack: PackSpec) -> None:
 
     from harness.contract import ENV_RESULT_KEY, MEMBERS_RESULT_KEY
     from harness.engine import stops_on_collapse
-    from harness.pack import PackMember, member_log, run_pack
+    from harness.pack import MemberResult, PackMember, member_log, run_pack
     from harness.runtime import runtime_tags
     from harness.trial import CHECKPOINT_FILE, fit_options
 
@@ -198,9 +198,7 @@ def _train_pack(pack: PackSpec) -> None:
         def on_epoch(epoch: int, metrics: dict[str, float], ckpt_dir: Path | None) -> None:
             nonlocal wrote
             last = epoch >= cfg.optim.epochs or stops_on_collapse(fit_options(cfg), metrics)
-            status = (
-                ("collapsed" if metrics.get("train/collapsed") == 1.0 else "finished") if last else "training"
-            )
+            status = MemberResult.ended(metrics).status if last else "training"
             entries[spec.key] = {**metrics, "epoch": epoch, "status": status}
             wrote = wrote or ckpt_dir is not None
 
