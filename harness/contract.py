@@ -141,6 +141,21 @@ TRAIN_DETECT_RECALL = "train/detect_recall"
 TRAIN_DETECT_AUROC_CONSENSUS = "train/detect_auroc_consensus"
 TRAIN_DETECT_PRECISION_CONSENSUS = "train/detect_precision_consensus"
 TRAIN_DETECT_RECALL_CONSENSUS = "train/detect_recall_consensus"
+# Sample selection, every epoch, for the methods that train each head on part of the batch (Co-teaching,
+# Co-teaching+, JoCoR): the share of the batch each head trained on (mean over heads), and the share of
+# those samples whose given label is the true one (Co-teaching's "label precision"). Not logged by methods
+# that train on every sample.
+TRAIN_KEPT = "train/kept"
+TRAIN_KEPT_PRECISION = "train/kept_precision"
+# What one training step costs, counted once per trial on a copy of its graph: FLOPs of forward, loss and
+# backward at the trial's batch size (GFLOP); memory of parameters, gradients, optimizer state and the
+# tensors saved for backward, each storage once (MB, in the dtype the step runs in); FLOPs of one forward
+# of the kept inference head per image (GFLOP)
+COST_STEP_GFLOPS = "cost/step_gflops"
+COST_STEP_MEM_MB = "cost/step_mem_mb"
+COST_INFER_GFLOPS = "cost/infer_gflops"
+# step FLOPs x steps per second of the epoch's training (TFLOP/s; a pack member: its own share)
+PERF_TFLOPS = "perf/tflops"
 
 
 def head_acc(head: int) -> str:
@@ -175,6 +190,8 @@ FRACTION_METRICS = frozenset(
         TRAIN_DETECT_RECALL,
         TRAIN_DETECT_PRECISION_CONSENSUS,
         TRAIN_DETECT_RECALL_CONSENSUS,
+        TRAIN_KEPT,
+        TRAIN_KEPT_PRECISION,
     }
 )
 
@@ -185,10 +202,10 @@ def is_fraction_metric(key: str) -> bool:
 
 
 def lower_is_better(key: str) -> bool:
-    """Losses, calibration errors (ECE, NLL), times and memory go down as things improve; accuracies,
-    AUROC and throughput go up."""
+    """Losses, calibration errors (ECE, NLL), times, memory and cost go down as things improve;
+    accuracies, AUROC and throughput go up."""
     return (
         "loss" in key
         or key.rsplit("/", 1)[-1].startswith(("ece", "nll"))
-        or key.startswith(("time/", "gpu/"))
+        or key.startswith(("time/", "gpu/", "cost/"))
     )
