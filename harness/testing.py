@@ -2,7 +2,7 @@
 `gloo_trial`, which runs one trial as data-parallel CPU processes without Ray.
 
 A sweep's trial spec names the function that trains each trial (`trial_fn` of
-harness.tune_runner.run_sweep, `harness.trial:run_trial` unless told otherwise); a test names one
+harness.cluster.tune.run_sweep, `harness.run.trial:run_trial` unless told otherwise); a test names one
 of these instead. They live in the installed package, not in tests/, because a Ray worker
 imports the function by its name and sees the package, not the test folder. Nothing in the
 harness calls them.
@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from harness import config as C
-from harness.trial import run_trial
+from harness.run.trial import run_trial
 
 
 def failing_after_epoch(seed: int, epoch: int = 1) -> Callable[..., dict[str, float]]:
@@ -47,7 +47,7 @@ def gloo_trial(tree: dict[str, Any], out_dir: Path, world_size: int) -> dict[str
     """`run_trial` of the config `tree` as `world_size` gloo processes on this machine; rank 0's final metrics.
 
     The engine's data-parallel path alone, for the equivalence tests: Ray Train starts the
-    processes of a real trial (harness.raytrain), this starts them with torch.multiprocessing.
+    processes of a real trial (harness.cluster.raytrain), this starts them with torch.multiprocessing.
     Rank 0 writes `out_dir` (checkpoint, artifacts) as in a trial.
     """
     with socket.socket() as s:

@@ -87,7 +87,7 @@ def interrupted_and_resumed():
     resumed from that checkpoint; returns (the resumed run's final metrics, the epochs it trained)."""
 
     def run(cfg, out_dir: Path, stop: int):
-        from harness.trial import run_trial
+        from harness.run.trial import run_trial
 
         class Interrupted(Exception):
             pass
@@ -144,7 +144,7 @@ def chromium_dom(tmp_path):
 class SharedRay:
     """A local Ray in the test process, started once and shared by the tests that run sweeps.
 
-    `harness.tune_runner.run_sweep` uses the Ray of its process when there is one, so an in-process
+    `harness.cluster.tune.run_sweep` uses the Ray of its process when there is one, so an in-process
     sweep runs on it; a `harness sweep --address ADDRESS` in a subprocess joins it (the cluster's
     token is the default one, ~/.ray/auth_token, and ray.init sets RAY_AUTH_MODE=token for the
     children). Each start of a Ray costs seconds on two cores; each test that shares this one

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from harness.collab import build_training_graph
-from harness.optim import SGD
-from harness.step import CUDAGraphStep, EagerStep, make_loss_fn, make_train_step
+from harness.train.optim import SGD
+from harness.train.step import CUDAGraphStep, EagerStep, make_loss_fn, make_train_step
 
 BENCH_KEYS = {
     "topology",

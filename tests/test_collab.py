@@ -456,8 +456,8 @@ def test_soft_weight_moves_from_plain_cross_entropy_to_the_papers_objective():
 
 
 def test_an_alternating_step_changes_only_the_parameters_on_that_heads_path():
-    from harness.optim import SGD
-    from harness.step import EagerStep, make_loss_fn
+    from harness.train.optim import SGD
+    from harness.train.step import EagerStep, make_loss_fn
 
     torch.manual_seed(0)
     graph = build_training_graph("cnn_small", 4, "hierarchical", 4, in_channels=1)

@@ -1,6 +1,6 @@
 """Collapse: the recipe that keeps collaborative runs learning, and the detector that flags a run that did not.
 
-A collapsed network predicts one class for (almost) every input; harness.engine defines it and
+A collapsed network predicts one class for (almost) every input; harness.train.engine defines it and
 records train/collapsed per epoch, the tracking tags the run, reports leave it out (test_reports).
 """
 
@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from harness import config as C
-from harness import engine
 from harness.collab import build_training_graph
-from harness.engine import COLLAPSE_SHARE, class_counts, is_collapsed, train_one_epoch
 from harness.models import build_backbone, zero_init_residual_
-from harness.optim import SGD
-from harness.step import EagerPack, EagerStep, make_loss_fn
-from harness.trial import CHECKPOINT_FILE, run_trial
+from harness.run.trial import CHECKPOINT_FILE, run_trial
+from harness.train import engine
+from harness.train.engine import COLLAPSE_SHARE, class_counts, is_collapsed, train_one_epoch
+from harness.train.optim import SGD
+from harness.train.step import EagerPack, EagerStep, make_loss_fn
 
 K = 10
 
@@ -164,7 +164,7 @@ def test_harness_train_tags_a_collapsed_run_and_the_report_leaves_it_out(
 ):
     """Writer to reader: the tag harness train's tracking sets is the one the report reads."""
     pytest.importorskip("mlflow")
-    from harness import train_cli
+    from harness.cli import train as train_cli
     from reports.build import build_report
 
     uri = new_mlflow_store(tmp_path)
@@ -283,7 +283,7 @@ def test_plain_he_init_blows_the_logits_up_in_its_first_steps(cifar_batches):
 
 
 def test_sweep_summary_names_collapsed_trials():
-    from harness.tune_runner import SweepOutcome, TrialOutcome, format_summary
+    from harness.cluster.tune import SweepOutcome, TrialOutcome, format_summary
 
     trials = [
         TrialOutcome(0, "sym-0.4 individual seed0", "a", "ok", {"test/acc": 0.61, "train/collapsed": 0.0}),

@@ -213,8 +213,9 @@ def test_data_image_size_is_a_config_key_that_imagefolder_trials_train_at(tmp_pa
     """`data.image_size` (e.g. a folder of 64x64 images at its own size): a positive integer, for the
     data sets that can choose their size (imagefolder, synthetic); digits and CIFAR refuse it. A trial
     hands it to the data set, and the ImageFolder loaders cut their crops at that size."""
-    from harness import cli, trial
+    from harness import cli
     from harness import config as C
+    from harness.run import trial
 
     _write_tree(tmp_path / "tree", "train", ["cat", "dog"], 4, size=(40, 30))
     _write_tree(tmp_path / "tree", "test", ["cat", "dog"], 2, size=(40, 30))

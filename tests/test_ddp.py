@@ -1,4 +1,4 @@
-"""Data-parallel trials (harness.ddp): N gloo processes equal one process with the same global batch.
+"""Data-parallel trials (harness.train.ddp): N gloo processes equal one process with the same global batch.
 
 The processes are started here with torch.multiprocessing (harness.testing.gloo_trial), so these
 tests check the engine's data-parallel path alone; tests/test_sweep_e2e.py runs it under Ray Train.
@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from harness import config as C
-from harness.ddp import ALONE, GlooSyncBatchNorm, World
-from harness.loaders import Shard, part_size, shard_positions
-from harness.safeload import load_checkpoint
+from harness.data.loaders import Shard, part_size, shard_positions
+from harness.data.safeload import load_checkpoint
+from harness.run.trial import run_trial
 from harness.testing import gloo_trial
-from harness.trial import run_trial
+from harness.train.ddp import ALONE, GlooSyncBatchNorm, World
 
 
 def tree(topology: str, heads: int, batch_size: int, **run) -> dict:
@@ -166,8 +166,9 @@ def test_harness_train_refuses_a_batch_smaller_than_the_workers(tmp_path, capsys
 
 
 def test_more_gpu_workers_than_there_are_gpus_is_said_before_anything_starts(monkeypatch):
-    from harness import raytrain, tune_runner
-    from harness.sweepfile import parse_sweep
+    from harness.cluster import raytrain
+    from harness.cluster import tune as tune_runner
+    from harness.config.sweepfile import parse_sweep
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -193,9 +194,9 @@ def test_more_gpu_workers_than_there_are_gpus_is_said_before_anything_starts(mon
 def test_data_parallel_resources_show_the_drivers_cpu_in_the_sum_and_the_fix(capsys):
     """On a 2-core box, 2 workers x 1 CPU do not fit: the trial's driver takes 0.01 CPU more. The
     message shows the whole sum (not "2 per trial, the cluster has 2") and the --num-cpus that fits."""
-    from harness import tune_runner
-    from harness.raytrain import DRIVER_CPU
-    from harness.sweepfile import parse_sweep
+    from harness.cluster import tune as tune_runner
+    from harness.cluster.raytrain import DRIVER_CPU
+    from harness.config.sweepfile import parse_sweep
 
     sweep = parse_sweep({"name": "dp", "resources": {"cpu": 1, "workers": 2}}, source="dp.yaml")
     expected = (
@@ -217,12 +218,12 @@ def test_data_parallel_resources_show_the_drivers_cpu_in_the_sum_and_the_fix(cap
 
 def test_harness_train_logs_the_workers_epochs_once_through_the_train_controller(tmp_path, new_mlflow_store):
     """`harness train --set run.workers=N` logs its MLflow run from Ray Train's controller
-    (harness.raytrain.log_epochs, given each report of the workers) and closes it from the driver,
+    (harness.cluster.raytrain.log_epochs, given each report of the workers) and closes it from the driver,
     which first learns what the controller logged (TrialLogger.catch_up): each epoch once, the
     runtime tags, world_size N. A report lost before a restart (epoch 2 here) comes back in the
     history the resumed run replays with its first report. (The Ray wiring: tests/test_sweep_e2e.py.)"""
+    from harness.cluster.raytrain import log_epochs
     from harness.contract import REPLAY_RESULT_KEY
-    from harness.raytrain import log_epochs
     from harness.tracking import TrialLogger
 
     uri = new_mlflow_store(tmp_path)

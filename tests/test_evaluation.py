@@ -14,10 +14,10 @@ from torch import nn
 import noise
 from harness import config as C
 from harness.data import ImageData, load_dataset
-from harness.engine import detect_noise, evaluate
-from harness.loaders import TensorLoader, make_loaders
-from harness.scores import auroc
-from harness.trial import corrupt_labels, run_trial, val_noise_seed
+from harness.data.loaders import TensorLoader, make_loaders
+from harness.run.trial import corrupt_labels, run_trial, val_noise_seed
+from harness.train.engine import detect_noise, evaluate
+from harness.train.scores import auroc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness import jpeg
-from harness.data import load_dataset
-from harness.loaders import (
+from harness.data import jpeg, load_dataset
+from harness.data.loaders import (
     DECODE_MODES,
     Batch,
     FolderLoader,
@@ -250,7 +249,7 @@ def test_folder_loader_deterministic_across_workers(tmp_path):
     assert not torch.equal(x0, x2)
 
 
-# --- FolderLoader, decode="device" (harness.jpeg): on the CPU here, libjpeg-turbo instead of nvJPEG ---
+# --- FolderLoader, decode="device" (harness.data.jpeg): on the CPU here, libjpeg-turbo instead of nvJPEG ---
 
 
 def _folder(data, *, decode, split="train", augment=True, num_workers=0, seed=0, epoch=2, shard=None):

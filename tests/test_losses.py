@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from harness import config as C
 from harness.collab import build_training_graph, collaborative_loss
-from harness.engine import setup_training
-from harness.losses import generalized_cross_entropy, make_label_loss, symmetric_cross_entropy
-from harness.trial import fit_options
+from harness.collab.losses import generalized_cross_entropy, make_label_loss, symmetric_cross_entropy
+from harness.run.trial import fit_options
+from harness.train.engine import setup_training
 
 torch.set_num_threads(1)
 

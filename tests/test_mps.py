@@ -1,4 +1,4 @@
-"""harness.mps: the private MPS daemon's life cycle and how bench workers report it.
+"""harness.run.mps: the private MPS daemon's life cycle and how bench workers report it.
 
 `nvidia-cuda-mps-control` is played by the `fake_mps_control` script (conftest.py): this machine
 has no NVIDIA driver. Whether MPS speeds trials up is measured on a GPU (tests/gpu/check_gpu.py).
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.bench import run_concurrent
-from harness.mps import MPSDaemon, MPSUnavailable, shared_by_children
+from harness.bench.step import run_concurrent
+from harness.run.mps import MPSDaemon, MPSUnavailable, shared_by_children
 
 
 def test_daemon_starts_in_private_folders_and_is_gone_after_the_block(fake_mps_control, monkeypatch):

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from harness import cli, testing
-from harness import export as X
-from harness import trial as trial_module
-from harness.sweepfile import load_sweep
+from harness.config.sweepfile import load_sweep
+from harness.run import export as X
+from harness.run import trial as trial_module
 
 ARTIFACTS = ["config.yaml", "inference_head.pt", "metrics.json", "noise_transition.csv"]
 TIMING = ("time/", "perf/")  # the only metrics that differ between two runs of one trial
@@ -217,7 +217,7 @@ print("LOADED " + json.dumps(loaded))
 sys.exit(code)
 """
 # Half a second more per epoch, results unchanged: time for the test to kill the run mid-trial.
-SLOW = "import time, harness.engine as E; f = E.format_epoch; E.format_epoch = lambda *a: (time.sleep(0.5), f(*a))[1]"
+SLOW = "import time, harness.train.engine as E; f = E.format_epoch; E.format_epoch = lambda *a: (time.sleep(0.5), f(*a))[1]"
 
 
 @pytest.mark.slow

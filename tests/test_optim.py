@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from harness.optim import SGD, build_scheduler, lr_factor
+from harness.train.optim import SGD, build_scheduler, lr_factor
 
 
 @pytest.mark.parametrize("nesterov,wd", [(True, 5e-4), (False, 0.0), (True, 0.0)])

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from harness import config as C
-from harness import engine
-from harness.engine import TrainingDiverged
-from harness.pack import MemberResult, PackMember, check_compatible, memory_problem, run_pack
-from harness.pack_plan import plan_packs
-from harness.trial import CHECKPOINT_FILE, run_trial
+from harness.config.packs import plan_packs
+from harness.run.pack import MemberResult, PackMember, check_compatible, memory_problem, run_pack
+from harness.run.trial import CHECKPOINT_FILE, run_trial
+from harness.train import engine
+from harness.train.engine import TrainingDiverged
 
 QUICK = {"optim.epochs": 3, "optim.batch_size": 64, "run.device": "cpu", "data.train_subset": 60}
 # three members that differ in seed, noise rate and lr (and so in data order, init and labels)
@@ -211,7 +211,7 @@ def test_a_pack_killed_mid_round_resumes_to_the_metrics_of_an_uninterrupted_pack
 def test_a_pack_killed_mid_epoch_resumes_to_the_metrics_of_an_uninterrupted_pack(
     tmp_path, lone_runs, monkeypatch
 ):
-    from harness import step as step_module
+    from harness.train import step as step_module
 
     configs = [config("individual", **m) for m in MEMBERS]
     calls = {"n": 0}

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from harness import cli
 from harness import config as C
-from harness.trial import run_trial
+from harness.run.trial import run_trial
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import io
 import torch
 
 from harness import config as C
-from harness import progress as P
-from harness.trial import run_trial
+from harness.run.trial import run_trial
+from harness.train import progress as P
 
 
 class Terminal(io.StringIO):

@@ -62,8 +62,8 @@ def record_all(tmp: Path) -> dict[str, list[dict]]:
     import torch
 
     from harness import config as C
-    from harness.pack import PackMember, run_pack
-    from harness.trial import run_trial
+    from harness.run.pack import PackMember, run_pack
+    from harness.run.trial import run_trial
 
     torch.set_num_threads(1)
     quiet = lambda _message: None  # noqa: E731

@@ -13,9 +13,9 @@ import torch
 from harness import cli
 from harness import config as C
 from harness.data import load_dataset
-from harness.engine import load_checkpoint
-from harness.safeload import UnsafeFileError, load_cifar_pickle, plain
-from harness.trial import CHECKPOINT_FILE, run_trial
+from harness.data.safeload import UnsafeFileError, load_cifar_pickle, plain
+from harness.run.trial import CHECKPOINT_FILE, run_trial
+from harness.train.engine import load_checkpoint
 from noise import load_human_labels
 from noise.safeload import torch_load
 

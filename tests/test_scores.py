@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.scores import (
+from harness.train.scores import (
     auroc,
     calibration_counts,
     detection_metrics,

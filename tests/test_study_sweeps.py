@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from harness.sweepfile import load_sweep
+from harness.config.sweepfile import load_sweep
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 # short GPU checks with committed results keep their recipe; ImageNet has its own val/ folder

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from harness import cli, testing, tune_runner
+from harness import cli, testing
+from harness.cluster import tune as tune_runner
 
 pytestmark = pytest.mark.slow
 
@@ -240,7 +241,7 @@ def test_data_parallel_sweep_on_a_running_ray_cluster_survives_a_killed_worker(
     import threading
 
     from harness import config as C
-    from harness.sweepfile import load_sweep
+    from harness.config.sweepfile import load_sweep
 
     _clean_env(monkeypatch, tmp_path)
     path = _sweep_file(tmp_path, "cluster", "resources: {workers: 2, cpu: 0.5}\n")

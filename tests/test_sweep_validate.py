@@ -13,9 +13,9 @@ import yaml
 
 from harness import cli
 from harness import config as C
-from harness.sweepfile import load_sweep, parse_sweep
+from harness.cluster.tune import check_launch
+from harness.config.sweepfile import load_sweep, parse_sweep
 from harness.tracking import SWEEP_STATE_FILE as STATE_FILE
-from harness.tune_runner import check_launch
 
 SWEEPS = sorted((Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
 

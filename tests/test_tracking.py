@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from harness import config as C
 from harness import tracking
 from harness.contract import EXPERIMENT_KIND_TAG, MODEL_TRAINING
+from harness.tracking import mlflow as mlflow_module
 
 
 @pytest.fixture()
@@ -196,8 +197,8 @@ def test_experiments_are_tagged_as_model_training(store):
 
 
 def test_sweep_summary_and_ui_print_the_runs_table_address(store):
-    from harness.tune_runner import SweepOutcome, format_summary
-    from harness.ui import runs_tables
+    from harness.cli.ui import runs_tables
+    from harness.cluster.tune import SweepOutcome, format_summary
 
     client = tracking.open_store(store)
     older = tracking.SweepRun.open(
@@ -264,7 +265,7 @@ def test_ui_serves_the_store_until_ctrl_c(store, tmp_path, chromium_dom):
     import sys
     import urllib.request
 
-    from harness.ui import ui_app_installed
+    from harness.cli.ui import ui_app_installed
 
     assert ui_app_installed(), "harness's MLflow app is not registered: pip install -e . (make install)"
     client = tracking.open_store(store)
@@ -347,8 +348,8 @@ def test_trial_error_is_read_locally_when_storage_has_not_synced_it(tmp_path):
             return None  # storage not synced yet: the race seen in CI
 
     trial = FakeTrial()
-    assert tracking._trial_error(trial) == "unknown error (see the trial's error.txt)"
+    assert mlflow_module._trial_error(trial) == "unknown error (see the trial's error.txt)"
     (tmp_path / "error.txt").write_text("Failure # 1\nTraceback ...\nRuntimeError: NaN loss at epoch 3\n")
-    assert tracking._trial_error(trial) == "RuntimeError: NaN loss at epoch 3"
+    assert mlflow_module._trial_error(trial) == "RuntimeError: NaN loss at epoch 3"
     (tmp_path / "error.pkl").write_bytes(cloudpickle.dumps(RuntimeError("deliberate failure after epoch 1")))
-    assert tracking._trial_error(trial) == "RuntimeError: deliberate failure after epoch 1"
+    assert mlflow_module._trial_error(trial) == "RuntimeError: deliberate failure after epoch 1"

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from harness import config as C
-from harness.bench import bench_one, bench_options, format_table
+from harness.bench.step import bench_one, bench_options, format_table
 from harness.collab import build_training_graph
-from harness.engine import resolve_device, setup_training
+from harness.train.engine import resolve_device, setup_training
 
 
 def section(title):
@@ -80,7 +80,7 @@ def check_equivalence(device, steps=30):
 
 @section("harness bench: ResNet-32, synthetic CIFAR-shaped data, bf16")
 def bench_table(device, out: Path, steps: int):
-    from harness.bench import init_cuda
+    from harness.bench.step import init_cuda
 
     if device.type == "cuda":
         init_cuda(device)
@@ -150,7 +150,7 @@ def cifar_epoch(root: Path, out: Path, device):
             "run.device": str(device),
         },
     )
-    from harness.trial import run_trial
+    from harness.run.trial import run_trial
 
     final = run_trial(cfg, out_dir=out / "cifar-run")
     print(

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from check_gpu import _harness, section
 
-from harness.bench import bench_options
+from harness.bench.step import bench_options
 from harness.collab import build_training_graph
-from harness.engine import resolve_device, setup_training
-from harness.step import make_pack_step
+from harness.train.engine import resolve_device, setup_training
+from harness.train.step import make_pack_step
 
 
 def _train(members, x, y, *, lrs, amp: bool, packed: bool, device, branch_streams=False):

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from harness import config as C
-from harness.engine import resolve_device
-from harness.trial import run_trial
+from harness.run.trial import run_trial
+from harness.train.engine import resolve_device
 
 TOPOLOGIES = [("individual", 1), ("instances", 4), ("simple", 4), ("hierarchical", 4)]
 # one epoch at the paper's lr 0.1, held constant (a step schedule whose first milestone never comes)
@@ -170,9 +170,9 @@ def ramp_graph(args, out: Path, steps: int = 20) -> None:
     print("\n=== CUDA-graph step vs eager step under a ramping soft weight (hierarchical-4, bf16) ===")
     import dataclasses
 
-    from harness.bench import bench_options
+    from harness.bench.step import bench_options
     from harness.collab import build_training_graph
-    from harness.engine import setup_training
+    from harness.train.engine import setup_training
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -1,0 +1,3 @@
+"""(moved: see the package docstring to come)"""
+
+from harness.collab.graph import *  # noqa: F403

@@ -1,0 +1,3 @@
+"""(moved: see the package docstring to come)"""
+
+from harness.data.datasets import *  # noqa: F403

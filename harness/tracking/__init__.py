@@ -1,0 +1,3 @@
+"""(moved: see the package docstring to come)"""
+
+from harness.tracking.mlflow import *  # noqa: F403

@@ -1,0 +1,1 @@
+"""(moved: see the package docstring to come)"""
