@@ -131,7 +131,7 @@ TEST_ECE = "test/ece"
 TEST_NLL = "test/nll"
 TEST_ECE_ENSEMBLE = "test/ece_ensemble"
 TEST_NLL_ENSEMBLE = "test/nll_ensemble"
-# Noise detection after the last epoch (harness.engine.detect_noise): how well a per-sample score finds the
+# Noise detection after the last epoch (harness.train.evaluate.detect_noise): how well a per-sample score finds the
 # flipped training labels. AUROC; precision and recall when flagging as many samples as are flipped (equal).
 # Score: the kept head's loss on the given label; _consensus: the heads' consensus disagreeing with it
 # (several heads only). Not logged where no label is flipped (undefined there).

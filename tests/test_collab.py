@@ -17,12 +17,11 @@ from harness.collab import (
     TrainingGraph,
     build_training_graph,
     collaborative_loss,
-    count_parameters,
     default_split,
     grad_scale,
     loss_scale,
 )
-from harness.models import ARCHS, Backbone, build_backbone, list_archs, num_stages
+from harness.models import ARCHS, Backbone, build_backbone, count_parameters, list_archs, num_stages
 
 torch.set_num_threads(1)
 

@@ -1,6 +1,6 @@
 """Collapse: the recipe that keeps collaborative runs learning, and the detector that flags a run that did not.
 
-A collapsed network predicts one class for (almost) every input; harness.train.engine defines it and
+A collapsed network predicts one class for (almost) every input; harness.train.evaluate defines it and
 records train/collapsed per epoch, the tracking tags the run, reports leave it out (test_reports).
 """
 
@@ -19,8 +19,9 @@ from harness import config as C
 from harness.collab import build_training_graph
 from harness.models import build_backbone, zero_init_residual_
 from harness.run.trial import CHECKPOINT_FILE, run_trial
-from harness.train import engine
-from harness.train.engine import COLLAPSE_SHARE, class_counts, is_collapsed, train_one_epoch
+from harness.train import evaluate as engine_evaluate
+from harness.train.evaluate import COLLAPSE_SHARE, class_counts, is_collapsed
+from harness.train.loop import train_one_epoch
 from harness.train.optim import SGD
 from harness.train.step import EagerPack, EagerStep, make_loss_fn
 
@@ -123,7 +124,7 @@ def test_a_learning_run_is_not_collapsed_and_logs_both_shares(tmp_path):
 
 def test_stop_on_collapse_ends_the_trial_with_its_artifacts(tmp_path, monkeypatch):
     # Every epoch counts as collapsed when the threshold is 0: the stop rule is what is tested.
-    monkeypatch.setattr(engine, "COLLAPSE_SHARE", 0.0)
+    monkeypatch.setattr(engine_evaluate, "COLLAPSE_SHARE", 0.0)
     cfg = C.build_config({}, {**QUICK, "data.train_subset": 30, "run.stop_on_collapse": 2})
     seen, lines = [], []
     final = run_trial(
@@ -139,7 +140,7 @@ def test_stop_on_collapse_ends_the_trial_with_its_artifacts(tmp_path, monkeypatc
 
 
 def test_without_stop_on_collapse_a_collapsed_run_trains_every_epoch(tmp_path, monkeypatch):
-    monkeypatch.setattr(engine, "COLLAPSE_SHARE", 0.0)
+    monkeypatch.setattr(engine_evaluate, "COLLAPSE_SHARE", 0.0)
     cfg = C.build_config({}, {**QUICK, "optim.epochs": 3, "data.train_subset": 30})
     seen = []
     final = run_trial(cfg, out_dir=tmp_path / "run", on_epoch=lambda e, m, c: seen.append(e), log=quiet)
@@ -147,7 +148,7 @@ def test_without_stop_on_collapse_a_collapsed_run_trains_every_epoch(tmp_path, m
 
 
 def test_the_collapse_count_survives_a_resume(tmp_path, monkeypatch, interrupted_and_resumed):
-    monkeypatch.setattr(engine, "COLLAPSE_SHARE", 0.0)
+    monkeypatch.setattr(engine_evaluate, "COLLAPSE_SHARE", 0.0)
     cfg = C.build_config({}, {**QUICK, "data.train_subset": 30, "run.stop_on_collapse": 3})
     final, epochs = interrupted_and_resumed(cfg, tmp_path / "run", stop=2)
     assert epochs == [3] and final["train/collapsed_epochs"] == 3
@@ -170,7 +171,7 @@ def test_harness_train_tags_a_collapsed_run_and_the_report_leaves_it_out(
     uri = new_mlflow_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(engine, "COLLAPSE_SHARE", 0.0)
+    monkeypatch.setattr(engine_evaluate, "COLLAPSE_SHARE", 0.0)
     parser = argparse.ArgumentParser()
     train_cli.add_arguments(parser, "train")
     sets = [f"{k}={v}" for k, v in {**QUICK, "optim.epochs": 1, "data.train_subset": 30}.items()]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data import ImageData, first_per_class, load_dataset, stratified_holdout
+from harness.data import ImageData, load_dataset
+from harness.data.datasets import first_per_class, stratified_holdout
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN_PER_CLASS = 20

@@ -18,9 +18,9 @@ import torch
 
 from harness import config as C
 from harness.data.loaders import Shard, part_size, shard_positions
-from harness.data.safeload import load_checkpoint
 from harness.run.trial import run_trial
 from harness.testing import gloo_trial
+from harness.train.checkpoint import load_checkpoint
 from harness.train.ddp import ALONE, GlooSyncBatchNorm, World
 
 

@@ -7,7 +7,7 @@ import torch
 
 from harness import config as C
 from harness.run.trial import run_trial
-from harness.train.engine import TrainingDiverged
+from harness.train.loop import TrainingDiverged
 
 QUICK = {"optim.epochs": 3, "optim.batch_size": 64, "optim.lr": 0.05, "run.device": "cpu"}
 

@@ -16,7 +16,7 @@ from harness import config as C
 from harness.data import ImageData, load_dataset
 from harness.data.loaders import TensorLoader, make_loaders
 from harness.run.trial import corrupt_labels, run_trial, val_noise_seed
-from harness.train.engine import detect_noise, evaluate
+from harness.train.evaluate import detect_noise, evaluate
 from harness.train.scores import auroc
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,7 +13,7 @@ from harness import config as C
 from harness.collab import build_training_graph, collaborative_loss
 from harness.collab.losses import generalized_cross_entropy, make_label_loss, symmetric_cross_entropy
 from harness.run.trial import fit_options
-from harness.train.engine import setup_training
+from harness.train.training import setup_training
 
 torch.set_num_threads(1)
 

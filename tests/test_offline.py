@@ -217,7 +217,7 @@ print("LOADED " + json.dumps(loaded))
 sys.exit(code)
 """
 # Half a second more per epoch, results unchanged: time for the test to kill the run mid-trial.
-SLOW = "import time, harness.train.engine as E; f = E.format_epoch; E.format_epoch = lambda *a: (time.sleep(0.5), f(*a))[1]"
+SLOW = "import time, harness.train.log as E; f = E.format_epoch; E.format_epoch = lambda *a: (time.sleep(0.5), f(*a))[1]"
 
 
 @pytest.mark.slow

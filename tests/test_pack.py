@@ -17,8 +17,8 @@ from harness import config as C
 from harness.config.packs import plan_packs
 from harness.run.pack import MemberResult, PackMember, check_compatible, memory_problem, run_pack
 from harness.run.trial import CHECKPOINT_FILE, run_trial
-from harness.train import engine
-from harness.train.engine import TrainingDiverged
+from harness.train import evaluate as engine_evaluate
+from harness.train.loop import TrainingDiverged
 
 QUICK = {"optim.epochs": 3, "optim.batch_size": 64, "run.device": "cpu", "data.train_subset": 60}
 # three members that differ in seed, noise rate and lr (and so in data order, init and labels)
@@ -147,7 +147,7 @@ def test_a_diverging_member_fails_alone_and_the_others_are_unchanged(tmp_path, l
 
 
 def test_a_member_stopped_on_collapse_leaves_the_pack_and_the_others_train_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(engine, "COLLAPSE_SHARE", 0.0)  # every epoch counts as collapsed
+    monkeypatch.setattr(engine_evaluate, "COLLAPSE_SHARE", 0.0)  # every epoch counts as collapsed
     stopping = {**MEMBERS[0], "run.stop_on_collapse": 1}
     configs = [config("individual", **stopping), config("individual", **MEMBERS[1])]
     results, recorders = packed(configs, tmp_path)

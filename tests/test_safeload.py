@@ -13,11 +13,11 @@ import torch
 from harness import cli
 from harness import config as C
 from harness.data import load_dataset
-from harness.data.safeload import UnsafeFileError, load_cifar_pickle, plain
+from harness.data.cifar import load_cifar_pickle
 from harness.run.trial import CHECKPOINT_FILE, run_trial
-from harness.train.engine import load_checkpoint
+from harness.train.checkpoint import load_checkpoint, plain
 from noise import load_human_labels
-from noise.safeload import torch_load
+from noise.safeload import UnsafeFileError, torch_load
 
 
 class Touch:

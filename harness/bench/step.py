@@ -34,11 +34,13 @@ from pathlib import Path
 
 import torch
 
-from harness.collab import TOPOLOGIES, build_training_graph, count_parameters
+from harness.collab import TOPOLOGIES, build_training_graph
 from harness.data.loaders import TensorLoader
+from harness.models import count_parameters
 from harness.run.mps import MPSDaemon, MPSUnavailable
-from harness.train.engine import FitOptions, resolve_device, setup_training
+from harness.train.device import resolve_device
 from harness.train.step import make_pack_step
+from harness.train.training import FitOptions, setup_training
 
 # (channels, image size) of the synthetic batch by arch family
 INPUT_SHAPES = {"cnn_small": (1, 8), "resnet50": (3, 224)}

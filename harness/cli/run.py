@@ -181,7 +181,7 @@ class _Progress:
 
 def _plan(args: argparse.Namespace):
     """(export, [(trial, config, run-time overrides)]) to run, or the problems that stop everything."""
-    from harness.train.engine import resolve_device
+    from harness.train.device import resolve_device
 
     try:
         export = X.open_export(args.dir)
@@ -333,10 +333,10 @@ def _member(planned: Planned, *, pack_tag: tuple[int, int] | None):
     """Ready the trial's folder to (re)start it: history rewound to its checkpoint (or cleared),
     where it runs, status running. Its run_trial arguments, as a pack member."""
     from harness.config.packs import pack_tag as tag_of
-    from harness.data.safeload import load_checkpoint
     from harness.run.pack import PackMember, member_log
     from harness.run.runtime import code_tags, runtime_tags
     from harness.run.trial import CHECKPOINT_FILE
+    from harness.train.checkpoint import load_checkpoint
 
     path, cfg = planned.trial.path, planned.cfg
     checkpoint = path / "checkpoint" / CHECKPOINT_FILE

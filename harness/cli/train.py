@@ -53,8 +53,9 @@ def main(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     out = out.resolve()
 
-    from harness.data.safeload import UnsafeFileError
-    from harness.train.engine import TrainingDiverged, resolve_device
+    from harness.train.device import resolve_device
+    from harness.train.loop import TrainingDiverged
+    from noise.safeload import UnsafeFileError
 
     try:  # before anything is written: no MLflow run for a trial that cannot start
         resolve_device(cfg.run.device)

@@ -76,7 +76,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
 
     from harness.contract import ENV_RESULT_KEY, REPLAY_RESULT_KEY
     from harness.run.runtime import runtime_tags
-    from harness.train.engine import resolve_device
+    from harness.train.device import resolve_device
 
     _quiet_reports()
     cfg = C.build_config(loop_config["config"])
@@ -116,7 +116,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
 def _history(checkpoint_dir: Path) -> list[dict[str, float]]:
     """The per-epoch metrics a trial's checkpoint holds."""
     from harness.run.trial import CHECKPOINT_FILE
-    from harness.train.engine import load_checkpoint
+    from harness.train.checkpoint import load_checkpoint
 
     path = Path(checkpoint_dir) / CHECKPOINT_FILE
     return list(load_checkpoint(path)["history"]) if path.exists() else []
@@ -161,7 +161,7 @@ def local_resources(cfg: C.TrialConfig) -> tuple[dict[str, float], list[str]]:
     """
     import torch
 
-    from harness.train.engine import resolve_device
+    from harness.train.device import resolve_device
 
     workers = cfg.run.workers
     per_worker = {"cpu": min(1.0, (os.cpu_count() or 1) / workers), "gpu": 0.0}

@@ -180,7 +180,7 @@ def _train_pack(pack: PackSpec) -> None:
     from harness.run.pack import MemberResult, PackMember, member_log, run_pack
     from harness.run.runtime import runtime_tags
     from harness.run.trial import CHECKPOINT_FILE, fit_options
-    from harness.train.engine import stops_on_collapse
+    from harness.train.loop import stops_on_collapse
 
     configs = [C.build_config(m.config) for m in pack.members]
     env = runtime_tags(configs[0].run.device)

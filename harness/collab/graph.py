@@ -25,69 +25,18 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from harness.models import ARCHS, Backbone, build_backbone, count_parameters, num_stages
-
-__all__ = [
-    "TOPOLOGIES",
-    "RESCALE_MODES",
-    "BackpropRescale",
-    "GradScale",
-    "Segment",
-    "TrainingGraph",
-    "build_training_graph",
-    "collaborative_loss",
-    "count_parameters",
-    "default_split",
-    "graph_problems",
-    "loss_scale",
-    "rescale_mode",
-    "grad_scale",
-]
+from harness.collab.rescale import BackpropRescale, rescale_mode
+from harness.models import ARCHS, Backbone, build_backbone, num_stages
 
 TOPOLOGIES = ("individual", "instances", "simple", "hierarchical")
 
 # --- backpropagation rescaling -----------------------------------------------------------------
-
-
-class GradScale(torch.autograd.Function):
-    """Identity in the forward pass; multiplies the incoming gradient by ``scale`` in the backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        # A view, not x itself: returning an input unchanged from a Function confuses autograd.
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad * ctx.scale, None
-
-
-def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """``x`` unchanged, with its gradient multiplied by ``scale`` on the way back."""
-    return GradScale.apply(x, scale)
-
-
-class BackpropRescale(nn.Module):
-    """Module form of :class:`GradScale`, placed where a tensor fans out to ``1 / scale`` branches."""
-
-    def __init__(self, scale: float) -> None:
-        super().__init__()
-        self.scale = float(scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return grad_scale(x, self.scale)
-
-    def extra_repr(self) -> str:
-        return f"scale={self.scale:g}"
 
 
 # --- the training graph ------------------------------------------------------------------------
@@ -258,25 +207,6 @@ def default_split(arch: str, topology: str, heads: int) -> int | tuple[int, ...]
     return tuple(range(first, first + levels))
 
 
-# Backpropagation rescaling (the paper's method), the loss scaled by 1/H instead (the alternative the
-# paper rejects), or neither.
-RESCALE_MODES = ("backprop", "loss", "none")
-
-
-def rescale_mode(value: object) -> str:
-    """The rescale mode named by ``value``; True and False, the old spelling, mean backprop and none."""
-    if value is True or value is False:
-        return "backprop" if value else "none"
-    if value in RESCALE_MODES:
-        return str(value)
-    raise ValueError(f"rescale must be one of {', '.join(RESCALE_MODES)}, got {value!r}")
-
-
-def loss_scale(rescale: str, heads: int) -> float:
-    """What the summed loss is multiplied by: 1/H for rescale "loss", else 1."""
-    return 1.0 / heads if rescale_mode(rescale) == "loss" else 1.0
-
-
 def graph_problems(
     arch: str,
     topology: str,
@@ -418,63 +348,3 @@ def build_training_graph(
 
 
 # --- the collaborative objective ---------------------------------------------------------------
-
-
-def collaborative_loss(
-    logits: Sequence[torch.Tensor],
-    target: torch.Tensor,
-    *,
-    T: float,
-    beta: float,
-    per_head: bool = False,
-    soft_weight: float | torch.Tensor = 1.0,
-    head: int | None = None,
-    label_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Song & Chai's objective summed over heads (eq. 3 of the paper).
-
-    ``logits``: H tensors of shape (N, K); ``target``: (N,) int64 class indices. For head h,
-    ``loss_h = beta * CE(z_h, y) + (1 - beta) * T^2 * mean_n(-sum_k q_h[n, k] * log_softmax(z_h / T)[n, k])``
-    with the soft target ``q_h = softmax(mean_{j != h} z_j / T)`` computed from detached logits (no
-    gradient flows through it). With H = 1 it is plain ``CE(z_0, y)`` (beta is not applied).
-    ``soft_weight`` w in [0, 1] (a float, or a 0-dim tensor a captured CUDA graph reads) moves the
-    soft target's share in: ``(1 - (1 - beta) w) * CE + (1 - beta) w * T^2 * soft``, plain
-    cross-entropy per head at w = 0 and the paper's objective at w = 1 (the default).
-    Computed in float32 whatever the logits' dtype. Returns a scalar, or the (H,) per-head losses
-    when ``per_head``, or head ``head``'s loss alone (for alternating updates: no other head's
-    parameters take part in its backward pass, so the optimizer leaves them untouched).
-    ``label_loss(z, y)``: the label term in place of ``CE(z_h, y)`` for every head (e.g. GCE, SCE or
-    smoothed cross-entropy from ``harness.collab.losses.make_label_loss``); None is plain cross-entropy.
-    The soft-target term is the same whatever the label loss.
-    """
-    if not isinstance(T, numbers.Real) or isinstance(T, bool) or not T > 0:
-        raise ValueError(f"T (temperature) must be > 0, got {T!r}")
-    if not isinstance(beta, numbers.Real) or isinstance(beta, bool) or not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
-    if len(logits) == 0:
-        raise ValueError("logits must hold at least one head's (N, K) tensor, got an empty list")
-    shapes = {tuple(z.shape) for z in logits}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(
-            f"logits must all have the same shape (N, K), got {[tuple(z.shape) for z in logits]}"
-        )
-    z = [zh.float() for zh in logits]
-    heads = len(z)
-    hard_loss = F.cross_entropy if label_loss is None else label_loss
-    if heads == 1:
-        loss = hard_loss(z[0], target)
-        return loss.reshape(1) if per_head else loss
-
-    frozen = [zh.detach() for zh in z]
-    losses = []
-    for h in range(heads) if head is None else [head]:
-        others = torch.stack([frozen[j] for j in range(heads) if j != h]).mean(dim=0)
-        q = F.softmax(others / T, dim=1)
-        soft = -(q * F.log_softmax(z[h] / T, dim=1)).sum(dim=1).mean()
-        hard = hard_loss(z[h], target)
-        share = (1.0 - beta) * soft_weight
-        losses.append((1.0 - share) * hard + share * T**2 * soft)
-    if head is not None:
-        return losses[0]
-    per = torch.stack(losses)
-    return per if per_head else per.sum()

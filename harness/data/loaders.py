@@ -196,7 +196,7 @@ class TensorLoader(_LabelsMixin):
 
     def unaugmented(self) -> TensorLoader:
         """The same images and labels (shared, not copied) in their order, every sample once and
-        without augmentation: a pass to score the training set with (harness.train.engine.detect_noise)."""
+        without augmentation: a pass to score the training set with (harness.train.evaluate.detect_noise)."""
         view = copy.copy(self)
         view.augment, view.shuffle, view.drop_last, view.epoch = False, False, False, 0
         return view
@@ -364,7 +364,7 @@ class FolderLoader(_LabelsMixin):
 
     def unaugmented(self) -> FolderLoader:
         """The same files and labels in their order, every sample once, with the evaluation transform
-        (resize and center crop): a pass to score the training set with (harness.train.engine.detect_noise)."""
+        (resize and center crop): a pass to score the training set with (harness.train.evaluate.detect_noise)."""
         view = FolderLoader(
             self.dataset.paths,
             self._labels,

@@ -19,7 +19,7 @@ No status file: not started. `running` is a trial that started and has not ended
 or its process was stopped (Ctrl-C, SIGKILL, a node's time limit) and `harness run` resumes it.
 
 An export travels to machines we do not control and back, so everything in it is read as data:
-YAML with safe_load, JSON, and checkpoints only through harness.data.safeload (never unpickled).
+YAML with safe_load, JSON, and checkpoints only through harness.train.checkpoint.load_checkpoint (never unpickled).
 Every problem names the folder and the file. Needs the standard library and PyYAML only.
 """
 

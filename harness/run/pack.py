@@ -29,7 +29,7 @@ from harness.config.packs import pack_key, unpackable
 from harness.contract import TRAIN_COLLAPSED
 from harness.data import ImageData
 from harness.run.trial import TrialCallback, TrialJob, load_trial_data, trial_device
-from harness.train.engine import Member, fit_pack
+from harness.train.loop import Member, fit_pack
 
 
 @dataclass

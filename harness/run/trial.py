@@ -21,21 +21,16 @@ import torch
 
 import noise
 from harness import config as C
-from harness.collab import build_training_graph, count_parameters
+from harness.collab import build_training_graph
 from harness.contract import INFERENCE_PARAMS, NOISE_REALIZED_RATE, NOISE_VAL_REALIZED_RATE, TRAIN_PARAMS
 from harness.data import ImageData, load_dataset
 from harness.data.loaders import make_loaders
+from harness.models import count_parameters
+from harness.train.checkpoint import load_checkpoint, save_checkpoint
 from harness.train.ddp import ALONE, World, sync_batchnorm
-from harness.train.engine import (
-    FitOptions,
-    Member,
-    fit,
-    load_checkpoint,
-    resolve_device,
-    save_checkpoint,
-    seed_everything,
-    stops_on_collapse,
-)
+from harness.train.device import resolve_device, seed_everything
+from harness.train.loop import Member, fit, stops_on_collapse
+from harness.train.training import FitOptions
 
 # on_epoch(epoch, metrics, checkpoint_dir or None)
 TrialCallback = Callable[[int, dict[str, float], Path | None], None]

@@ -316,7 +316,7 @@ def _history(result, spec: TrialSpec) -> list[dict]:
     """A pack member's epochs as its own checkpoint (in the pack's last checkpoint) holds them."""
     if result.checkpoint is None:
         return []
-    from harness.data.safeload import load_checkpoint
+    from harness.train.checkpoint import load_checkpoint
 
     with result.checkpoint.as_directory() as root:
         state = Path(root) / spec.dirname / "checkpoint" / "state.pt"

@@ -26,7 +26,8 @@ import torch
 from harness import config as C
 from harness.bench.step import bench_one, bench_options, format_table
 from harness.collab import build_training_graph
-from harness.train.engine import resolve_device, setup_training
+from harness.train.device import resolve_device
+from harness.train.training import setup_training
 
 
 def section(title):

@@ -26,8 +26,9 @@ from check_gpu import _harness, section
 
 from harness.bench.step import bench_options
 from harness.collab import build_training_graph
-from harness.train.engine import resolve_device, setup_training
+from harness.train.device import resolve_device
 from harness.train.step import make_pack_step
+from harness.train.training import setup_training
 
 
 def _train(members, x, y, *, lrs, amp: bool, packed: bool, device, branch_streams=False):

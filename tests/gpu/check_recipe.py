@@ -29,7 +29,7 @@ import torch
 
 from harness import config as C
 from harness.run.trial import run_trial
-from harness.train.engine import resolve_device
+from harness.train.device import resolve_device
 
 TOPOLOGIES = [("individual", 1), ("instances", 4), ("simple", 4), ("hierarchical", 4)]
 # one epoch at the paper's lr 0.1, held constant (a step schedule whose first milestone never comes)
@@ -172,7 +172,7 @@ def ramp_graph(args, out: Path, steps: int = 20) -> None:
 
     from harness.bench.step import bench_options
     from harness.collab import build_training_graph
-    from harness.train.engine import setup_training
+    from harness.train.training import setup_training
 
     device = torch.device(args.device)
     torch.manual_seed(0)

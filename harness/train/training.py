@@ -1,0 +1,156 @@
+"""What a member trains with: its optimizer, its per-step schedule, its step and its soft-target ramp
+(`setup_training`), used by the loop, `harness bench` and the GPU checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from harness.collab import loss_scale
+from harness.collab.losses import make_label_loss
+from harness.train.ddp import ALONE, World, data_parallel, loss_weight
+from harness.train.optim import SGD, build_scheduler, ramp_factor
+from harness.train.step import EagerStep, make_loss_fn, make_train_step
+
+
+@dataclass
+class FitOptions:
+    """Everything `fit` needs besides the graph and the data: the engine's view of a trial config,
+    built from it by ``harness.run.trial.fit_options`` (the defaults live in ``harness.config`` only)."""
+
+    epochs: int
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    schedule: str
+    milestones: list[int] | None
+    gamma: float
+    warmup_epochs: int
+    T: float
+    beta: float
+    rescale: str  # "loss": the summed loss is scaled by 1/H (see harness.collab.graph.loss_scale)
+    soft_rampup_epochs: int  # the soft target's weight grows linearly from 0 over these epochs
+    kept_head: int
+    update: str  # "simultaneous", or "alternating": one head's loss (and parameters) per step
+    amp: bool
+    cuda_graph: bool
+    checkpoint_every: int
+    stop_on_collapse: int  # end training after this many consecutive collapsed epochs; 0: never
+    # every head's label term (harness.collab.losses.make_label_loss): ce, gce or sce, and their settings
+    label_loss: str
+    label_smoothing: float
+    gce_q: float
+    sce_alpha: float
+    sce_beta: float
+
+
+@dataclass
+class Training:
+    """What a run trains with: the optimizer, its per-step schedule, the step and the soft-target ramp.
+
+    ``step(x, y) -> (loss, logits)``; after each, ``scheduler.step()`` and then ``after_step()``.
+    """
+
+    optimizer: SGD
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    step: Callable
+    ramp_steps: int
+    soft_weight: float | torch.Tensor
+    loss_weight: float = 1.0  # data-parallel: the step's loss is the process's mean loss times this
+
+    def current_soft_weight(self) -> float:
+        """The soft target's weight for the next step, from the scheduler's step count."""
+        return ramp_factor(self.scheduler.last_epoch, self.ramp_steps)
+
+    def after_step(self) -> None:
+        """Refill the ramped soft weight from the scheduler's step count (also after a resume)."""
+        if isinstance(self.soft_weight, torch.Tensor):
+            self.soft_weight.fill_(self.current_soft_weight())
+
+
+def setup_training(
+    model: torch.nn.Module,
+    opts: FitOptions,
+    *,
+    device,
+    steps_per_epoch: int,
+    batch_size: int,
+    world: World = ALONE,
+    own_graph: bool = True,
+) -> Training:
+    """SGD, its schedule and the fastest step the device allows, for `fit`, `harness bench` and the GPU checks.
+
+    The loss is built here: the collaborative objective at opts.T and opts.beta with opts' label
+    loss as every head's label term, scaled by 1/H for rescale "loss". The soft target's weight is 1 (the paper), or ramped in from 0 over the first
+    soft_rampup_epochs as a device tensor refilled outside any captured graph (`Training.after_step`).
+    Data-parallel (`world`): the steps run the graph wrapped in DDP (harness.train.ddp), eagerly (DDP's
+    all-reduce is not captured in a CUDA graph); `batch_size` is the global batch. `own_graph`
+    False: an eager step even on CUDA, for a member of a pack whose steps are captured together.
+    """
+    device = torch.device(device)
+    trained, weight = model, 1.0
+    if world.parallel:
+        trained = data_parallel(model, device)
+        weight = loss_weight(batch_size, world)
+    optimizer = SGD(
+        model.parameters(),
+        lr=opts.lr,
+        momentum=opts.momentum,
+        nesterov=opts.nesterov,
+        weight_decay=opts.weight_decay,
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        steps_per_epoch=steps_per_epoch,
+        epochs=opts.epochs,
+        schedule=opts.schedule,
+        milestones=opts.milestones,
+        gamma=opts.gamma,
+        warmup_epochs=opts.warmup_epochs,
+    )
+    ramp_steps = opts.soft_rampup_epochs * steps_per_epoch
+    soft_weight: float | torch.Tensor = torch.tensor(0.0, device=device) if ramp_steps else 1.0
+    scale = loss_scale(opts.rescale, model.heads) * weight
+    label_loss = make_label_loss(
+        opts.label_loss,
+        label_smoothing=opts.label_smoothing,
+        gce_q=opts.gce_q,
+        sce_alpha=opts.sce_alpha,
+        sce_beta=opts.sce_beta,
+    )
+    loss = dict(T=opts.T, beta=opts.beta, loss_scale=scale, soft_weight=soft_weight, label_loss=label_loss)
+    if opts.update == "alternating":
+        # one step per head in turn; each head's loss only, so only its path is updated
+        steps = [
+            EagerStep(trained, optimizer, make_loss_fn(**loss, head=h), device=device, amp=opts.amp)
+            for h in range(model.heads)
+        ]
+        step = _alternate(steps)
+    else:
+        step = make_train_step(
+            trained,
+            optimizer,
+            make_loss_fn(**loss),
+            device=device,
+            amp=opts.amp,
+            cuda_graph=opts.cuda_graph and own_graph and not world.parallel,
+            batch_size=batch_size,
+        )
+    training = Training(optimizer, scheduler, step, ramp_steps, soft_weight, weight)
+    training.after_step()
+    return training
+
+
+def _alternate(steps: list[EagerStep]):
+    counter = {"i": 0}
+
+    def step(x, y):
+        out = steps[counter["i"] % len(steps)](x, y)
+        counter["i"] += 1
+        return out
+
+    return step
