@@ -284,7 +284,8 @@ def test_plain_he_init_blows_the_logits_up_in_its_first_steps(cifar_batches):
 
 
 def test_sweep_summary_names_collapsed_trials():
-    from harness.cluster.tune import SweepOutcome, TrialOutcome, format_summary
+    from harness.cluster.outcomes import SweepOutcome, format_summary
+    from harness.run.outcome import TrialOutcome
 
     trials = [
         TrialOutcome(0, "sym-0.4 individual seed0", "a", "ok", {"test/acc": 0.61, "train/collapsed": 0.0}),

@@ -167,7 +167,7 @@ def test_harness_train_refuses_a_batch_smaller_than_the_workers(tmp_path, capsys
 
 def test_more_gpu_workers_than_there_are_gpus_is_said_before_anything_starts(monkeypatch):
     from harness.cluster import raytrain
-    from harness.cluster import tune as tune_runner
+    from harness.cluster.launch import check_resources
     from harness.config.sweepfile import parse_sweep
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -186,15 +186,15 @@ def test_more_gpu_workers_than_there_are_gpus_is_said_before_anything_starts(mon
     with pytest.raises(
         ValueError, match=r"gpu: 4 workers x 1 = 4 per trial, the Ray cluster has 2 \(.*only where"
     ):
-        tune_runner._check_resources(sweep, {"CPU": 32, "GPU": 2}, local=True)
+        check_resources(sweep, {"CPU": 32, "GPU": 2}, local=True)
     # two such trials fit a node of 8 GPUs and 32 CPUs at once (Tune starts no more drivers than that)
-    assert tune_runner._check_resources(sweep, {"CPU": 32, "GPU": 8}, local=True) == 2
+    assert check_resources(sweep, {"CPU": 32, "GPU": 8}, local=True) == 2
 
 
 def test_data_parallel_resources_show_the_drivers_cpu_in_the_sum_and_the_fix(capsys):
     """On a 2-core box, 2 workers x 1 CPU do not fit: the trial's driver takes 0.01 CPU more. The
     message shows the whole sum (not "2 per trial, the cluster has 2") and the --num-cpus that fits."""
-    from harness.cluster import tune as tune_runner
+    from harness.cluster.launch import check_resources
     from harness.cluster.raytrain import DRIVER_CPU
     from harness.config.sweepfile import parse_sweep
 
@@ -204,11 +204,11 @@ def test_data_parallel_resources_show_the_drivers_cpu_in_the_sum_and_the_fix(cap
         f"{2 + DRIVER_CPU:g} per trial, the Ray cluster has 2 (--num-cpus 3 lets a local Ray offer them"
     )
     with pytest.raises(ValueError) as refused:
-        tune_runner._check_resources(sweep, {"CPU": 2}, local=True)
+        check_resources(sweep, {"CPU": 2}, local=True)
     assert str(refused.value).startswith(expected), str(refused.value)
-    assert tune_runner._check_resources(sweep, {"CPU": 3}, local=True) == 1, "the fix it names fits"
+    assert check_resources(sweep, {"CPU": 3}, local=True) == 1, "the fix it names fits"
     # a cluster may grow: a warning with the same sum, no local fix
-    assert tune_runner._check_resources(sweep, {"CPU": 2}, local=False) == 1
+    assert check_resources(sweep, {"CPU": 2}, local=False) == 1
     err = capsys.readouterr().err
     assert (
         f"= {2 + DRIVER_CPU:g} per trial, the Ray cluster has 2; trials wait until the cluster grows" in err

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.bench.step import run_concurrent
+from harness.bench.concurrent import run_concurrent
 from harness.run.mps import MPSDaemon, MPSUnavailable, shared_by_children
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from harness import cli
 from harness import config as C
-from harness.cluster.tune import check_launch
+from harness.cluster.launch import check_launch
 from harness.config.sweepfile import load_sweep, parse_sweep
 from harness.tracking import SWEEP_STATE_FILE as STATE_FILE
 

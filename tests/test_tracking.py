@@ -11,8 +11,8 @@ from mlflow import MlflowClient
 
 from harness import config as C
 from harness import tracking
+from harness.cluster import callback as tune_callback
 from harness.contract import EXPERIMENT_KIND_TAG, MODEL_TRAINING
-from harness.tracking import mlflow as mlflow_module
 
 
 @pytest.fixture()
@@ -148,11 +148,11 @@ def test_error_message_unwraps_ray_errors():
             self.cause = cause
 
     assert (
-        tracking.error_message(Wrapper(RuntimeError("NaN loss at epoch 3")))
+        tune_callback.error_message(Wrapper(RuntimeError("NaN loss at epoch 3")))
         == "RuntimeError: NaN loss at epoch 3"
     )
-    assert tracking.error_message(ValueError("bad")) == "ValueError: bad"
-    assert "error.txt" in tracking.error_message(None)
+    assert tune_callback.error_message(ValueError("bad")) == "ValueError: bad"
+    assert "error.txt" in tune_callback.error_message(None)
 
 
 def test_callback_pickles_without_its_client(store):
@@ -164,7 +164,7 @@ def test_callback_pickles_without_its_client(store):
         num_trials=0,
         trial_tags={"a": "b"},
     )
-    callback = sweep_run.tune_callback()
+    callback = tune_callback.MlflowTuneCallback(sweep_run)
     copy = pickle.loads(pickle.dumps(callback))
     assert copy.sweep_run._client is None and copy._loggers == {}
     assert copy.problems is sweep_run.problems, "a restored copy reports to the same list"
@@ -197,8 +197,8 @@ def test_experiments_are_tagged_as_model_training(store):
 
 
 def test_sweep_summary_and_ui_print_the_runs_table_address(store):
-    from harness.cli.ui import runs_tables
-    from harness.cluster.tune import SweepOutcome, format_summary
+    from harness.cluster.outcomes import SweepOutcome, format_summary
+    from harness.tracking.ui import runs_tables
 
     client = tracking.open_store(store)
     older = tracking.SweepRun.open(
@@ -265,7 +265,7 @@ def test_ui_serves_the_store_until_ctrl_c(store, tmp_path, chromium_dom):
     import sys
     import urllib.request
 
-    from harness.cli.ui import ui_app_installed
+    from harness.tracking.ui import ui_app_installed
 
     assert ui_app_installed(), "harness's MLflow app is not registered: pip install -e . (make install)"
     client = tracking.open_store(store)
@@ -348,8 +348,8 @@ def test_trial_error_is_read_locally_when_storage_has_not_synced_it(tmp_path):
             return None  # storage not synced yet: the race seen in CI
 
     trial = FakeTrial()
-    assert mlflow_module._trial_error(trial) == "unknown error (see the trial's error.txt)"
+    assert tune_callback._trial_error(trial) == "unknown error (see the trial's error.txt)"
     (tmp_path / "error.txt").write_text("Failure # 1\nTraceback ...\nRuntimeError: NaN loss at epoch 3\n")
-    assert mlflow_module._trial_error(trial) == "RuntimeError: NaN loss at epoch 3"
+    assert tune_callback._trial_error(trial) == "RuntimeError: NaN loss at epoch 3"
     (tmp_path / "error.pkl").write_bytes(cloudpickle.dumps(RuntimeError("deliberate failure after epoch 1")))
-    assert mlflow_module._trial_error(trial) == "RuntimeError: deliberate failure after epoch 1"
+    assert tune_callback._trial_error(trial) == "RuntimeError: deliberate failure after epoch 1"

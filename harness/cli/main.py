@@ -18,11 +18,11 @@ COMMANDS = {
     "validate": ("harness.cli.sweep", "check a sweep file completely and start nothing"),
     "train": ("harness.cli.train", "run one trial without Ray (config file and/or --set key=value)"),
     "run": ("harness.cli.run", "run an exported sweep's trials here, one by one, with torch alone"),
-    "sync": ("harness.tracking.sync", "log an exported sweep's results into MLflow, as `sweep` would have"),
+    "sync": ("harness.cli.sync", "log an exported sweep's results into MLflow, as `sweep` would have"),
     "report": ("reports.cli", "comparison tables and plots from a sweep's MLflow runs"),
     "ui": ("harness.cli.ui", "start the MLflow UI on the harness's store"),
     "bench": (
-        "harness.bench.step",
+        "harness.cli.bench",
         "time the training step of each topology on synthetic data, or the loader",
     ),
 }

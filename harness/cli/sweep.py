@@ -170,7 +170,9 @@ def _sweep(args: argparse.Namespace) -> int:
         print("\n".join(_listing(sweep)))
         return 0
 
-    from harness.cluster import tune as tune_runner
+    from harness.cluster.launch import check_launch
+    from harness.cluster.outcomes import format_summary
+    from harness.cluster.tune import run_sweep
 
     launch = dict(
         storage=args.storage,
@@ -181,7 +183,7 @@ def _sweep(args: argparse.Namespace) -> int:
         num_gpus=args.num_gpus,
         mps=args.mps,
     )
-    problems = tune_runner.check_launch(sweep, **launch)
+    problems = check_launch(sweep, **launch)
     if problems:
         for problem in problems:
             print(f"harness sweep: {problem}", file=sys.stderr)
@@ -189,7 +191,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from harness.run.mps import MPSUnavailable
 
     try:
-        outcome = tune_runner.run_sweep(sweep, **launch, max_failures=args.max_failures)
+        outcome = run_sweep(sweep, **launch, max_failures=args.max_failures)
     except (ValueError, MPSUnavailable) as exc:  # resources that no node has; an MPS daemon that won't start
         print(f"harness sweep: {exc}", file=sys.stderr)
         return 2
@@ -200,7 +202,7 @@ def _sweep(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    print(tune_runner.format_summary(outcome, sweep.metric))
+    print(format_summary(outcome, sweep.metric))
     return outcome.exit_code
 
 

@@ -29,17 +29,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import math
 import os
 import shutil
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import config as C
+from harness.cluster.launch import check_resources, concurrent_trials, experiment_dir
+from harness.cluster.outcomes import SweepOutcome, trial_outcomes
 from harness.cluster.raytrain import DEFAULT_TRIAL_FN, DRIVER_CPU
-from harness.config.sweepfile import SPEC_KEY, PackSpec, Sweep, TrialSpec, is_pack, trial_specs, tune_units
+from harness.cluster.transport import SPEC_KEY, PackSpec, TrialSpec, is_pack, tune_units
+from harness.config.sweepfile import Sweep
 from harness.contract import (
     MEMBERS_RESULT_KEY,
     TEST_ACC,
@@ -48,7 +48,6 @@ from harness.contract import (
     TRAIN_LOSS,
     TRAIN_MEMORIZED,
 )
-from harness.run.outcome import TrialOutcome, trial_table
 
 LAUNCH_KEY = "launch"  # a data-parallel sweep's Ray Train settings, in every Tune trial's config
 # The live table's columns: result key -> heading
@@ -60,72 +59,6 @@ PROGRESS_COLUMNS = {
     TRAIN_MEMORIZED: "memorized",
     TIME_EPOCH_S: "s/epoch",
 }
-
-
-@dataclass
-class SweepOutcome:
-    trials: list[TrialOutcome]
-    experiment_dir: Path
-    parent_run_id: str
-    tracking_uri: str
-    tracking_problems: list[str] = field(default_factory=list)
-    runs_url: str | None = None  # the sweep's experiment in the MLflow UI
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every trial succeeded (and was tracked), 130 when interrupted, 1 otherwise."""
-        if any(t.status == "unfinished" for t in self.trials):
-            return 130
-        return 0 if all(t.status == "ok" for t in self.trials) and not self.tracking_problems else 1
-
-
-def experiment_dir(storage: Path, sweep: Sweep) -> Path:
-    return Path(storage).resolve() / sweep.name
-
-
-def check_launch(
-    sweep: Sweep,
-    *,
-    storage: Path,
-    resume: bool = False,
-    overwrite: bool = False,
-    address: str | None = None,
-    num_cpus: float | None = None,
-    num_gpus: float | None = None,
-    mps: bool = False,
-) -> list[str]:
-    """Problems with how a sweep is to be launched, found before anything starts or is written."""
-    problems = []
-    exp_dir = experiment_dir(storage, sweep)
-    if resume and overwrite:
-        problems.append("--resume and --overwrite exclude each other")
-    if mps:
-        problems.extend(_mps_problems(sweep, address or os.environ.get("RAY_ADDRESS")))
-    if address not in (None, "local") and (num_cpus is not None or num_gpus is not None):
-        problems.append(
-            "--num-cpus/--num-gpus declare the resources of a local Ray; a cluster (--address) has its own"
-        )
-    if resume:
-        from harness.tracking import read_sweep_state
-
-        state = read_sweep_state(exp_dir)
-        if state is None:
-            problems.append(
-                f"nothing to resume: {exp_dir} holds no run of sweep {sweep.name!r} (run it without --resume)"
-            )
-        else:
-            old, new = set(state.get("trials", {})), {t.key for t in sweep.trials}
-            if old != new:
-                problems.append(
-                    f"the trials differ from the run in {exp_dir} ({len(new - old)} new, {len(old - new)} gone): "
-                    "resume needs the same sweep file and --set options (or start anew with --overwrite)"
-                )
-    elif exp_dir.exists() and any(exp_dir.iterdir()) and not overwrite:
-        problems.append(
-            f"{exp_dir} holds an earlier run of sweep {sweep.name!r}: pass --resume to finish its unfinished "
-            "trials, --overwrite to delete it and start over, or choose another --storage"
-        )
-    return problems
 
 
 def trainable(config: dict[str, Any]) -> None:
@@ -176,7 +109,7 @@ def _train_pack(pack: PackSpec) -> None:
     """The Tune trial of a pack: its members trained as one step, every member's state in each report."""
     from ray import tune
 
-    from harness.contract import ENV_RESULT_KEY, MEMBERS_RESULT_KEY
+    from harness.contract import ENV_RESULT_KEY
     from harness.run.pack import MemberResult, PackMember, member_log, run_pack
     from harness.run.runtime import runtime_tags
     from harness.run.trial import CHECKPOINT_FILE, fit_options
@@ -286,6 +219,7 @@ def run_sweep(
     from ray import tune
 
     from harness import tracking
+    from harness.cluster.callback import MlflowTuneCallback, reconcile
 
     exp_dir = experiment_dir(storage, sweep)
     started_ray = not ray.is_initialized()
@@ -308,7 +242,7 @@ def run_sweep(
                 include_dashboard=False,
                 logging_level="WARNING",
             )
-        fitting = _check_resources(sweep, ray.cluster_resources(), local=started_ray and address == "local")
+        fitting = check_resources(sweep, ray.cluster_resources(), local=started_ray and address == "local")
         if overwrite and exp_dir.exists():
             shutil.rmtree(exp_dir)
         sweep_run = tracking.SweepRun.open_for(sweep, exp_dir, resume=resume)
@@ -340,15 +274,15 @@ def run_sweep(
             )
         else:
             tuner = _new_tuner(
-                sweep, fn, param_space, exp_dir, sweep_run.tune_callback(), max_failures, fitting
+                sweep, fn, param_space, exp_dir, MlflowTuneCallback(sweep_run), max_failures, fitting
             )
         try:
             results = tuner.fit()
         except BaseException as exc:  # a second Ctrl-C, or Tune itself failing: close the sweep run
             sweep_run.abort(exc)
             raise
-        outcomes = _outcomes(sweep, results, exp_dir)
-        sweep_run.reconcile(results, outcomes)
+        outcomes = trial_outcomes(sweep, results, exp_dir)
+        reconcile(sweep_run, results, outcomes)
         sweep_run.close(o.run_status for o in outcomes)
         runs_url = tracking.runs_table_url(sweep_run.tracking_uri, sweep_run.experiment_id)
         return SweepOutcome(
@@ -382,7 +316,7 @@ def _new_tuner(
         tune_config=tune.TuneConfig(
             metric=sweep.metric,
             mode=sweep.mode,
-            max_concurrent_trials=_concurrent(sweep.max_concurrent, fitting),
+            max_concurrent_trials=concurrent_trials(sweep.max_concurrent, fitting),
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_dirname,
             reuse_actors=True,  # one Python + torch start-up per worker, not per trial
@@ -400,127 +334,3 @@ def _new_tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
-
-
-def _mps_problems(sweep: Sweep, address: str | None) -> list[str]:
-    problems = []
-    if address not in (None, "local"):
-        problems.append(
-            "--mps starts CUDA MPS for a local Ray; on a cluster run `nvidia-cuda-mps-control -d` on each node"
-        )
-    if not 0 < sweep.resources["gpu"] < 1:
-        problems.append(
-            f"--mps lets trials share a GPU, but resources.gpu is {sweep.resources['gpu']:g}: "
-            "give each trial a fraction, e.g. 0.25"
-        )
-    from harness.run.mps import CONTROL
-
-    if shutil.which(CONTROL) is None:
-        problems.append(f"--mps needs {CONTROL} (the NVIDIA driver's compute utilities) on PATH")
-    return problems
-
-
-def _check_resources(sweep: Sweep, cluster: dict[str, float], *, local: bool) -> int | None:
-    """Trials asking for more than the cluster has would wait for ever: say so now.
-
-    Returns how many data-parallel trials fit at once (None for one-process trials): Ray Train
-    starts a trial only when all its workers fit, and Tune would otherwise start the drivers of
-    every trial, the extra ones waiting (and timing out) for workers (Ray's Train + Tune guide).
-    """
-    workers = sweep.workers
-    per_worker = {"CPU": sweep.resources["cpu"], "GPU": sweep.resources["gpu"]}
-    need = {kind: amount * workers for kind, amount in per_worker.items()}
-    if workers > 1:
-        need["CPU"] += DRIVER_CPU
-    short = [kind for kind in need if need[kind] > cluster.get(kind, 0) + 1e-9]
-    if short:
-        message = "resources do not fit: " + "; ".join(
-            f"{kind.lower()}: {_per_trial(kind, workers, per_worker[kind], need[kind])}, "
-            f"the Ray cluster has {cluster.get(kind, 0):g}"
-            for kind in short
-        )
-        if local:
-            raise ValueError(f"{message} ({'; '.join(_local_fix(kind, need[kind]) for kind in short)})")
-        print(f"warning: {message}; trials wait until the cluster grows", file=sys.stderr)
-    if workers == 1:
-        return None
-    return max(1, min(int((cluster.get(kind, 0) + 1e-9) // need[kind]) for kind in need if need[kind] > 0))
-
-
-def _local_fix(kind: str, need: float) -> str:
-    """What makes a local Ray hold one trial: CPUs may be oversubscribed, GPUs must be there."""
-    least = math.ceil(need - 1e-9)
-    if kind == "CPU":
-        return f"--num-cpus {least} lets a local Ray offer them, sharing the cores; or ask for less"
-    return f"a local Ray offers the GPUs it finds; --num-gpus {least} only where the machine has them"
-
-
-def _per_trial(kind: str, workers: int, per_worker: float, total: float) -> str:
-    """`2 workers x 1 + 0.01 for the trial's driver = 2.01 per trial`: the whole sum a trial asks for."""
-    if workers == 1:
-        return f"{total:g} per trial"
-    driver = f" + {DRIVER_CPU:g} for the trial's driver" if kind == "CPU" else ""
-    return f"{workers} workers x {per_worker:g}{driver} = {total:g} per trial"
-
-
-def _concurrent(asked: int | None, fitting: int | None) -> int | None:
-    """Tune's max_concurrent_trials: the sweep file's, and no more data-parallel trials than fit."""
-    if fitting is None:
-        return asked
-    return fitting if asked is None else min(asked, fitting)
-
-
-def _outcomes(sweep: Sweep, results, exp_dir: Path) -> list[TrialOutcome]:
-    """One outcome per trial of the sweep, from Tune's saved experiment state.
-
-    Tune trial statuses come from the experiment state (a restored result's 'done' flag is not
-    reliable); trials Tune never created (interrupted before they started) are 'unfinished'. A
-    pack's members end as its last report says; those it had not ended share the pack's end.
-    """
-    from ray.tune import ExperimentAnalysis
-
-    from harness.tracking import error_message
-
-    statuses = {t.config[SPEC_KEY]["dirname"]: t.status for t in ExperimentAnalysis(str(exp_dir)).trials}
-    outcomes: dict[str, TrialOutcome] = {}
-    for result in results:
-        status = statuses.get(result.config[SPEC_KEY]["dirname"])
-        if result.error is not None or status == "ERROR":
-            state, error = "failed", error_message(result.error)
-        else:
-            state, error = ("ok" if status == "TERMINATED" else "unfinished"), None
-        metrics = dict(result.metrics or {})
-        for spec in trial_specs(result.config):
-            mine, my_state, my_error = metrics, state, error
-            if is_pack(result.config):
-                entry = (metrics.get(MEMBERS_RESULT_KEY) or {}).get(spec.key) or {}
-                mine = {k: v for k, v in entry.items() if k not in ("status", "error")}
-                mine["time_total_s"] = metrics.get("time_total_s")  # the pack's: they trained together
-                member = entry.get("status")
-                if member in ("finished", "collapsed"):
-                    my_state, my_error = "ok", None
-                elif member == "failed":
-                    my_state, my_error = "failed", entry.get("error")
-                elif state == "ok":  # a pack that ended without ending this member: should not happen
-                    my_state = "unfinished"
-            outcomes[spec.key] = TrialOutcome(
-                spec.index, spec.name, spec.key, my_state, mine, my_error, str(result.path)
-            )
-    return [
-        outcomes.get(t.key) or TrialOutcome(t.index, t.name, t.key, "unfinished", {}) for t in sweep.trials
-    ]
-
-
-def format_summary(outcome: SweepOutcome, metric: str = TEST_ACC) -> str:
-    """The closing table (harness.run.outcome), then what to do after an interruption and where things are."""
-    lines = trial_table(outcome.trials, metric)
-    if any(t.status == "unfinished" for t in outcome.trials):
-        lines.append("  interrupted: run the same command with --resume to finish the unfinished trials")
-    for problem in outcome.tracking_problems:
-        lines.append(f"  tracking: {problem}")
-    lines.append(f"Ray results: {outcome.experiment_dir}")
-    lines.append(f"MLflow: sweep run {outcome.parent_run_id} in {outcome.tracking_uri}")
-    if outcome.runs_url:
-        server = outcome.tracking_uri.startswith(("http://", "https://"))
-        lines.append(f"  its runs: {outcome.runs_url}" + ("" if server else " (after `harness ui`)"))
-    return "\n".join(lines)

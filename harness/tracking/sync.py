@@ -31,9 +31,7 @@ Everything in DIR is read and checked before the store is opened: unusable input
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import sys
 from pathlib import Path
 
 from harness import config as C
@@ -51,49 +49,12 @@ from harness.contract import (
     UNFINISHED_TAG,
 )
 from harness.run import export as X
-from harness.run.outcome import print_problems
 
 RUN_STATUS = {"finished": "FINISHED", "collapsed": "FINISHED", "failed": "FAILED", "running": "KILLED"}
 ACTIONS = ("logged", "updated", "up to date", "kept", "not started")  # what a sync does with a trial folder
 
 
-def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    parser.add_argument("dir", type=Path, metavar="DIR", help="an export folder that `harness run` filled")
-    parser.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        default=None,
-        help="MLflow store [$MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db]",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    checked = _read(args.dir)
-    if isinstance(checked, list):
-        print_problems("harness sync", checked, "nothing was logged")
-        return 2
-    export, trials = checked
-    from harness import tracking
-
-    uri = args.tracking_uri or tracking.default_tracking_uri()
-    try:
-        sweep_run, how = _sweep_run(tracking.open_store(uri), export, {t.key for t, _ in trials})
-        print(f"MLflow: experiment {export.experiment!r}, sweep run {sweep_run.run_id} ({how}) in {uri}")
-        rows = [(trial, *_sync_trial(sweep_run, export, trial, cfg)) for trial, cfg in trials]
-        sweep_run.close(status for *_, status in rows)
-    except Exception as exc:  # noqa: BLE001 - the store went away, refused a write, ...
-        print(
-            f"harness sync: MLflow failed: {type(exc).__name__}: {exc}\n"
-            f"harness sync: what was logged stays; run `harness sync {args.dir}` again to complete it",
-            file=sys.stderr,
-        )
-        return 1
-    print(_table(rows))
-    print(f"next: harness report --experiment {export.experiment}")
-    return 0
-
-
-def _read(root: Path):
+def read_export(root: Path):
     """(export, [(trial, config)]) with every folder read and checked, or the list of problems."""
     try:
         export = X.open_export(root)
@@ -111,7 +72,7 @@ def _read(root: Path):
     return problems or (export, trials)
 
 
-def _sweep_run(client, export: X.Export, keys: set[str]):
+def open_sweep_run(client, export: X.Export, keys: set[str]):
     """The parent run to log under (the rule in the module docstring), open, and how it was found."""
     from harness.tracking import SweepRun, experiment_id
 
@@ -151,7 +112,7 @@ def _made_by(run) -> str:
     return {"train": "harness train"}.get(tags.get(LAUNCHER_TAG, ""), "harness sweep")
 
 
-def _sync_trial(sweep_run, export: X.Export, trial: X.TrialDir, cfg: C.TrialConfig):
+def sync_trial(sweep_run, export: X.Export, trial: X.TrialDir, cfg: C.TrialConfig):
     """Log one trial folder under `sweep_run` (a harness.tracking.SweepRun); return (what was done,
     details, the trial run's status after)."""
     run = sweep_run.find_trial(trial.key)
@@ -215,7 +176,7 @@ def _stamp(trial: X.TrialDir) -> str:
     return f"{trial.state}@{trial.last_epoch}" + (f":{error}" if error else "")
 
 
-def _table(rows) -> str:
+def sync_table(rows) -> str:
     lines = [("#", "trial", "folder", "MLflow")]
     for trial, action, detail, _ in rows:
         state = trial.state if trial.state != "running" else f"running ({trial.last_epoch} epochs)"

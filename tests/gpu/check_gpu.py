@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from harness import config as C
-from harness.bench.step import bench_one, bench_options, format_table
+from harness.bench.step import bench_one, bench_options
+from harness.bench.table import format_table
 from harness.collab import build_training_graph
 from harness.train.device import resolve_device
 from harness.train.training import setup_training
