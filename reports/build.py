@@ -26,7 +26,11 @@ from harness.contract import (
     sqlite_path,
 )
 from reports import plots, render, tables
+from reports.cost import cost_table
+from reports.frame import trial_frame
+from reports.gains import baselines, gains_table
 from reports.latex import write_latex
+from reports.methods import method_keys
 from reports.runs import HISTORY_KEYS, load_histories, select_sweep
 
 
@@ -115,19 +119,19 @@ def build_report(
     if sweep.planned_trials is not None and sweep.planned_trials != len(sweep.trials):
         notes.append(f"the sweep planned {sweep.planned_trials} trials; {len(sweep.trials)} runs were logged")
 
-    frame, frame_notes = tables.trial_frame(sweep.trials, metric=metric, mode=mode)
+    frame, frame_notes = trial_frame(sweep.trials, metric=metric, mode=mode)
     notes += frame_notes
     if not frame.usable.any():
         notes.append(f"no finished run logged {metric!r}; every aggregate below is empty")
-    keys = tables.method_keys(sweep.trials)
+    keys = method_keys(sweep.trials)
     methods = list(frame.sort_values("method_order").method.unique())
-    pairs = tables.baselines(frame, keys)
+    pairs = baselines(frame, keys)
     acc = tables.accuracy_table(frame, metric=metric)
     selection = tables.selection_table(frame, metric=metric)
-    gains = tables.gains_table(frame, metric=metric, pairs=pairs)
+    gains = gains_table(frame, metric=metric, pairs=pairs)
     calibration = tables.calibration_table(frame)
     detection = tables.detection_table(frame)
-    cost = tables.cost_table(frame, pairs=pairs)
+    cost = cost_table(frame, pairs=pairs)
     mem = tables.memorization_table(frame)
     failed = tables.failed_table(frame, metric=metric)
     collapsed = tables.collapsed_table(frame)

@@ -20,8 +20,9 @@ from mlflow.entities import Metric, Param, RunTag
 
 from harness.contract import default_tracking_uri
 from reports.build import add_report_arguments, build_report, run_report
+from reports.frame import trial_frame
 from reports.runs import load_histories, select_sweep
-from reports.tables import accuracy_table, trial_frame
+from reports.tables import accuracy_table
 
 T_975 = {2: 4.302652729749462, 1: 12.706204736174694}  # t-table: 97.5% quantile by degrees of freedom
 EPOCHS = 3

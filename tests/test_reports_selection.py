@@ -17,8 +17,8 @@ from mlflow.entities import Metric, Param
 
 from harness import contract as K
 from reports.build import build_report
+from reports.frame import select_epoch
 from reports.latex import escape
-from reports.tables import select_epoch
 
 SEEDS = (0, 1)
 # method -> (topology, heads, label_loss, label_smoothing, final test accuracy at 40 % noise per seed)

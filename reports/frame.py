@@ -1,0 +1,220 @@
+"""One row per trial (`trial_frame`): its noise condition, method, seed and the values the tables need.
+
+Conventions: a *noise condition* is ``(noise.kind, noise.rate)`` (``noise.label_set`` for human noise);
+a *method* is named by ``reports.methods``. `ordered` and `cells` walk the frame in the report's order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from harness.contract import (
+    GPU_PEAK_MEM_MB,
+    INFERENCE_PARAMS,
+    NOISE_REALIZED_RATE,
+    PERF_IMG_PER_S,
+    TEST_ECE,
+    TEST_ECE_ENSEMBLE,
+    TEST_NLL,
+    TEST_NLL_ENSEMBLE,
+    TIME_EPOCH_S,
+    TRAIN_ACC_CLEAN,
+    TRAIN_DETECT_AUROC,
+    TRAIN_DETECT_AUROC_CONSENSUS,
+    TRAIN_DETECT_PRECISION,
+    TRAIN_DETECT_PRECISION_CONSENSUS,
+    TRAIN_MEMORIZED,
+    TRAIN_PARAMS,
+    VAL_ACC_NOISY,
+    lower_is_better,
+)
+from reports.methods import method_keys, method_label, method_sort_key
+from reports.params import method_param, parse_value
+from reports.runs import Trial
+
+CONDITION_COLUMNS = ["noise_kind", "noise_rate", "noise_label_set", "condition"]
+
+
+# How the epoch whose value a run reports is chosen (`select_epoch`), and what the report calls it.
+SELECTION_RULES = {
+    "last": "last epoch",
+    "best": "best epoch (oracle: chosen on the test set)",
+    "val": "selected by noisy validation",
+}
+
+
+def noise_condition(params: dict[str, str]) -> tuple[str, float, str, str]:
+    """``(kind, rate, label_set, label)``; rate is NaN for human noise (its rate is not a param)."""
+    kind = params.get("noise.kind", "none")
+    label_set = params.get("noise.label_set") or ""
+    if label_set in ("None", "null"):
+        label_set = ""
+    if kind == "human":
+        return kind, math.nan, label_set, f"human {label_set}".strip()
+    if kind == "none":
+        return kind, 0.0, label_set, "clean"
+    rate = float(parse_value(params.get("noise.rate", "0")) or 0.0)
+    return kind, rate, label_set, f"{kind} {rate * 100:g}%"
+
+
+def _last(history: list[tuple[int, float]]) -> float:
+    return history[-1][1] if history else math.nan
+
+
+def select_epoch(
+    history: list[tuple[int, float]],
+    rule: str,
+    *,
+    metric: str,
+    selector: list[tuple[int, float]] | None = None,
+) -> tuple[int | None, float]:
+    """(epoch, value) of ``history`` (``metric``'s (epoch, value) pairs) under a SELECTION_RULES rule.
+
+    ``last``: the final epoch. ``best``: the best value (max; min where lower is better), which
+    looks at the test set: an oracle no practitioner has. ``val``: the epoch of the highest
+    ``selector`` value (the noisy held-out accuracy), the metric taken at that epoch. Ties go to the
+    earliest epoch. (None, NaN) when there is nothing to choose from, or the metric was not logged
+    at the chosen epoch.
+    """
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"rule must be one of {', '.join(SELECTION_RULES)}, got {rule!r}")
+    if not history:
+        return None, math.nan
+    if rule == "last":
+        return history[-1]
+    if rule == "best":
+        sign = -1.0 if lower_is_better(metric) else 1.0
+        # max() keeps the first of equal keys: the earliest epoch
+        return max(history, key=lambda sv: sign * sv[1])
+    if not selector:
+        return None, math.nan
+    epoch = max(selector, key=lambda sv: sv[1])[0]
+    return epoch, dict(history).get(epoch, math.nan)
+
+
+def _median(history: list[tuple[int, float]]) -> float:
+    return float(np.median([v for _, v in history])) if history else math.nan
+
+
+# Columns of `trial_frame` read from a run's last logged values: calibration at the final epoch, noise
+# detection (logged once, after the last epoch) and the realized noise rate.
+FINAL_METRICS = {
+    "ece": TEST_ECE,
+    "nll": TEST_NLL,
+    "ece_ensemble": TEST_ECE_ENSEMBLE,
+    "nll_ensemble": TEST_NLL_ENSEMBLE,
+    "detect_auroc": TRAIN_DETECT_AUROC,
+    "detect_auroc_consensus": TRAIN_DETECT_AUROC_CONSENSUS,
+    "detect_precision": TRAIN_DETECT_PRECISION,
+    "detect_precision_consensus": TRAIN_DETECT_PRECISION_CONSENSUS,
+    "realized_rate": NOISE_REALIZED_RATE,
+}
+
+
+def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.DataFrame, list[str]]:
+    """One row per trial with its condition, method, seed and the values the tables need.
+
+    Columns: run_id, run_name, status, error, start_time, seed, noise_kind, noise_rate,
+    noise_label_set, condition, condition_order, method, method_order, topology, value (``metric`` at the final
+    epoch or best over epochs, as logged), value_<rule> and epoch_<rule> (``metric`` and its epoch under
+    each of SELECTION_RULES: last, best, val), memorized, acc_clean (final epoch), time_epoch_s,
+    img_per_s (median over epochs: robust to first-epoch warm-up and compilation), peak_mem_mb (max
+    over epochs), train_params, inference_params, collapsed (tagged harness.collapsed), workers and
+    pack (data-parallel processes and packed trials it trained with; NaN where unreadable), usable
+    (finished with a metric value, not collapsed, not a duplicate), the FINAL_METRICS columns (ece, nll,
+    ece_ensemble, nll_ensemble, detect_auroc, detect_auroc_consensus, detect_precision,
+    detect_precision_consensus, realized_rate; NaN where not logged), plus one column per method
+    param. Returns the frame and notes.
+    """
+    if mode not in ("final", "best"):
+        raise ValueError(f"mode must be 'final' or 'best', got {mode!r}")
+    keys = method_keys(trials)
+    rows = []
+    for t in trials:
+        kind, rate, label_set, cond = noise_condition(t.params)
+        seed = parse_value(t.params.get("run.seed"))
+        h = t.history
+        selected = {}
+        for rule in SELECTION_RULES:
+            epoch, value = select_epoch(h.get(metric, []), rule, metric=metric, selector=h.get(VAL_ACC_NOISY))
+            selected |= {f"value_{rule}": value, f"epoch_{rule}": epoch}
+        rows.append(
+            {
+                "run_id": t.run_id,
+                "run_name": t.name,
+                "status": t.status,
+                "error": t.error or "",
+                "start_time": t.start_time,
+                "seed": seed if isinstance(seed, int) else None,
+                "noise_kind": kind,
+                "noise_rate": rate,
+                "noise_label_set": label_set,
+                "condition": cond,
+                "method": method_label(t.params, keys),
+                "topology": t.params.get("collab.topology", "individual" if t.params else ""),
+                "_method_key": method_sort_key(t.params, keys),
+                **selected,
+                "value": selected["value_last" if mode == "final" else "value_best"],
+                "memorized": _last(h.get(TRAIN_MEMORIZED, [])),
+                "acc_clean": _last(h.get(TRAIN_ACC_CLEAN, [])),
+                "time_epoch_s": _median(h.get(TIME_EPOCH_S, [])),
+                "img_per_s": _median(h.get(PERF_IMG_PER_S, [])),
+                "peak_mem_mb": max((v for _, v in h.get(GPU_PEAK_MEM_MB, [])), default=math.nan),
+                "train_params": t.metrics.get(TRAIN_PARAMS, math.nan),
+                "inference_params": t.metrics.get(INFERENCE_PARAMS, math.nan),
+                "collapsed": t.collapsed,
+                "workers": t.world_size,
+                "pack": t.pack_size,
+                "epochs": len(h.get(metric, [])),
+                # final-epoch calibration and end-of-training noise detection (NaN where not logged)
+                **{col: t.metrics.get(key, math.nan) for col, key in FINAL_METRICS.items()},
+                **{k: method_param(t.params, k) for k in keys},
+            }
+        )
+    frame = pd.DataFrame(rows)
+    notes: list[str] = []
+    # Clean first, human noise (no rate) last, synthetic kinds by name and rate in between.
+    cond_order = (
+        frame[["noise_kind", "noise_rate", "noise_label_set", "condition"]]
+        .drop_duplicates("condition")
+        .assign(_rank=lambda d: d.noise_kind.map(lambda k: {"none": 0, "human": 2}.get(k, 1)))
+        .sort_values(["_rank", "noise_kind", "noise_rate", "noise_label_set"], na_position="last")
+    )
+    frame["condition_order"] = frame.condition.map({c: i for i, c in enumerate(cond_order.condition)})
+    methods = sorted(
+        frame.drop_duplicates("method")[["method", "_method_key"]].itertuples(index=False), key=lambda r: r[1]
+    )
+    frame["method_order"] = frame.method.map({m: i for i, (m, _) in enumerate(methods)})
+    frame = frame.drop(columns="_method_key")
+
+    finished = frame.status == "FINISHED"
+    has_value = frame.value.notna()
+    # A collapsed run finished, but its numbers say nothing about the method: never average it in.
+    frame["usable"] = finished & has_value & ~frame.collapsed
+    # One value per (condition, method, seed): a retried trial must not count twice.
+    usable = frame[frame.usable].sort_values("start_time", ascending=False)
+    dup = usable.duplicated(["condition", "method", "seed"]) & usable.seed.notna()
+    if dup.any():
+        frame.loc[usable.index[dup], "usable"] = False
+        notes.append(
+            f"{int(dup.sum())} duplicate finished run(s) for the same condition, method and seed; "
+            "the latest of each was kept"
+        )
+    frame = frame.sort_values(["condition_order", "method_order", "seed"], na_position="last")
+    return frame.reset_index(drop=True), notes
+
+
+def ordered(frame: pd.DataFrame, by: list[str]) -> list[tuple]:
+    return list(frame.drop_duplicates(by).sort_values([f"{c}_order" for c in by])[by].itertuples(index=False))
+
+
+def cells(frame: pd.DataFrame):
+    """(condition row, method, its usable runs) for every condition x method seen in the sweep, in order."""
+    usable = frame[frame.usable]
+    conds = frame.drop_duplicates("condition").sort_values("condition_order")
+    for _, c in conds.iterrows():
+        for (method,) in ordered(frame, ["method"]):
+            yield c, method, usable[(usable.condition == c.condition) & (usable.method == method)]
