@@ -19,7 +19,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from harness.contract import default_tracking_uri
-from reports.build import add_report_arguments, build_report, run_report
+from reports.build import build_report
+from reports.cli import add_report_arguments, run_report
 from reports.frame import trial_frame
 from reports.runs import load_histories, select_sweep
 from reports.tables import accuracy_table
