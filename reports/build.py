@@ -23,7 +23,7 @@ from harness.contract import (
     is_fraction_metric,
     sqlite_path,
 )
-from reports import plots, render, tables
+from reports import plots, render, rows, tables
 from reports.cost import cost_table
 from reports.frame import trial_frame
 from reports.gains import baselines, gains_table
@@ -272,7 +272,7 @@ def _sections(
     )
     s_acc = render.Section(
         f"{metric} by noise condition and method",
-        *render.accuracy_rows(acc, methods),
+        *rows.accuracy_rows(acc, methods),
         notes=[
             f"{what}: mean ± standard deviation (ddof=1) over seeds (number of seeds). "
             "Failed, missing and collapsed runs are not averaged in."
@@ -281,7 +281,7 @@ def _sections(
     )
     s_select = render.Section(
         f"{metric}: last epoch, best epoch (oracle) and selected by noisy validation",
-        *render.selection_rows(selection),
+        *rows.selection_rows(selection),
         images=[files["selection_vs_noise.png"]],
         notes=[
             "Each run's value three ways: at its last epoch; at its best epoch, chosen by looking at the "
@@ -299,7 +299,7 @@ def _sections(
         )
     s_gain = render.Section("Gain over individual training (paired by seed)")
     if len(gains):
-        s_gain.headers, s_gain.rows = render.gains_by_rule_rows(gains)
+        s_gain.headers, s_gain.rows = rows.gains_by_rule_rows(gains)
         s_gain.notes.append(
             "Difference method − baseline over the seeds both finished in the same noise condition, "
             "under each selection rule: mean [95% confidence interval from the t distribution with n−1 "
@@ -314,7 +314,7 @@ def _sections(
         )
     s_calib = render.Section(
         "Calibration on the test set (last epoch)",
-        *render.calibration_rows(calibration),
+        *rows.calibration_rows(calibration),
         notes=[
             "ECE: expected calibration error, 15 equal-width confidence bins (percent). NLL: mean "
             "negative log-likelihood of the true class (nats). Kept head, and the heads' ensemble (mean of "
@@ -323,7 +323,7 @@ def _sections(
     )
     s_detect = render.Section(
         "Noise detection: finding the flipped training labels (after the last epoch)",
-        *render.detection_rows(detection),
+        *rows.detection_rows(detection),
         notes=[
             "Each training sample is scored in eval mode without augmentation: by the kept head's loss on "
             "its given label, and (several heads) by the disagreement of the heads' consensus (mean "
@@ -332,7 +332,7 @@ def _sections(
             "'Flipped'). 0.5 is chance. n/a where undefined (no flipped label; consensus of one head)."
         ],
     )
-    s_cost = render.Section("Cost per method", *render.cost_rows(cost), images=[files["cost.png"]])
+    s_cost = render.Section("Cost per method", *rows.cost_rows(cost), images=[files["cost.png"]])
     s_cost.notes.append(
         "Mean over each method's finished runs (all noise conditions and seeds) that trained the same "
         "way: Workers = data-parallel processes per run (harness.world_size), Pack = trials trained "
@@ -354,7 +354,7 @@ def _sections(
         )
     s_mem = render.Section(
         "Memorization of flipped labels (final epoch)",
-        *render.memorization_rows(mem),
+        *rows.memorization_rows(mem),
         notes=[
             "Memorized: share of flipped training samples predicted as their wrong label. "
             "Train acc. vs clean labels: accuracy on the training set against the true labels. "
@@ -368,7 +368,7 @@ def _sections(
     )
     s_collapsed = render.Section("Collapsed runs")
     if len(collapsed):
-        s_collapsed.headers, s_collapsed.rows = render.collapsed_rows(
+        s_collapsed.headers, s_collapsed.rows = rows.collapsed_rows(
             collapsed, percent=is_fraction_metric(metric)
         )
     s_collapsed.notes.append(
@@ -380,7 +380,7 @@ def _sections(
     )
     s_failed = render.Section("Missing and failed runs")
     if len(failed):
-        s_failed.headers, s_failed.rows = render.failed_rows(failed)
+        s_failed.headers, s_failed.rows = rows.failed_rows(failed)
     else:
         s_failed.notes.append("None: every run finished and logged the metric.")
     sections = [s_acc, s_select, s_gain, s_calib, s_detect, s_cost, s_mem, s_curves, s_collapsed, s_failed]
