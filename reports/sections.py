@@ -1,0 +1,217 @@
+"""What the report says: its header and one section per table, each with the notes that tell a reader
+how its numbers were made (`report_header`, `report_sections`)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from harness.contract import TRAIN_COLLAPSED, VAL_ACC_NOISY, is_fraction_metric
+from reports import rows
+from reports.comparison import Comparison
+from reports.render import Section
+from reports.runs import Sweep
+
+
+def report_header(
+    sweep: Sweep, uri: str, c: Comparison, *, metric: str, mode: str
+) -> tuple[str, list[tuple[str, str]]]:
+    """The report's title and its (name, value) lines: what was compared, from where, over which runs."""
+    collapsed, failed = c.tables["collapsed"], c.tables["failed"]
+    sweep_line = (
+        f"{sweep.name} (run {sweep.parent_run_id})"
+        if sweep.parent_run_id
+        else f"{sweep.name} (no parent run)"
+    )
+    meta = [
+        ("Experiment", sweep.experiment_name),
+        ("Sweep", sweep_line),
+        ("Tracking URI", uri),
+        (
+            "Metric",
+            f"{metric}, {'final epoch' if mode == 'final' else 'best epoch (oracle: chosen on test)'}",
+        ),
+        ("Methods vary in", ", ".join(c.keys) or "nothing (one method)"),
+        (
+            "Trials",
+            f"{len(sweep.trials)} runs, {int(c.frame.usable.sum())} aggregated, {len(collapsed)} collapsed "
+            f"(left out), {len(failed)} missing or failed",
+        ),
+        ("Generated", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+    ]
+    return f"Collaborative learning under label noise: {sweep.name}", meta
+
+
+def report_sections(
+    c: Comparison, files: dict[str, Path], *, metric: str, mode: str, notes: list[str]
+) -> list[Section]:
+    """The sections in the report's order; ``files`` names the plots (``cost.png`` -> its path)."""
+    t = c.tables
+    sections = [
+        accuracy_section(t["accuracy"], c.methods, files["accuracy_vs_noise.png"], metric=metric, mode=mode),
+        selection_section(t["selection"], files["selection_vs_noise.png"], metric=metric),
+        gains_section(t["gains"], metric=metric),
+        calibration_section(t["calibration"]),
+        detection_section(t["detection"]),
+        cost_section(t["cost"], files["cost.png"]),
+        memorization_section(t["memorization"]),
+        curves_section(files["learning_curves.png"], c.curve_conditions),
+        collapsed_section(t["collapsed"], metric=metric),
+        failed_section(t["failed"]),
+    ]
+    if notes:
+        sections.append(Section("Notes", notes=list(notes)))
+    return sections
+
+
+def accuracy_section(
+    acc: pd.DataFrame, methods: list[str], image: Path, *, metric: str, mode: str
+) -> Section:
+    what = f"{metric} ({'%' if is_fraction_metric(metric) else 'as logged'}) at the " + (
+        "final epoch" if mode == "final" else "best epoch (oracle: chosen on the test set)"
+    )
+    return Section(
+        f"{metric} by noise condition and method",
+        *rows.accuracy_rows(acc, methods),
+        notes=[
+            f"{what}: mean ± standard deviation (ddof=1) over seeds (number of seeds). "
+            "Failed, missing and collapsed runs are not averaged in."
+        ],
+        images=[image],
+    )
+
+
+def selection_section(selection: pd.DataFrame, image: Path, *, metric: str) -> Section:
+    section = Section(
+        f"{metric}: last epoch, best epoch (oracle) and selected by noisy validation",
+        *rows.selection_rows(selection),
+        images=[image],
+        notes=[
+            "Each run's value three ways: at its last epoch; at its best epoch, chosen by looking at the "
+            "test set (an oracle: no practitioner has clean test labels to choose with, and it overstates "
+            f"robust methods); and at the epoch of its highest {VAL_ACC_NOISY}, the accuracy on the "
+            "held-out split (data.val_fraction) against labels corrupted with the trial's own noise, "
+            "which is what a practitioner can select on (ties: the earliest such epoch). Mean ± std over "
+            "seeds (n), and the mean chosen epoch."
+        ],
+    )
+    if not (selection[selection.rule == "val"].n > 0).any():
+        section.notes.append(
+            f"Selected by noisy validation is n/a: no run logged {VAL_ACC_NOISY} (set data.val_fraction, "
+            "e.g. 0.05, to hold out a noisy validation split)."
+        )
+    return section
+
+
+def gains_section(gains: pd.DataFrame, *, metric: str) -> Section:
+    section = Section("Gain over individual training (paired by seed)")
+    if not len(gains):
+        section.notes.append(
+            "Skipped: no method trains individually (collab.topology = individual), "
+            "so there is no baseline to pair with."
+        )
+        return section
+    section.headers, section.rows = rows.gains_by_rule_rows(gains)
+    section.notes.append(
+        "Difference method − baseline over the seeds both finished in the same noise condition, "
+        "under each selection rule: mean [95% confidence interval from the t distribution with n−1 "
+        "degrees of freedom] (pairs); no interval for fewer than 2 pairs. Plain individual training "
+        "(cross-entropy, no label smoothing) is the baseline of the cheap baselines too."
+        + (" Units: percentage points." if is_fraction_metric(metric) else "")
+    )
+    return section
+
+
+def calibration_section(calibration: pd.DataFrame) -> Section:
+    return Section(
+        "Calibration on the test set (last epoch)",
+        *rows.calibration_rows(calibration),
+        notes=[
+            "ECE: expected calibration error, 15 equal-width confidence bins (percent). NLL: mean "
+            "negative log-likelihood of the true class (nats). Kept head, and the heads' ensemble (mean of "
+            "their softmax; the kept head itself for one head). Lower is better. n/a where not logged."
+        ],
+    )
+
+
+def detection_section(detection: pd.DataFrame) -> Section:
+    return Section(
+        "Noise detection: finding the flipped training labels (after the last epoch)",
+        *rows.detection_rows(detection),
+        notes=[
+            "Each training sample is scored in eval mode without augmentation: by the kept head's loss on "
+            "its given label, and (several heads) by the disagreement of the heads' consensus (mean "
+            "softmax) with it. AUROC against the known flip mask (human noise: annotator's label ≠ clean "
+            "label); precision = recall when flagging as many samples as are flipped (the realized rate, "
+            "'Flipped'). 0.5 is chance. n/a where undefined (no flipped label; consensus of one head)."
+        ],
+    )
+
+
+def cost_section(cost: pd.DataFrame, image: Path) -> Section:
+    section = Section("Cost per method", *rows.cost_rows(cost), images=[image])
+    section.notes.append(
+        "Mean over each method's finished runs (all noise conditions and seeds) that trained the same "
+        "way: Workers = data-parallel processes per run (harness.world_size), Pack = trials trained "
+        "together as one step on one device (harness.pack; 1: alone). Peak GPU memory: "
+        "maximum over epochs (n/a for CPU-only runs); time per epoch and images/s: median over "
+        "epochs. Last column: whether the exported inference network has the same parameter "
+        "count as individual training's."
+    )
+    setups = cost.drop_duplicates(["workers", "pack"])
+    if len(setups) > 1:
+        section.notes.append(
+            f"The runs trained in {len(setups)} different setups (workers x pack): compare times and memory "
+            "only between rows of the same setup."
+        )
+    mismatch = cost[cost.inference_matches_individual == "no"]
+    if len(mismatch):
+        section.notes.append(
+            "Inference parameter count differs from individual training for: " + ", ".join(mismatch.method)
+        )
+    return section
+
+
+def memorization_section(mem: pd.DataFrame) -> Section:
+    return Section(
+        "Memorization of flipped labels (final epoch)",
+        *rows.memorization_rows(mem),
+        notes=[
+            "Memorized: share of flipped training samples predicted as their wrong label. "
+            "Train acc. vs clean labels: accuracy on the training set against the true labels. "
+            "n/a where the condition has no flipped labels or the run did not log them."
+        ],
+    )
+
+
+def curves_section(image: Path, conditions: list[str]) -> Section:
+    return Section(
+        "Learning curves",
+        images=[image],
+        notes=[f"Mean over seeds per epoch (band: ±1 std) for: {', '.join(conditions)}."],
+    )
+
+
+def collapsed_section(collapsed: pd.DataFrame, *, metric: str) -> Section:
+    section = Section("Collapsed runs")
+    if len(collapsed):
+        section.headers, section.rows = rows.collapsed_rows(collapsed, percent=is_fraction_metric(metric))
+    section.notes.append(
+        f"A run is collapsed when its last epoch logged {TRAIN_COLLAPSED} = 1: the kept head predicted one "
+        "class for at least 95% of the evaluation images, or of each training batch on average (its "
+        "features have died and its output no longer depends on the image). It finished, but its "
+        "numbers measure the optimization, not the method, so it is left out of every mean and "
+        "paired gain above." + ("" if len(collapsed) else " None of this sweep's runs collapsed.")
+    )
+    return section
+
+
+def failed_section(failed: pd.DataFrame) -> Section:
+    section = Section("Missing and failed runs")
+    if len(failed):
+        section.headers, section.rows = rows.failed_rows(failed)
+    else:
+        section.notes.append("None: every run finished and logged the metric.")
+    return section
