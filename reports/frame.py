@@ -132,50 +132,73 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
     if mode not in ("final", "best"):
         raise ValueError(f"mode must be 'final' or 'best', got {mode!r}")
     keys = method_keys(trials)
-    rows = []
-    for t in trials:
-        kind, rate, label_set, cond = noise_condition(t.params)
-        seed = parse_value(t.params.get("run.seed"))
-        h = t.history
-        selected = {}
-        for rule in SELECTION_RULES:
-            epoch, value = select_epoch(h.get(metric, []), rule, metric=metric, selector=h.get(VAL_ACC_NOISY))
-            selected |= {f"value_{rule}": value, f"epoch_{rule}": epoch}
-        rows.append(
-            {
-                "run_id": t.run_id,
-                "run_name": t.name,
-                "status": t.status,
-                "error": t.error or "",
-                "start_time": t.start_time,
-                "seed": seed if isinstance(seed, int) else None,
-                "noise_kind": kind,
-                "noise_rate": rate,
-                "noise_label_set": label_set,
-                "condition": cond,
-                "method": method_label(t.params, keys),
-                "topology": t.params.get("collab.topology", "individual" if t.params else ""),
-                "_method_key": method_sort_key(t.params, keys),
-                **selected,
-                "value": selected["value_last" if mode == "final" else "value_best"],
-                "memorized": _last(h.get(TRAIN_MEMORIZED, [])),
-                "acc_clean": _last(h.get(TRAIN_ACC_CLEAN, [])),
-                "time_epoch_s": _median(h.get(TIME_EPOCH_S, [])),
-                "img_per_s": _median(h.get(PERF_IMG_PER_S, [])),
-                "peak_mem_mb": max((v for _, v in h.get(GPU_PEAK_MEM_MB, [])), default=math.nan),
-                "train_params": t.metrics.get(TRAIN_PARAMS, math.nan),
-                "inference_params": t.metrics.get(INFERENCE_PARAMS, math.nan),
-                "collapsed": t.collapsed,
-                "workers": t.world_size,
-                "pack": t.pack_size,
-                "epochs": len(h.get(metric, [])),
-                # final-epoch calibration and end-of-training noise detection (NaN where not logged)
-                **{col: t.metrics.get(key, math.nan) for col, key in FINAL_METRICS.items()},
-                **{k: method_param(t.params, k) for k in keys},
-            }
+    frame = pd.DataFrame([_trial_row(t, keys, metric=metric, mode=mode) for t in trials])
+    frame = _add_order(frame)
+    notes = _mark_usable(frame)
+    frame = frame.sort_values(["condition_order", "method_order", "seed"], na_position="last")
+    return frame.reset_index(drop=True), notes
+
+
+def _trial_row(t: Trial, keys: list[str], *, metric: str, mode: str) -> dict[str, object]:
+    """One trial's row of `trial_frame`, before its order and usability are known."""
+    kind, rate, label_set, cond = noise_condition(t.params)
+    seed = parse_value(t.params.get("run.seed"))
+    h = t.history
+    selected = _selected_values(h, metric)
+    return {
+        "run_id": t.run_id,
+        "run_name": t.name,
+        "status": t.status,
+        "error": t.error or "",
+        "start_time": t.start_time,
+        "seed": seed if isinstance(seed, int) else None,
+        "noise_kind": kind,
+        "noise_rate": rate,
+        "noise_label_set": label_set,
+        "condition": cond,
+        "method": method_label(t.params, keys),
+        "topology": t.params.get("collab.topology", "individual" if t.params else ""),
+        "_method_key": method_sort_key(t.params, keys),
+        **selected,
+        "value": selected["value_last" if mode == "final" else "value_best"],
+        **_measurements(t),
+        "epochs": len(h.get(metric, [])),
+        # final-epoch calibration and end-of-training noise detection (NaN where not logged)
+        **{col: t.metrics.get(key, math.nan) for col, key in FINAL_METRICS.items()},
+        **{k: method_param(t.params, k) for k in keys},
+    }
+
+
+def _selected_values(history: dict[str, list[tuple[int, float]]], metric: str) -> dict[str, object]:
+    """``value_<rule>`` and ``epoch_<rule>``: ``metric`` and its epoch under each of SELECTION_RULES."""
+    selected: dict[str, object] = {}
+    for rule in SELECTION_RULES:
+        epoch, value = select_epoch(
+            history.get(metric, []), rule, metric=metric, selector=history.get(VAL_ACC_NOISY)
         )
-    frame = pd.DataFrame(rows)
-    notes: list[str] = []
+        selected |= {f"value_{rule}": value, f"epoch_{rule}": epoch}
+    return selected
+
+
+def _measurements(t: Trial) -> dict[str, object]:
+    """What a trial measured besides the ranked metric: memorization, time, memory, size, setup."""
+    h = t.history
+    return {
+        "memorized": _last(h.get(TRAIN_MEMORIZED, [])),
+        "acc_clean": _last(h.get(TRAIN_ACC_CLEAN, [])),
+        "time_epoch_s": _median(h.get(TIME_EPOCH_S, [])),
+        "img_per_s": _median(h.get(PERF_IMG_PER_S, [])),
+        "peak_mem_mb": max((v for _, v in h.get(GPU_PEAK_MEM_MB, [])), default=math.nan),
+        "train_params": t.metrics.get(TRAIN_PARAMS, math.nan),
+        "inference_params": t.metrics.get(INFERENCE_PARAMS, math.nan),
+        "collapsed": t.collapsed,
+        "workers": t.world_size,
+        "pack": t.pack_size,
+    }
+
+
+def _add_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """``condition_order`` and ``method_order``: the report's row and column order."""
     # Clean first, human noise (no rate) last, synthetic kinds by name and rate in between.
     cond_order = (
         frame[["noise_kind", "noise_rate", "noise_label_set", "condition"]]
@@ -188,8 +211,12 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
         frame.drop_duplicates("method")[["method", "_method_key"]].itertuples(index=False), key=lambda r: r[1]
     )
     frame["method_order"] = frame.method.map({m: i for i, (m, _) in enumerate(methods)})
-    frame = frame.drop(columns="_method_key")
+    return frame.drop(columns="_method_key")
 
+
+def _mark_usable(frame: pd.DataFrame) -> list[str]:
+    """Set ``usable``: finished, with a value, not collapsed, the latest of its (condition, method,
+    seed). Returns notes on what was left out."""
     finished = frame.status == "FINISHED"
     has_value = frame.value.notna()
     # A collapsed run finished, but its numbers say nothing about the method: never average it in.
@@ -197,14 +224,13 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
     # One value per (condition, method, seed): a retried trial must not count twice.
     usable = frame[frame.usable].sort_values("start_time", ascending=False)
     dup = usable.duplicated(["condition", "method", "seed"]) & usable.seed.notna()
-    if dup.any():
-        frame.loc[usable.index[dup], "usable"] = False
-        notes.append(
-            f"{int(dup.sum())} duplicate finished run(s) for the same condition, method and seed; "
-            "the latest of each was kept"
-        )
-    frame = frame.sort_values(["condition_order", "method_order", "seed"], na_position="last")
-    return frame.reset_index(drop=True), notes
+    if not dup.any():
+        return []
+    frame.loc[usable.index[dup], "usable"] = False
+    return [
+        f"{int(dup.sum())} duplicate finished run(s) for the same condition, method and seed; "
+        "the latest of each was kept"
+    ]
 
 
 def ordered(frame: pd.DataFrame, by: list[str]) -> list[tuple]:
