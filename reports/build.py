@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +17,14 @@ from mlflow.exceptions import MlflowException
 from harness.contract import TEST_ACC, default_tracking_uri, sqlite_path
 from reports import plots, render
 from reports.comparison import Comparison, compare
+from reports.frame import MODES
 from reports.latex import write_latex
 from reports.runs import HISTORY_KEYS, Sweep, load_histories, select_sweep
 from reports.sections import report_header, report_sections
+
+# The old name of mode "last" (the report said "final" where its labels said "last"); still accepted.
+DEPRECATED_MODE = "final"
+DEPRECATED_MODE_NOTE = "mode 'final' is deprecated and now called 'last' (the same epoch); use --mode last"
 
 
 @dataclass
@@ -47,7 +53,7 @@ def build_report(
     sweep_run_id: str | None = None,
     out_dir: Path | None = None,
     metric: str = TEST_ACC,
-    mode: str = "final",
+    mode: str = "last",
     tracking_uri: str | None = None,
     log_to_mlflow: bool = True,
     latex: bool = False,
@@ -55,10 +61,11 @@ def build_report(
     """Write the comparison report of one sweep into ``out_dir`` and return what was written.
 
     Selects the sweep by ``sweep_run_id`` (its parent run) or the latest sweep parent run of
-    ``experiment`` (of any experiment when both are None). ``metric`` is compared at the final epoch
-    (``mode="final"``) or at its best epoch (``mode="best"``: max, min for losses). ``out_dir``
-    defaults to ``reports-out/<experiment>/`` in the working directory. When ``log_to_mlflow``, the files are logged on the
-    sweep's parent run under the artifact path ``report/`` (skipped, with a note, without a parent).
+    ``experiment`` (of any experiment when both are None). ``metric`` is compared at the last epoch
+    (``mode="last"``; ``"final"``, its old name, still works with a FutureWarning) or at its best
+    epoch (``mode="best"``: max, min for losses). ``out_dir`` defaults to ``reports-out/<experiment>/``
+    in the working directory. When ``log_to_mlflow``, the files are logged on the sweep's parent run
+    under the artifact path ``report/`` (skipped, with a note, without a parent).
     Whatever ``mode`` says, the report also shows ``metric`` three ways side by side (last epoch, best
     epoch on test, selected by noisy validation), in its own table and in the paired gains.
     ``latex``: also write ``tables.tex`` (booktabs; ``reports.latex``).
@@ -66,8 +73,7 @@ def build_report(
     Raises ValueError for an unknown experiment or run id, a store without runs, a ``metric`` that no
     run logged, or a bad ``mode``.
     """
-    if mode not in ("final", "best"):
-        raise ValueError(f"mode must be 'final' or 'best', got {mode!r}")
+    mode = _check_mode(mode)
     uri = tracking_uri or default_tracking_uri()
     client = _open_store(uri)
     sweep = select_sweep(client, experiment=experiment, sweep_run_id=sweep_run_id)
@@ -105,6 +111,15 @@ def build_report(
         logged_to_mlflow=logged,
         notes=notes,
     )
+
+
+def _check_mode(mode: str) -> str:
+    if mode == DEPRECATED_MODE:
+        warnings.warn(DEPRECATED_MODE_NOTE, FutureWarning, stacklevel=3)
+        return "last"
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'last' or 'best', got {mode!r}")
+    return mode
 
 
 def _open_store(uri: str) -> MlflowClient:

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from harness.contract import TEST_ACC
-from reports.build import build_report
+from reports.build import DEPRECATED_MODE, DEPRECATED_MODE_NOTE, build_report
+from reports.frame import MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -43,10 +44,12 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--metric", default=TEST_ACC, help=f"metric to compare (default: {TEST_ACC})")
     parser.add_argument(
         "--mode",
-        choices=("final", "best"),
-        default="final",
-        help="the main table's metric at the final epoch or best over epochs, an oracle chosen on the test "
-        "set (default: final); the report shows both and the noisy-validation choice beside them anyway",
+        choices=(*MODES, DEPRECATED_MODE),
+        metavar="{" + ",".join(MODES) + "}",
+        default="last",
+        help="the main table's metric at the last epoch or best over epochs, an oracle chosen on the test "
+        "set (default: last; 'final' is its deprecated old name); the report shows both and the "
+        "noisy-validation choice beside them anyway",
     )
     parser.add_argument(
         "--tracking-uri",
@@ -73,12 +76,16 @@ def run_report(args: argparse.Namespace) -> int:
 
     ValueError (unknown experiment or run, no runs) propagates for the CLI to turn into exit status 2.
     """
+    mode = args.mode
+    if mode == DEPRECATED_MODE:
+        print(f"note: {DEPRECATED_MODE_NOTE}", file=sys.stderr)
+        mode = "last"
     result = build_report(
         experiment=args.experiment,
         sweep_run_id=args.sweep_run_id,
         out_dir=args.out_dir,
         metric=args.metric,
-        mode=args.mode,
+        mode=mode,
         tracking_uri=getattr(args, "tracking_uri", None),
         log_to_mlflow=getattr(args, "log_to_mlflow", True),
         latex=getattr(args, "latex", False),

@@ -44,6 +44,8 @@ SELECTION_RULES = {
     "best": "best epoch (oracle: chosen on the test set)",
     "val": "selected by noisy validation",
 }
+# The rules a report's main table and ``value`` column may use (``harness report --mode``).
+MODES = ("last", "best")
 
 
 def noise_condition(params: dict[str, str]) -> tuple[str, float, str, str]:
@@ -73,7 +75,7 @@ def select_epoch(
 ) -> tuple[int | None, float]:
     """(epoch, value) of ``history`` (``metric``'s (epoch, value) pairs) under a SELECTION_RULES rule.
 
-    ``last``: the final epoch. ``best``: the best value (max; min where lower is better), which
+    ``last``: the last epoch. ``best``: the best value (max; min where lower is better), which
     looks at the test set: an oracle no practitioner has. ``val``: the epoch of the highest
     ``selector`` value (the noisy held-out accuracy), the metric taken at that epoch. Ties go to the
     earliest epoch. (None, NaN) when there is nothing to choose from, or the metric was not logged
@@ -99,9 +101,9 @@ def _median(history: list[tuple[int, float]]) -> float:
     return float(np.median([v for _, v in history])) if history else math.nan
 
 
-# Columns of `trial_frame` read from a run's last logged values: calibration at the final epoch, noise
+# Columns of `trial_frame` read from a run's last logged values: calibration at the last epoch, noise
 # detection (logged once, after the last epoch) and the realized noise rate.
-FINAL_METRICS = {
+LAST_VALUE_METRICS = {
     "ece": TEST_ECE,
     "nll": TEST_NLL,
     "ece_ensemble": TEST_ECE_ENSEMBLE,
@@ -118,19 +120,19 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
     """One row per trial with its condition, method, seed and the values the tables need.
 
     Columns: run_id, run_name, status, error, start_time, seed, noise_kind, noise_rate,
-    noise_label_set, condition, condition_order, method, method_order, topology, value (``metric`` at the final
-    epoch or best over epochs, as logged), value_<rule> and epoch_<rule> (``metric`` and its epoch under
-    each of SELECTION_RULES: last, best, val), memorized, acc_clean (final epoch), time_epoch_s,
+    noise_label_set, condition, condition_order, method, method_order, topology, value (``metric`` at the last
+    epoch or best over epochs, as ``mode`` says: see MODES), value_<rule> and epoch_<rule> (``metric`` and its epoch under
+    each of SELECTION_RULES: last, best, val), memorized, acc_clean (last epoch), time_epoch_s,
     img_per_s (median over epochs: robust to first-epoch warm-up and compilation), peak_mem_mb (max
     over epochs), train_params, inference_params, collapsed (tagged harness.collapsed), workers and
     pack (data-parallel processes and packed trials it trained with; NaN where unreadable), usable
-    (finished with a metric value, not collapsed, not a duplicate), the FINAL_METRICS columns (ece, nll,
+    (finished with a metric value, not collapsed, not a duplicate), the LAST_VALUE_METRICS columns (ece, nll,
     ece_ensemble, nll_ensemble, detect_auroc, detect_auroc_consensus, detect_precision,
     detect_precision_consensus, realized_rate; NaN where not logged), plus one column per method
     param. Returns the frame and notes.
     """
-    if mode not in ("final", "best"):
-        raise ValueError(f"mode must be 'final' or 'best', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'last' or 'best', got {mode!r}")
     keys = method_keys(trials)
     frame = pd.DataFrame([_trial_row(t, keys, metric=metric, mode=mode) for t in trials])
     frame = _add_order(frame)
@@ -160,11 +162,11 @@ def _trial_row(t: Trial, keys: list[str], *, metric: str, mode: str) -> dict[str
         "topology": t.params.get("collab.topology", "individual" if t.params else ""),
         "_method_key": method_sort_key(t.params, keys),
         **selected,
-        "value": selected["value_last" if mode == "final" else "value_best"],
+        "value": selected[f"value_{mode}"],
         **_measurements(t),
         "epochs": len(h.get(metric, [])),
-        # final-epoch calibration and end-of-training noise detection (NaN where not logged)
-        **{col: t.metrics.get(key, math.nan) for col, key in FINAL_METRICS.items()},
+        # last-epoch calibration and end-of-training noise detection (NaN where not logged)
+        **{col: t.metrics.get(key, math.nan) for col, key in LAST_VALUE_METRICS.items()},
         **{k: method_param(t.params, k) for k in keys},
     }
 

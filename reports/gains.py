@@ -79,7 +79,7 @@ def gains_table(frame: pd.DataFrame, *, metric: str, pairs: dict[str, str]) -> p
     """Paired-by-seed difference (method - baseline) per noise condition, with a 95% t interval.
 
     Columns: noise_kind, noise_rate, noise_label_set, condition, method, baseline, diff_mean,
-    diff_std, ci_low, ci_high, n_pairs (of the report's value: final or best epoch), then the same
+    diff_std, ci_low, ci_high, n_pairs (of the report's value: last or best epoch), then the same
     five with the suffix ``_<rule>`` for each of SELECTION_RULES (last, best, val), then unit. The
     interval is ``mean +- t_{0.975, n-1} * std / sqrt(n)`` over the n seeds both methods finished
     (and, per rule, have a value under it) (NaN for n < 2).

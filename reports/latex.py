@@ -117,7 +117,7 @@ def write_latex(
     metric: str,
     title: str,
 ) -> Path:
-    """Write ``tables.tex``: ``metric`` under each selection rule that has values, the final-epoch
+    """Write ``tables.tex``: ``metric`` under each selection rule that has values, the last-epoch
     ECE, and the noise-detection AUROC where any run logged it. Returns ``path``."""
     what = "Test accuracy (\\%)" if metric == "test/acc" else f"\\texttt{{{escape(metric)}}}"
     if len(selection) and selection.unit.iloc[0] == "%" and metric != "test/acc":

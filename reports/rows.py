@@ -187,7 +187,7 @@ def memorization_rows(mem: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 def collapsed_rows(collapsed: pd.DataFrame, *, percent: bool) -> tuple[list[str], list[list[str]]]:
-    headers = ["Run", "Noise", "Method", "Seed", "Final value", "Epochs", "Run id"]
+    headers = ["Run", "Noise", "Method", "Seed", "Last value", "Epochs", "Run id"]
     scale = 100.0 if percent else 1.0
     rows = [
         [

@@ -11,6 +11,7 @@ import pandas as pd
 from harness.contract import TRAIN_COLLAPSED, VAL_ACC_NOISY, is_fraction_metric
 from reports import rows
 from reports.comparison import Comparison
+from reports.frame import SELECTION_RULES
 from reports.render import Section
 from reports.runs import Sweep
 
@@ -31,7 +32,7 @@ def report_header(
         ("Tracking URI", uri),
         (
             "Metric",
-            f"{metric}, {'final epoch' if mode == 'final' else 'best epoch (oracle: chosen on test)'}",
+            f"{metric}, {SELECTION_RULES[mode]}",
         ),
         ("Methods vary in", ", ".join(c.keys) or "nothing (one method)"),
         (
@@ -69,9 +70,7 @@ def report_sections(
 def accuracy_section(
     acc: pd.DataFrame, methods: list[str], image: Path, *, metric: str, mode: str
 ) -> Section:
-    what = f"{metric} ({'%' if is_fraction_metric(metric) else 'as logged'}) at the " + (
-        "final epoch" if mode == "final" else "best epoch (oracle: chosen on the test set)"
-    )
+    what = f"{metric} ({'%' if is_fraction_metric(metric) else 'as logged'}) at the {SELECTION_RULES[mode]}"
     return Section(
         f"{metric} by noise condition and method",
         *rows.accuracy_rows(acc, methods),
@@ -176,7 +175,7 @@ def cost_section(cost: pd.DataFrame, image: Path) -> Section:
 
 def memorization_section(mem: pd.DataFrame) -> Section:
     return Section(
-        "Memorization of flipped labels (final epoch)",
+        "Memorization of flipped labels (last epoch)",
         *rows.memorization_rows(mem),
         notes=[
             "Memorized: share of flipped training samples predicted as their wrong label. "

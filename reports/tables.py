@@ -80,7 +80,7 @@ def selection_table(frame: pd.DataFrame, *, metric: str) -> pd.DataFrame:
     )
 
 
-def _final_table(frame: pd.DataFrame, columns: dict[str, float]) -> pd.DataFrame:
+def _last_values_table(frame: pd.DataFrame, columns: dict[str, float]) -> pd.DataFrame:
     """Mean, std and n over seeds of each frame column in ``columns`` (column -> scale), per cell."""
     rows = []
     for c, method, sel in cells(frame):
@@ -94,14 +94,14 @@ def _final_table(frame: pd.DataFrame, columns: dict[str, float]) -> pd.DataFrame
 
 
 def calibration_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Final-epoch calibration on the test set per noise condition x method: ECE (%, 15 bins) and NLL
+    """Last-epoch calibration on the test set per noise condition x method: ECE (%, 15 bins) and NLL
     (nats) of the kept head and of the heads' ensemble.
 
     Columns: noise_kind, noise_rate, noise_label_set, condition, method, then ``<col>_mean``,
     ``<col>_std``, ``<col>_n`` for col in ece, nll, ece_ensemble, nll_ensemble (n = 0 where no run
     logged it).
     """
-    return _final_table(frame, {"ece": 100.0, "nll": 1.0, "ece_ensemble": 100.0, "nll_ensemble": 1.0})
+    return _last_values_table(frame, {"ece": 100.0, "nll": 1.0, "ece_ensemble": 100.0, "nll_ensemble": 1.0})
 
 
 def detection_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -114,7 +114,7 @@ def detection_table(frame: pd.DataFrame) -> pd.DataFrame:
     detect_auroc_consensus, detect_precision_consensus. n = 0 where undefined (no flipped label, or one
     head for the consensus) or not logged: shown as n/a, never as 0.
     """
-    return _final_table(
+    return _last_values_table(
         frame,
         {
             "realized_rate": 100.0,
@@ -127,7 +127,7 @@ def detection_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def memorization_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Final-epoch memorized share of flipped labels and train accuracy against the clean labels (%).
+    """Last-epoch memorized share of flipped labels and train accuracy against the clean labels (%).
 
     Columns: noise_kind, noise_rate, noise_label_set, condition, method, memorized_mean,
     memorized_std, memorized_n, acc_clean_mean, acc_clean_std, acc_clean_n. Counts only runs that

@@ -370,8 +370,30 @@ def test_best_mode_takes_the_best_epoch(store):
     acc = accuracy_table(frame, metric="test/acc")
     row = acc[(acc.noise_rate == 0.4) & (acc.method == "individual")].iloc[0]
     assert row["mean"] == pytest.approx(100 * (statistics.mean(ACC[(0.4, "individual")]) + 0.01), abs=1e-9)
-    with pytest.raises(ValueError, match="mode must be 'final' or 'best'"):
-        trial_frame(sweep.trials, metric="test/acc", mode="last")
+    with pytest.raises(ValueError, match="mode must be 'last' or 'best'"):
+        trial_frame(sweep.trials, metric="test/acc", mode="oracle")
+
+
+def test_mode_final_is_the_deprecated_name_of_last(store, tmp_path, capsys):
+    """`--mode final` (the old spelling) still works, says it is deprecated and reports the last epoch."""
+    parser = add_report_arguments(argparse.ArgumentParser())
+    assert "{last,best}" in parser.format_help()
+    common = ["--experiment", "noise-collapse", "--tracking-uri", store["uri"], "--no-log"]
+    for mode in ("last", "final"):
+        args = parser.parse_args([*common, "--mode", mode, "--out", str(tmp_path / mode)])
+        assert run_report(args) == 0
+        assert ("deprecated" in capsys.readouterr().err) == (mode == "final")
+    last, final = (pd.read_csv(tmp_path / m / "accuracy.csv") for m in ("last", "final"))
+    pd.testing.assert_frame_equal(last, final)
+    assert "test/acc, last epoch" in (tmp_path / "final" / "report.md").read_text()
+    with pytest.warns(FutureWarning, match="'final' is deprecated"):
+        build_report(
+            experiment="noise-collapse",
+            mode="final",
+            out_dir=tmp_path / "api",
+            tracking_uri=store["uri"],
+            log_to_mlflow=False,
+        )
 
 
 def test_failed_and_missing_runs_are_listed_not_averaged(store, tmp_path, capsys):
@@ -469,7 +491,7 @@ def test_experiment_without_sweep_parent_reports_its_runs(store):
     sweep = select_sweep(store["client"], experiment="loose", sweep_run_id=None)
     assert sweep.parent_run_id is None and [t.name for t in sweep.trials] == ["one-off"]
     assert "no sweep parent run" in sweep.notes[0]
-    frame, _ = trial_frame(sweep.trials, metric="test/acc", mode="final")
+    frame, _ = trial_frame(sweep.trials, metric="test/acc", mode="last")
     assert frame.method.tolist() == ["individual"]  # one method, named by its topology
 
 
