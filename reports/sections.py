@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.contract import TRAIN_COLLAPSED, VAL_ACC_NOISY, is_fraction_metric
+from harness.contract import PACK_TAG, TRAIN_COLLAPSED, VAL_ACC_NOISY, WORLD_SIZE_TAG, is_fraction_metric
 from reports import rows
 from reports.comparison import Comparison
 from reports.frame import SELECTION_RULES
@@ -153,8 +153,8 @@ def cost_section(cost: pd.DataFrame, image: Path) -> Section:
     section = Section("Cost per method", *rows.cost_rows(cost), images=[image])
     section.notes.append(
         "Mean over each method's finished runs (all noise conditions and seeds) that trained the same "
-        "way: Workers = data-parallel processes per run (harness.world_size), Pack = trials trained "
-        "together as one step on one device (harness.pack; 1: alone). Peak GPU memory: "
+        f"way: Workers = data-parallel processes per run ({WORLD_SIZE_TAG}), Pack = trials trained "
+        f"together as one step on one device ({PACK_TAG}; 1: alone). Peak GPU memory: "
         "maximum over epochs (n/a for CPU-only runs); time per epoch and images/s: median over "
         "epochs. Last column: whether the exported inference network has the same parameter "
         "count as individual training's."
