@@ -32,7 +32,15 @@ from harness.contract import (
     lower_is_better,
 )
 from reports.methods import method_keys, method_label, method_sort_key
-from reports.params import method_param, parse_value
+from reports.params import (
+    NOISE_KIND_PARAM,
+    NOISE_LABEL_SET_PARAM,
+    NOISE_RATE_PARAM,
+    SEED_PARAM,
+    TOPOLOGY_PARAM,
+    method_param,
+    parse_value,
+)
 from reports.runs import Trial
 
 CONDITION_COLUMNS = ["noise_kind", "noise_rate", "noise_label_set", "condition"]
@@ -50,15 +58,15 @@ MODES = ("last", "best")
 
 def noise_condition(params: dict[str, str]) -> tuple[str, float, str, str]:
     """``(kind, rate, label_set, label)``; rate is NaN for human noise (its rate is not a param)."""
-    kind = params.get("noise.kind", "none")
-    label_set = params.get("noise.label_set") or ""
+    kind = params.get(NOISE_KIND_PARAM, "none")
+    label_set = params.get(NOISE_LABEL_SET_PARAM) or ""
     if label_set in ("None", "null"):
         label_set = ""
     if kind == "human":
         return kind, math.nan, label_set, f"human {label_set}".strip()
     if kind == "none":
         return kind, 0.0, label_set, "clean"
-    rate = float(parse_value(params.get("noise.rate", "0")) or 0.0)
+    rate = float(parse_value(params.get(NOISE_RATE_PARAM, "0")) or 0.0)
     return kind, rate, label_set, f"{kind} {rate * 100:g}%"
 
 
@@ -144,7 +152,7 @@ def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.Data
 def _trial_row(t: Trial, keys: list[str], *, metric: str, mode: str) -> dict[str, object]:
     """One trial's row of `trial_frame`, before its order and usability are known."""
     kind, rate, label_set, cond = noise_condition(t.params)
-    seed = parse_value(t.params.get("run.seed"))
+    seed = parse_value(t.params.get(SEED_PARAM))
     h = t.history
     selected = _selected_values(h, metric)
     return {
@@ -159,7 +167,7 @@ def _trial_row(t: Trial, keys: list[str], *, metric: str, mode: str) -> dict[str
         "noise_label_set": label_set,
         "condition": cond,
         "method": method_label(t.params, keys),
-        "topology": t.params.get("collab.topology", "individual" if t.params else ""),
+        "topology": t.params.get(TOPOLOGY_PARAM, "individual" if t.params else ""),
         "_method_key": method_sort_key(t.params, keys),
         **selected,
         "value": selected[f"value_{mode}"],

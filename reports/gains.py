@@ -9,7 +9,7 @@ from scipy import stats
 
 from harness.contract import is_fraction_metric
 from reports.frame import CONDITION_COLUMNS, SELECTION_RULES, ordered
-from reports.params import RECIPE_DEFAULTS, parse_value
+from reports.params import HEADS_PARAM, RECIPE_DEFAULTS, TOPOLOGY_PARAM, parse_value
 
 
 def _method_params(frame: pd.DataFrame, method: str, keys: list[str]) -> dict[str, object]:
@@ -40,7 +40,7 @@ def baselines(frame: pd.DataFrame, keys: list[str]) -> dict[str, str]:
     if not individual:
         return {}
     plain = [m for m in individual if _plain_recipe(frame, m)]
-    others = [k for k in keys if k not in ("collab.topology", "collab.heads")]
+    others = [k for k in keys if k not in (TOPOLOGY_PARAM, HEADS_PARAM)]
     result = {}
     for (method,) in ordered(frame, ["method"]):
         if method in plain or (method in individual and not plain):

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from reports.params import RECIPE_DEFAULTS, method_param, parse_value
+from reports.params import (
+    ARCH_PARAM,
+    DATA_NAME_PARAM,
+    HEADS_PARAM,
+    LABEL_LOSS_PARAM,
+    LABEL_SMOOTHING_PARAM,
+    RECIPE_DEFAULTS,
+    TOPOLOGY_PARAM,
+    method_param,
+    parse_value,
+)
 from reports.runs import Trial
 
 # Params that never define a method: the noise condition, the seed and run bookkeeping.
@@ -39,7 +49,7 @@ def method_keys(trials: Iterable[Trial]) -> list[str]:
     names = {k for t in trials for k in t.params}
     candidates = [
         k
-        for k in sorted(names, key=lambda k: ({"collab.topology": 0, "collab.heads": 1}.get(k, 2), k))
+        for k in sorted(names, key=lambda k: ({TOPOLOGY_PARAM: 0, HEADS_PARAM: 1}.get(k, 2), k))
         if not k.startswith(NON_METHOD_PREFIXES) and k not in NON_METHOD_KEYS
     ]
     keys: list[str] = []
@@ -60,28 +70,28 @@ def method_label(params: dict[str, str], keys: list[str]) -> str:
     are appended to it (``+gce``, ``+sce``, ``+ls<eps>``: a cheap baseline is a method of its own);
     ``model.arch`` and ``data.name`` read as their value; other keys as ``<last dotted part>=<value>``.
     """
-    topo = params.get("collab.topology", "individual")
-    token = topo if topo == "individual" else f"{topo}-{params.get('collab.heads', '?')}"
+    topo = params.get(TOPOLOGY_PARAM, "individual")
+    token = topo if topo == "individual" else f"{topo}-{params.get(HEADS_PARAM, '?')}"
     recipe = ""
-    if "optim.label_loss" in keys and (loss := method_param(params, "optim.label_loss")) != "ce":
+    if LABEL_LOSS_PARAM in keys and (loss := method_param(params, LABEL_LOSS_PARAM)) != "ce":
         recipe += f"+{loss}"
-    smoothing = parse_value(method_param(params, "optim.label_smoothing"))
-    if "optim.label_smoothing" in keys and isinstance(smoothing, int | float) and smoothing > 0:
+    smoothing = parse_value(method_param(params, LABEL_SMOOTHING_PARAM))
+    if LABEL_SMOOTHING_PARAM in keys and isinstance(smoothing, int | float) and smoothing > 0:
         recipe += f"+ls{smoothing:g}"
     parts = []
-    if {"collab.topology", "collab.heads", *RECIPE_DEFAULTS} & set(keys):
+    if {TOPOLOGY_PARAM, HEADS_PARAM, *RECIPE_DEFAULTS} & set(keys):
         parts.append(token + recipe)
     for key in keys:
-        if key in ("collab.topology", "collab.heads", *RECIPE_DEFAULTS):
+        if key in (TOPOLOGY_PARAM, HEADS_PARAM, *RECIPE_DEFAULTS):
             continue
         value = _fmt_value(parse_value(params.get(key)))
-        parts.append(value if key in ("model.arch", "data.name") else f"{key.rsplit('.', 1)[-1]}={value}")
+        parts.append(value if key in (ARCH_PARAM, DATA_NAME_PARAM) else f"{key.rsplit('.', 1)[-1]}={value}")
     # A single method: name it by its topology so the tables still say what was trained.
     return " ".join(parts) if parts else token
 
 
 def method_sort_key(params: dict[str, str], keys: list[str]) -> tuple:
-    key: list = [TOPOLOGY_ORDER.get(params.get("collab.topology", "individual"), 9)]
+    key: list = [TOPOLOGY_ORDER.get(params.get(TOPOLOGY_PARAM, "individual"), 9)]
     for k in keys:
         v = parse_value(method_param(params, k))
         # Numbers before strings, both ordered among themselves.

@@ -1,11 +1,28 @@
-"""The trial params a report reads, as MLflow stores them (strings): parsing and recipe defaults."""
+"""The trial params a report reads, as MLflow stores them (strings): names, parsing, recipe defaults.
+
+A trial's params are its resolved config flattened with dots (DESIGN.md, "Trial config"); these are
+the keys the report itself reads. (harness.contract names the metrics and tags; the config keys are
+the trial config's own contract.)
+"""
 
 from __future__ import annotations
+
+TOPOLOGY_PARAM = "collab.topology"
+HEADS_PARAM = "collab.heads"
+SEED_PARAM = "run.seed"
+WORKERS_PARAM = "run.workers"  # data-parallel processes, where the run has no world-size tag
+NOISE_KIND_PARAM = "noise.kind"
+NOISE_RATE_PARAM = "noise.rate"
+NOISE_LABEL_SET_PARAM = "noise.label_set"
+LABEL_LOSS_PARAM = "optim.label_loss"
+LABEL_SMOOTHING_PARAM = "optim.label_smoothing"
+ARCH_PARAM = "model.arch"
+DATA_NAME_PARAM = "data.name"
 
 # The training recipe's label loss: a run logged before these keys existed trained with the default.
 # A method that changes them is another method, named ``<topology>+gce``, ``<topology>+ls0.1`` (label
 # smoothing 0.1) by `method_label`.
-RECIPE_DEFAULTS = {"optim.label_loss": "ce", "optim.label_smoothing": "0.0"}
+RECIPE_DEFAULTS = {LABEL_LOSS_PARAM: "ce", LABEL_SMOOTHING_PARAM: "0.0"}
 
 
 def method_param(params: dict[str, str], key: str) -> str | None:

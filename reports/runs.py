@@ -34,6 +34,7 @@ from harness.contract import (
     VAL_ACC_NOISY,
     WORLD_SIZE_TAG,
 )
+from reports.params import WORKERS_PARAM
 
 # Metrics whose per-epoch history the report needs (besides the ranked metric); the noisy held-out
 # accuracy picks the epoch of the "selected by noisy validation" rule.
@@ -239,7 +240,7 @@ def _trial(r: Run) -> Trial:
         params=dict(r.data.params),
         metrics=dict(r.data.metrics),
         collapsed=r.data.tags.get(COLLAPSED_TAG) == "true",
-        world_size=_count_tag(r.data.tags.get(WORLD_SIZE_TAG) or r.data.params.get("run.workers")),
+        world_size=_count_tag(r.data.tags.get(WORLD_SIZE_TAG) or r.data.params.get(WORKERS_PARAM)),
         pack_size=_count_tag((r.data.tags.get(PACK_TAG) or "").rpartition(":")[2]),
     )
 
