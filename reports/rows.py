@@ -37,17 +37,6 @@ def accuracy_rows(acc: pd.DataFrame, methods: list[str]) -> tuple[list[str], lis
     return headers, rows
 
 
-def gains_rows(gains: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    unit = f" ({gains.unit.iloc[0]})" if len(gains) and gains.unit.iloc[0] else ""
-    headers = ["Noise", "Method", "Baseline", f"Mean gain{unit}", f"95% CI{unit}", "Pairs"]
-    rows = []
-    for r in gains.itertuples():
-        ci = "n/a" if math.isnan(r.ci_low) else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
-        mean = "n/a" if math.isnan(r.diff_mean) else f"{r.diff_mean:+.2f}"
-        rows.append([r.condition, r.method, r.baseline, mean, ci, str(r.n_pairs)])
-    return headers, rows
-
-
 def _gain_cell(mean: float, low: float, high: float, n: int) -> str:
     """``+1.23 [-0.45, +2.91] (3)``; ``+1.23 (1)`` without an interval; ``n/a (0)`` without pairs."""
     n = int(n)
