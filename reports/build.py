@@ -33,7 +33,7 @@ class ReportResult:
 
     ``files``: file name (``report.html``, ``accuracy.csv``, ``accuracy_vs_noise.png``, ...) -> path.
     ``tables``: ``accuracy``, ``selection``, ``gains``, ``calibration``, ``detection``, ``cost``,
-    ``memorization``, ``collapsed``, ``failed`` as long-form DataFrames, exactly as written to the CSVs
+    ``memorization``, ``kept``, ``collapsed``, ``failed`` as long-form DataFrames, exactly as written to the CSVs
     (columns documented in ``reports.tables``).
     """
 
@@ -178,6 +178,17 @@ def _write_plots(out: Path, c: Comparison, *, metric: str, mode: str) -> dict[st
         ),
         plots.cost_bars(t["cost"], methods=methods, path=out / "cost.png"),
     )
+    if c.kept_conditions:  # some method selects samples
+        clean = t["kept"].dropna(subset="clean_labels_mean").groupby("condition").clean_labels_mean.first()
+        pngs += (
+            plots.kept_curves(
+                c.curves,
+                conditions=c.kept_conditions,
+                methods=methods,
+                clean=clean.to_dict(),
+                path=out / "kept_precision.png",
+            ),
+        )
     return {png.name: png for png in pngs}
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harness.contract import TRAIN_MEMORIZED
+from harness.contract import TRAIN_KEPT, TRAIN_KEPT_PRECISION, TRAIN_MEMORIZED
 from reports import tables
 from reports.cost import cost_table
 from reports.frame import trial_frame
@@ -20,7 +20,7 @@ from reports.runs import Trial
 class Comparison:
     """What `compare` computed. ``tables``: name -> long-form table, in the order of the CSVs
     (``accuracy``, ``selection``, ``gains``, ``calibration``, ``detection``, ``cost``,
-    ``memorization``, ``collapsed``, ``failed``; columns documented where each is made)."""
+    ``memorization``, ``kept``, ``collapsed``, ``failed``; columns documented where each is made)."""
 
     frame: pd.DataFrame  # one row per trial (reports.frame.trial_frame)
     keys: list[str]  # the params that tell the methods apart
@@ -29,6 +29,8 @@ class Comparison:
     tables: dict[str, pd.DataFrame]
     curves: pd.DataFrame  # per-epoch means over seeds (reports.tables.curves)
     curve_conditions: list[str]  # the noise conditions the learning curves are drawn for
+    # the noise conditions where some method selected samples (empty: no method does; no such section)
+    kept_conditions: list[str]
     notes: list[str] = field(default_factory=list)
 
 
@@ -48,6 +50,7 @@ def compare(trials: list[Trial], *, metric: str, mode: str) -> Comparison:
         "detection": tables.detection_table(frame),
         "cost": cost_table(frame, pairs=pairs),
         "memorization": tables.memorization_table(frame),
+        "kept": tables.kept_table(frame),
         "collapsed": tables.collapsed_table(frame),
         "failed": tables.failed_table(frame, metric=metric),
     }
@@ -62,10 +65,16 @@ def compare(trials: list[Trial], *, metric: str, mode: str) -> Comparison:
         methods=list(frame.sort_values("method_order").method.unique()),
         pairs=pairs,
         tables=by_name,
-        curves=tables.curves(trials, frame, (metric, TRAIN_MEMORIZED)),
+        curves=tables.curves(trials, frame, (metric, TRAIN_MEMORIZED, TRAIN_KEPT_PRECISION, TRAIN_KEPT)),
         curve_conditions=_curve_conditions(by_name["accuracy"]),
+        kept_conditions=_kept_conditions(by_name["kept"]),
         notes=notes,
     )
+
+
+def _kept_conditions(kept: pd.DataFrame, limit: int = 6) -> list[str]:
+    """The conditions (in the report's order) where some method logged its kept share."""
+    return list(dict.fromkeys(kept[(kept.kept_n > 0) | (kept.kept_precision_n > 0)].condition))[:limit]
 
 
 def _curve_conditions(acc: pd.DataFrame, limit: int = 4) -> list[str]:

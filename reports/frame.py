@@ -12,10 +12,14 @@ import numpy as np
 import pandas as pd
 
 from harness.contract import (
+    COST_INFER_GFLOPS,
+    COST_STEP_GFLOPS,
+    COST_STEP_MEM_MB,
     GPU_PEAK_MEM_MB,
     INFERENCE_PARAMS,
     NOISE_REALIZED_RATE,
     PERF_IMG_PER_S,
+    PERF_TFLOPS,
     TEST_ECE,
     TEST_ECE_ENSEMBLE,
     TEST_NLL,
@@ -26,12 +30,14 @@ from harness.contract import (
     TRAIN_DETECT_AUROC_CONSENSUS,
     TRAIN_DETECT_PRECISION,
     TRAIN_DETECT_PRECISION_CONSENSUS,
+    TRAIN_KEPT,
+    TRAIN_KEPT_PRECISION,
     TRAIN_MEMORIZED,
     TRAIN_PARAMS,
     VAL_ACC_NOISY,
     lower_is_better,
 )
-from reports.methods import method_keys, method_label, method_sort_key
+from reports.methods import MethodNames, family, method_names
 from reports.params import (
     NOISE_KIND_PARAM,
     NOISE_LABEL_SET_PARAM,
@@ -121,35 +127,48 @@ LAST_VALUE_METRICS = {
     "detect_precision": TRAIN_DETECT_PRECISION,
     "detect_precision_consensus": TRAIN_DETECT_PRECISION_CONSENSUS,
     "realized_rate": NOISE_REALIZED_RATE,
+    # sample selection (Co-teaching and its kin; NaN for methods that train on every sample)
+    "kept": TRAIN_KEPT,
+    "kept_precision": TRAIN_KEPT_PRECISION,
+}
+# Columns of `trial_frame` with what one step costs, counted once per trial at its first epoch (NaN for
+# runs logged before these metrics existed)
+COST_METRICS = {
+    "step_gflops": COST_STEP_GFLOPS,
+    "step_mem_mb": COST_STEP_MEM_MB,
+    "infer_gflops": COST_INFER_GFLOPS,
 }
 
 
 def trial_frame(trials: list[Trial], *, metric: str, mode: str) -> tuple[pd.DataFrame, list[str]]:
     """One row per trial with its condition, method, seed and the values the tables need.
 
-    Columns: run_id, run_name, status, error, start_time, seed, noise_kind, noise_rate,
-    noise_label_set, condition, condition_order, method, method_order, topology, value (``metric`` at the last
-    epoch or best over epochs, as ``mode`` says: see MODES), value_<rule> and epoch_<rule> (``metric`` and its epoch under
-    each of SELECTION_RULES: last, best, val), memorized, acc_clean (last epoch), time_epoch_s,
-    img_per_s (median over epochs: robust to first-epoch warm-up and compilation), peak_mem_mb (max
-    over epochs), train_params, inference_params, collapsed (tagged harness.collapsed), workers and
-    pack (data-parallel processes and packed trials it trained with; NaN where unreadable), usable
-    (finished with a metric value, not collapsed, not a duplicate), the LAST_VALUE_METRICS columns (ece, nll,
-    ece_ensemble, nll_ensemble, detect_auroc, detect_auroc_consensus, detect_precision,
-    detect_precision_consensus, realized_rate; NaN where not logged), plus one column per method
-    param. Returns the frame and notes.
+    Columns:
+    - the run: run_id, run_name, status, error, start_time, seed; collapsed (tagged so), workers and
+      pack (data-parallel processes and packed trials it trained with; NaN where unreadable);
+    - its place: noise_kind, noise_rate, noise_label_set, condition, condition_order; method,
+      method_order, topology, family (``reports.methods``), and one column per method param;
+    - ``metric``: value (under the ``mode`` rule, one of MODES), value_<rule> and epoch_<rule> for
+      each of SELECTION_RULES (last, best, val), epochs (how many it logged);
+    - per epoch: memorized and acc_clean (last epoch); time_epoch_s, img_per_s and tflops (median over
+      epochs: robust to first-epoch warm-up and compilation); peak_mem_mb (max over epochs);
+    - once: train_params, inference_params, the COST_METRICS columns (step_gflops, step_mem_mb,
+      infer_gflops) and the LAST_VALUE_METRICS columns (calibration, noise detection, realized_rate,
+      kept, kept_precision);
+    - usable: finished with a metric value, not collapsed, not a duplicate.
+    NaN where a run did not log it. Returns the frame and notes.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be 'last' or 'best', got {mode!r}")
-    keys = method_keys(trials)
-    frame = pd.DataFrame([_trial_row(t, keys, metric=metric, mode=mode) for t in trials])
+    names = method_names(trials)
+    frame = pd.DataFrame([_trial_row(t, names, metric=metric, mode=mode) for t in trials])
     frame = _add_order(frame)
     notes = _mark_usable(frame)
     frame = frame.sort_values(["condition_order", "method_order", "seed"], na_position="last")
     return frame.reset_index(drop=True), notes
 
 
-def _trial_row(t: Trial, keys: list[str], *, metric: str, mode: str) -> dict[str, object]:
+def _trial_row(t: Trial, names: MethodNames, *, metric: str, mode: str) -> dict[str, object]:
     """One trial's row of `trial_frame`, before its order and usability are known."""
     kind, rate, label_set, cond = noise_condition(t.params)
     seed = parse_value(t.params.get(SEED_PARAM))
@@ -166,16 +185,17 @@ def _trial_row(t: Trial, keys: list[str], *, metric: str, mode: str) -> dict[str
         "noise_rate": rate,
         "noise_label_set": label_set,
         "condition": cond,
-        "method": method_label(t.params, keys),
+        "method": names.label(t.params),
         "topology": t.params.get(TOPOLOGY_PARAM, "individual" if t.params else ""),
-        "_method_key": method_sort_key(t.params, keys),
+        "family": family(t.params) if t.params else "",
+        "_method_key": names.sort_key(t.params),
         **selected,
         "value": selected[f"value_{mode}"],
         **_measurements(t),
         "epochs": len(h.get(metric, [])),
         # last-epoch calibration and end-of-training noise detection (NaN where not logged)
         **{col: t.metrics.get(key, math.nan) for col, key in LAST_VALUE_METRICS.items()},
-        **{k: method_param(t.params, k) for k in keys},
+        **{k: method_param(t.params, k) for k in names.keys},
     }
 
 
@@ -191,16 +211,18 @@ def _selected_values(history: dict[str, list[tuple[int, float]]], metric: str) -
 
 
 def _measurements(t: Trial) -> dict[str, object]:
-    """What a trial measured besides the ranked metric: memorization, time, memory, size, setup."""
+    """What a trial measured besides the ranked metric: memorization, time, memory, cost, size, setup."""
     h = t.history
     return {
         "memorized": _last(h.get(TRAIN_MEMORIZED, [])),
         "acc_clean": _last(h.get(TRAIN_ACC_CLEAN, [])),
         "time_epoch_s": _median(h.get(TIME_EPOCH_S, [])),
         "img_per_s": _median(h.get(PERF_IMG_PER_S, [])),
+        "tflops": _median(h.get(PERF_TFLOPS, [])),
         "peak_mem_mb": max((v for _, v in h.get(GPU_PEAK_MEM_MB, [])), default=math.nan),
         "train_params": t.metrics.get(TRAIN_PARAMS, math.nan),
         "inference_params": t.metrics.get(INFERENCE_PARAMS, math.nan),
+        **{col: t.metrics.get(key, math.nan) for col, key in COST_METRICS.items()},
         "collapsed": t.collapsed,
         "workers": t.world_size,
         "pack": t.pack_size,

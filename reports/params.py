@@ -9,6 +9,7 @@ from __future__ import annotations
 
 TOPOLOGY_PARAM = "collab.topology"
 HEADS_PARAM = "collab.heads"
+METHOD_PARAM = "collab.method"  # cl (collaborative learning), dml, coteaching, coteaching_plus, jocor
 SEED_PARAM = "run.seed"
 WORKERS_PARAM = "run.workers"  # data-parallel processes, where the run has no world-size tag
 NOISE_KIND_PARAM = "noise.kind"
@@ -19,10 +20,11 @@ LABEL_SMOOTHING_PARAM = "optim.label_smoothing"
 ARCH_PARAM = "model.arch"
 DATA_NAME_PARAM = "data.name"
 
-# The training recipe's label loss: a run logged before these keys existed trained with the default.
-# A method that changes them is another method, named ``<topology>+gce``, ``<topology>+ls0.1`` (label
-# smoothing 0.1) by `method_label`.
-RECIPE_DEFAULTS = {LABEL_LOSS_PARAM: "ce", LABEL_SMOOTHING_PARAM: "0.0"}
+# The training recipe: how the heads learn from each other and the label loss. A run logged before
+# these keys existed trained with the default (collaborative learning, cross-entropy, no smoothing).
+# A method that changes them is another method, named ``dml instances-2``, ``<topology>+gce``,
+# ``<topology>+ls0.1`` (label smoothing 0.1) by ``reports.methods``.
+RECIPE_DEFAULTS = {METHOD_PARAM: "cl", LABEL_LOSS_PARAM: "ce", LABEL_SMOOTHING_PARAM: "0.0"}
 
 
 def method_param(params: dict[str, str], key: str) -> str | None:

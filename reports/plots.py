@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from harness.contract import TRAIN_MEMORIZED, is_fraction_metric
+from harness.contract import TRAIN_KEPT, TRAIN_KEPT_PRECISION, TRAIN_MEMORIZED, is_fraction_metric
 
 DPI = 110
 
@@ -188,29 +188,61 @@ def learning_curves(
     fig, axes = _figure(len(conditions), 2, (11, 3.6 * len(conditions)))
     for row, cond in zip(axes, conditions):
         for ax, (key, ylabel) in zip(row, panels):
-            scale = 100.0 if is_fraction_metric(key) else 1.0
             sel = curves[(curves.condition == cond) & (curves.key == key)]
-            for method in methods:
-                m = sel[sel.method == method].sort_values("step")
-                if m.empty:
-                    continue
-                mean, std = m["mean"].to_numpy() * scale, m["std"].fillna(0.0).to_numpy() * scale
-                ax.plot(m.step, mean, marker=".", color=colors[method], label=method)
-                ax.fill_between(m.step, mean - std, mean + std, color=colors[method], alpha=0.15, linewidth=0)
-            if sel.empty:
-                why = "no flipped labels" if key == TRAIN_MEMORIZED else "not logged"
-                ax.text(
-                    0.5, 0.5, f"n/a ({why})", ha="center", va="center", transform=ax.transAxes, color="gray"
-                )
-            else:
-                ax.legend(title="method", fontsize=8)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            why = "no flipped labels" if key == TRAIN_MEMORIZED else "not logged"
+            _curve_panel(ax, sel, methods, colors, key=key, missing=f"n/a ({why})")
             ax.set_title(f"{key} per epoch, {cond}")
-            ax.set_xlabel("Epoch")
             ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def kept_curves(
+    curves: pd.DataFrame, *, conditions: list[str], methods: list[str], clean: dict[str, float], path: Path
+) -> Path:
+    """Per-epoch mean over seeds (band: +-1 std) of ``train/kept_precision`` and ``train/kept``, one
+    row of panels per noise condition, for the methods that select samples (the others log neither).
+
+    ``clean``: condition -> share of clean training labels (%), drawn as a dashed line on the precision
+    panel: the label precision of training on every sample.
+    """
+    colors = method_colors(methods)
+    panels = [
+        (TRAIN_KEPT_PRECISION, "Label precision of the kept samples (%)"),
+        (TRAIN_KEPT, "Kept share of the batch (%)"),
+    ]
+    fig, axes = _figure(len(conditions), 2, (11, 3.6 * len(conditions)))
+    for row, cond in zip(axes, conditions):
+        for ax, (key, ylabel) in zip(row, panels):
+            sel = curves[(curves.condition == cond) & (curves.key == key)]
+            if key == TRAIN_KEPT_PRECISION and not math.isnan(clean.get(cond, math.nan)):
+                ax.axhline(
+                    clean[cond], color="gray", linestyle="--", linewidth=1, label="every sample (clean share)"
+                )
+            _curve_panel(ax, sel, methods, colors, key=key, missing="n/a (no method selects samples)")
+            ax.set_title(f"{key} per epoch, {cond}")
+            ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _curve_panel(ax, sel: pd.DataFrame, methods: list[str], colors: dict, *, key: str, missing: str) -> None:
+    """One panel of per-epoch curves: a line per method with a +-1 std band, fractions in percent."""
+    scale = 100.0 if is_fraction_metric(key) else 1.0
+    for method in methods:
+        m = sel[sel.method == method].sort_values("step")
+        if m.empty:
+            continue
+        mean, std = m["mean"].to_numpy() * scale, m["std"].fillna(0.0).to_numpy() * scale
+        ax.plot(m.step, mean, marker=".", color=colors[method], label=method)
+        ax.fill_between(m.step, mean - std, mean + std, color=colors[method], alpha=0.15, linewidth=0)
+    if sel.empty:
+        ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes, color="gray")
+    else:
+        ax.legend(title="method", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("Epoch")
+    ax.grid(alpha=0.3)
 
 
 def cost_bars(cost: pd.DataFrame, *, methods: list[str], path: Path) -> Path:

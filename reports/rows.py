@@ -126,6 +126,28 @@ def detection_rows(detection: pd.DataFrame) -> tuple[list[str], list[list[str]]]
     return headers, rows
 
 
+def kept_rows(kept: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Kept share and its label precision (``mean ± std (n)``), and the clean share of the training
+    labels beside them (its mean: the same data for every method of a condition)."""
+    headers = [
+        "Noise",
+        "Method",
+        "Kept (%)",
+        "Label precision of the kept (%)",
+        "Clean labels in the data (%)",
+    ]
+    rows = [
+        [
+            r["condition"],
+            r["method"],
+            *_stat_cells(r, ["kept", "kept_precision"], {}),
+            _num(r["clean_labels_mean"]),
+        ]
+        for r in kept.to_dict("records")
+    ]
+    return headers, rows
+
+
 def _count(v: float) -> str:
     return "n/a" if math.isnan(v) else f"{v:,.0f}"
 

@@ -23,12 +23,15 @@ from harness.contract import (
     PACK_TAG,
     PARENT_TAG,
     PERF_IMG_PER_S,
+    PERF_TFLOPS,
     RUN_KIND_TAG,
     SWEEP_NAME_TAG,
     SWEEP_RUN,
     SWEEP_TRIALS_PARAM,
     TIME_EPOCH_S,
     TRAIN_ACC_CLEAN,
+    TRAIN_KEPT,
+    TRAIN_KEPT_PRECISION,
     TRAIN_MEMORIZED,
     TRIAL_RUN,
     VAL_ACC_NOISY,
@@ -37,14 +40,19 @@ from harness.contract import (
 from reports.params import WORKERS_PARAM
 
 # Metrics whose per-epoch history the report needs (besides the ranked metric); the noisy held-out
-# accuracy picks the epoch of the "selected by noisy validation" rule.
+# accuracy picks the epoch of the "selected by noisy validation" rule; the kept share and its label
+# precision are drawn per epoch.
 HISTORY_KEYS = (
     TRAIN_MEMORIZED,
     TRAIN_ACC_CLEAN,
     TIME_EPOCH_S,
     PERF_IMG_PER_S,
+    PERF_TFLOPS,
+    PERF_TFLOPS,
     GPU_PEAK_MEM_MB,
     VAL_ACC_NOISY,
+    TRAIN_KEPT,
+    TRAIN_KEPT_PRECISION,
 )
 
 

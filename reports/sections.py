@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.contract import PACK_TAG, TRAIN_COLLAPSED, VAL_ACC_NOISY, WORLD_SIZE_TAG, is_fraction_metric
+from harness.contract import (
+    PACK_TAG,
+    TRAIN_COLLAPSED,
+    TRAIN_KEPT,
+    TRAIN_KEPT_PRECISION,
+    VAL_ACC_NOISY,
+    WORLD_SIZE_TAG,
+    is_fraction_metric,
+)
 from reports import rows
 from reports.comparison import Comparison
 from reports.frame import SELECTION_RULES
@@ -58,6 +66,11 @@ def report_sections(
         detection_section(t["detection"]),
         cost_section(t["cost"], files["cost.png"]),
         memorization_section(t["memorization"]),
+        *(
+            [kept_section(t["kept"], files["kept_precision.png"], c.kept_conditions)]
+            if c.kept_conditions
+            else []
+        ),
         curves_section(files["learning_curves.png"], c.curve_conditions),
         collapsed_section(t["collapsed"], metric=metric),
         failed_section(t["failed"]),
@@ -181,6 +194,22 @@ def memorization_section(mem: pd.DataFrame) -> Section:
             "Memorized: share of flipped training samples predicted as their wrong label. "
             "Train acc. vs clean labels: accuracy on the training set against the true labels. "
             "n/a where the condition has no flipped labels or the run did not log them."
+        ],
+    )
+
+
+def kept_section(kept: pd.DataFrame, image: Path, conditions: list[str]) -> Section:
+    return Section(
+        "Sample selection: kept share and its label precision (last epoch)",
+        *rows.kept_rows(kept),
+        images=[image],
+        notes=[
+            f"Methods that train each head on part of the batch (Co-teaching, Co-teaching+, JoCoR) log "
+            f"{TRAIN_KEPT}, the share of the batch a head trained on (mean over heads), and "
+            f"{TRAIN_KEPT_PRECISION}, the share of those samples whose given label is the true one "
+            "(Co-teaching's label precision). Clean labels in the data: 100 − the realized noise rate "
+            "(mean over runs), the label precision of training on every sample. n/a for methods that train on every sample. "
+            f"Curves: mean over seeds per epoch (band: ±1 std) for: {', '.join(conditions)}."
         ],
     )
 

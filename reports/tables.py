@@ -126,6 +126,20 @@ def detection_table(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def kept_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Sample selection at the last epoch per noise condition x method (%): the share of the batch each
+    head trained on (kept), the share of those samples whose given label is the true one (Co-teaching's
+    label precision), and the share of clean labels in the training set (1 - the realized noise rate:
+    the label precision of keeping every sample, for comparison).
+
+    Columns: noise_kind, noise_rate, noise_label_set, condition, method, then ``<col>_mean``,
+    ``<col>_std``, ``<col>_n`` for col in kept, kept_precision, clean_labels. n = 0 for methods that
+    train on every sample (they log no selection): shown as n/a.
+    """
+    clean = frame.assign(clean_labels=1.0 - frame.realized_rate)
+    return _last_values_table(clean, {"kept": 100.0, "kept_precision": 100.0, "clean_labels": 100.0})
+
+
 def memorization_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Last-epoch memorized share of flipped labels and train accuracy against the clean labels (%).
 

@@ -272,6 +272,9 @@ def test_cost_memorization_and_files(main_report, store):
         assert (out / png).stat().st_size > 10_000
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "src='accuracy" not in html
+    # no method selects samples (and none logged collab.method): no selection section, no such plot
+    assert "## Sample selection" not in md and "kept_precision.png" not in main_report.files
+    assert main_report.tables["kept"].kept_n.eq(0).all()
 
     assert main_report.logged_to_mlflow
     logged = {f.path for f in store["client"].list_artifacts(store["main"], "report")}
