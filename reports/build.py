@@ -33,8 +33,9 @@ class ReportResult:
 
     ``files``: file name (``report.html``, ``accuracy.csv``, ``accuracy_vs_noise.png``, ...) -> path.
     ``tables``: ``accuracy``, ``selection``, ``gains``, ``calibration``, ``detection``, ``cost``,
-    ``memorization``, ``kept``, ``collapsed``, ``failed`` as long-form DataFrames, exactly as written to the CSVs
-    (columns documented in ``reports.tables``).
+    ``memorization``, ``kept``, ``collapsed``, ``failed`` as long-form DataFrames, exactly as written
+    to the CSVs (columns documented where each is made: ``reports.tables``, ``reports.gains``,
+    ``reports.cost``).
     """
 
     out_dir: Path

@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from harness.contract import TRAIN_KEPT, TRAIN_KEPT_PRECISION, TRAIN_MEMORIZED, is_fraction_metric
+from reports.rows import amount
 
 DPI = 110
 
@@ -245,44 +246,79 @@ def _curve_panel(ax, sel: pd.DataFrame, methods: list[str], colors: dict, *, key
     ax.grid(alpha=0.3)
 
 
+# The panels of `cost_bars`: cost-table column, its ratio column (None: no ratio), title, why n/a
+COST_PANELS = [
+    ("step_gflops", "step_gflops_x", "Step GFLOPs (computed)", "n/a (not logged)"),
+    ("step_mem_mb", "step_mem_mb_x", "Memory per step (MB, computed)", "n/a (not logged)"),
+    ("infer_gflops", "infer_gflops_x", "Inference GFLOPs per image", "n/a (not logged)"),
+    ("time_epoch_s", None, "Time per epoch (s)", "n/a (not logged)"),
+    ("img_per_s", None, "Training throughput (images/s)", "n/a (not logged)"),
+    ("tflops", None, "Achieved TFLOP/s", "n/a (GPU runs only)"),
+]
+
+
 def cost_bars(cost: pd.DataFrame, *, methods: list[str], path: Path) -> Path:
-    """Bars per method: peak GPU memory (MB), time per epoch (s), training images per second."""
+    """Horizontal bars per method (and setup), first method on top: computed step GFLOPs, memory per
+    step and inference GFLOPs, each annotated with its ratio to individual training (x1.00 for it);
+    measured time per epoch, images/s and TFLOP/s. The memory panel draws the computed step memory and,
+    where GPU runs logged it, the measured peak GPU memory beside it (hatched)."""
     colors = method_colors(methods)
-    panels = [
-        ("peak_mem_mb", "Peak GPU memory (MB)", "n/a (no GPU runs)"),
-        ("time_epoch_s", "Time per epoch (s)", "n/a (not logged)"),
-        ("img_per_s", "Training throughput (images/s)", "n/a (not logged)"),
-    ]
-    fig, axes = _figure(1, 3, (4.4 * 3, 4.0))
-    x = np.arange(len(cost))
+    bar_colors = [colors[m] for m in cost.method]
     # a method trained in several setups (workers, pack) has a bar per setup, named by it
     one_setup = len(cost.drop_duplicates(["workers", "pack"])) <= 1
     labels = [
         m if one_setup else f"{m} ({w:g} workers, pack {p:g})"
         for m, w, p in zip(cost.method, cost.workers, cost.pack)
     ]
-    for ax, (col, label, missing) in zip(axes[0], panels):
-        values = cost[col].to_numpy(dtype=float)
-        shown = np.nan_to_num(values, nan=0.0)
-        bars = ax.bar(x, shown, color=[colors[m] for m in cost.method])
-        for bar, v in zip(bars, values):
-            text = "n/a" if math.isnan(v) else f"{v:.2f}" if v < 100 else f"{v:,.0f}"
-            ax.annotate(
-                text,
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
-        if np.isnan(values).all():
+    gpu = cost.peak_mem_mb.notna().any()
+    y = np.arange(len(cost), dtype=float)
+    fig, axes = _figure(2, 3, (15.0, 2 * (1.4 + 0.38 * len(cost))))
+    for ax, (col, ratio, title, missing) in zip(axes.flat, COST_PANELS):
+        ratios = cost[ratio] if ratio else None
+        if col == "step_mem_mb" and gpu:  # the measured peak beside the computed step memory
+            _bars(ax, y - 0.2, cost[col], ratios, height=0.4, color=bar_colors)
+            _bars(ax, y + 0.2, cost.peak_mem_mb, None, height=0.4, color=bar_colors, hatch="//")
+            title = "Memory per step (MB): computed, and peak on the GPU (hatched)"
+            if cost[col].isna().all():  # runs from before the computed step memory
+                title = "Memory per step (MB): peak on the GPU (hatched); computed n/a"
+            values = pd.concat([cost[col], cost.peak_mem_mb])
+        else:
+            _bars(ax, y, cost[col], ratios, height=0.7, color=bar_colors)
+            values = cost[col]
+        if values.isna().all():
             ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes, color="gray")
-            ax.set_ylim(0, 1)
-            ax.set_yticks([])
-        ax.set_xticks(x, labels, rotation=20, ha="right")
-        ax.set_title(label)
-        ax.set_ylabel(label)
-        ax.set_xlabel("Method")
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Cost per method (mean over runs)", fontsize=11)
+            ax.set_xticks([])
+        else:
+            ax.set_xlim(0, values.max() * 1.45)  # room for the labels
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_ylim(len(cost) - 0.5, -0.5)  # first method on top
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Cost per method: computed per step (x individual training) and measured", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _bars(
+    ax, y: np.ndarray, values: pd.Series, ratios: pd.Series | None, *, height: float, color, hatch=None
+) -> None:
+    """Horizontal bars at ``y``, each annotated with its value (and ``xN.NN`` where a ratio is given);
+    a missing value gets no bar and reads n/a (a panel without any value says so once, elsewhere)."""
+    values = values.to_numpy(dtype=float)
+    ratios = np.full(len(values), math.nan) if ratios is None else ratios.to_numpy(dtype=float)
+    bars = ax.barh(
+        y, np.nan_to_num(values, nan=0.0), height=height, color=color, hatch=hatch, edgecolor="white"
+    )
+    if np.isnan(values).all():
+        return
+    for bar, v, r in zip(bars, values, ratios):
+        ax.annotate(
+            amount(v) if math.isnan(v) or math.isnan(r) else f"{amount(v)}  x{r:.2f}",
+            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+            xytext=(3, 0),
+            textcoords="offset points",
+            ha="left",
+            va="center",
+            fontsize=7,
+            color="gray" if math.isnan(v) else "black",
+        )

@@ -152,15 +152,37 @@ def _count(v: float) -> str:
     return "n/a" if math.isnan(v) else f"{v:,.0f}"
 
 
+def amount(v: float) -> str:
+    """A cost for people: ``1,234`` from 100 on, ``27.30`` from 1, ``0.0691`` below; n/a for NaN."""
+    if math.isnan(v):
+        return "n/a"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}" if abs(v) >= 1 else f"{v:.3g}"
+
+
+def relative(v: float, ratio: float) -> str:
+    """``2.00 (x2.00)``: a cost and its ratio to individual training's; the cost alone without one."""
+    if math.isnan(v):
+        return "n/a"
+    return amount(v) if math.isnan(ratio) else f"{amount(v)} (x{ratio:.2f})"
+
+
 def cost_rows(cost: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Computed cost with its ratio to individual training, then measured time (and, where any run
+    had a GPU, peak GPU memory beside the computed step memory, and TFLOP/s), then parameter counts."""
+    gpu = bool(cost.peak_mem_mb.notna().any())
+    tflops = bool(cost.tflops.notna().any())
     headers = [
         "Method",
         "Workers",
         "Pack",
         "Runs",
-        "Peak GPU memory (MB)",
+        "Step GFLOPs (x individual)",
+        "Step memory, MB (x individual)",
+        *(["Peak GPU memory (MB)"] if gpu else []),
+        "Inference GFLOPs/image (x individual)",
         "Time/epoch (s)",
         "Images/s",
+        *(["TFLOP/s"] if tflops else []),
         "Training params",
         "Inference params",
         "Inference params = individual",
@@ -171,9 +193,13 @@ def cost_rows(cost: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             _count(r.workers),
             _count(r.pack),
             str(r.n_runs),
-            _num(r.peak_mem_mb, 0),
+            relative(r.step_gflops, r.step_gflops_x),
+            relative(r.step_mem_mb, r.step_mem_mb_x),
+            *([_num(r.peak_mem_mb, 0)] if gpu else []),
+            relative(r.infer_gflops, r.infer_gflops_x),
             _num(r.time_epoch_s, 2),
             _count(r.img_per_s),
+            *([_num(r.tflops, 1)] if tflops else []),
             _count(r.train_params),
             _count(r.inference_params),
             r.inference_matches_individual,

@@ -164,14 +164,21 @@ def detection_section(detection: pd.DataFrame) -> Section:
 
 def cost_section(cost: pd.DataFrame, image: Path) -> Section:
     section = Section("Cost per method", *rows.cost_rows(cost), images=[image])
-    section.notes.append(
-        "Mean over each method's finished runs (all noise conditions and seeds) that trained the same "
+    section.notes += [
+        "Over each method's finished runs (all noise conditions and seeds) that trained the same "
         f"way: Workers = data-parallel processes per run ({WORLD_SIZE_TAG}), Pack = trials trained "
-        f"together as one step on one device ({PACK_TAG}; 1: alone). Peak GPU memory: "
-        "maximum over epochs (n/a for CPU-only runs); time per epoch and images/s: median over "
-        "epochs. Last column: whether the exported inference network has the same parameter "
-        "count as individual training's."
-    )
+        f"together as one step on one device ({PACK_TAG}; 1: alone).",
+        "Computed once per run, on a copy of its training graph (median over runs): step GFLOPs = "
+        "forward, loss and backward at the run's batch size; step memory = parameters, gradients, "
+        "optimizer state and the tensors saved for backward; inference GFLOPs = one image through the "
+        "kept head. (xN.NN): the ratio to the individual-training method it is paired with (x1.00 for "
+        "that method itself); compare ratios only between runs of the same batch size. n/a where no run "
+        "logged it (runs from before these metrics existed).",
+        "Measured: time per epoch, images/s and TFLOP/s (GPU runs): median over epochs, mean over runs; "
+        "peak GPU memory: maximum over epochs (GPU runs), beside the computed step memory (the allocator's "
+        "cache, workspaces and the data on the device come on top). Last column: whether the exported "
+        "inference network has the same parameter count as individual training's.",
+    ]
     setups = cost.drop_duplicates(["workers", "pack"])
     if len(setups) > 1:
         section.notes.append(

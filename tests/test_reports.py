@@ -246,6 +246,8 @@ def test_cost_memorization_and_files(main_report, store):
     assert cost.loc["hierarchical-4", "inference_params"] == 1000
     assert (cost.inference_matches_individual == "yes").all()
     assert cost.peak_mem_mb.isna().all()  # CPU runs: no gpu/peak_mem_mb, shown as n/a
+    # runs from before the cost metrics: n/a (NaN), never 0, and no ratio to individual training
+    assert cost[["step_gflops", "step_mem_mb", "infer_gflops", "step_gflops_x"]].isna().all().all()
     assert (cost.workers == 1).all() and (cost.pack == 1).all(), "untagged runs trained alone, one process"
 
     mem = main_report.tables["memorization"]
@@ -325,8 +327,13 @@ def test_cost_table_keeps_each_setup_of_workers_and_pack_apart(tmp_path, new_mlf
     assert list(csv.columns[:4]) == ["method", "workers", "pack", "n_runs"]
     assert list(zip(csv.method, csv.workers, csv.pack, csv.n_runs)) == rows
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "| Method | Workers | Pack | Runs | Peak GPU memory (MB) |" in md
-    assert "| hierarchical-4 | 1 | 4 | 1 | n/a | 4.00 |" in md
+    # CPU runs from before the cost metrics: computed cost n/a (not 0), no peak GPU memory column
+    assert (
+        "| Method | Workers | Pack | Runs | Step GFLOPs (x individual) | Step memory, MB (x individual) |"
+        in md
+    )
+    assert "| hierarchical-4 | 1 | 4 | 1 | n/a | n/a | n/a | 4.00 |" in md
+    assert "Peak GPU memory (MB)" not in md
     assert "3 different setups (workers x pack)" in md
     html = (tmp_path / "out" / "report.html").read_text()
     assert "<th>Method</th><th>Workers</th><th>Pack</th><th>Runs</th>" in html

@@ -124,7 +124,12 @@ def _sweep(client, root, name):
 def store(tmp_path_factory, new_mlflow_store):
     root = tmp_path_factory.mktemp("methods")
     uri = new_mlflow_store(root)
-    client = MlflowClient(tracking_uri=uri)
+    fill_store(MlflowClient(tracking_uri=uri), root)
+    return {"uri": uri, "root": root}
+
+
+def fill_store(client: MlflowClient, root) -> None:
+    """Experiments ``methods`` (METHODS x RATES x SEEDS), ``gpu`` (two GPU runs) and ``knobs`` (KNOBS)."""
     exp, parent = _sweep(client, root, "methods")
     for rate in RATES:
         for method in reversed(METHODS):  # logged in reverse: the report orders them itself
@@ -138,7 +143,6 @@ def store(tmp_path_factory, new_mlflow_store):
     exp, parent = _sweep(client, root, "knobs")
     for name, spec, params in reversed(KNOBS):
         _log_run(client, exp, parent, method=name, rate=0.2, seed=0, epochs=1, params=params, spec=spec)
-    return {"uri": uri, "root": root}
 
 
 def _report(store, experiment):
@@ -227,3 +231,47 @@ def test_a_knob_is_named_only_on_the_methods_where_it_varies(store):
     assert "Methods vary in**: collab.T, collab.forget_rate, collab.method, collab.topology" in md
     gains = result.tables["gains"]
     assert dict(zip(gains.method, gains.baseline)) == {name: "individual" for name, *_ in KNOBS[1:]}
+
+
+def test_cost_per_method_relative_to_individual_training(report):
+    cost = report.tables["cost"].set_index("method")
+    assert list(cost.index) == list(METHODS)
+    for method, (_, _, _, logged, _) in METHODS.items():
+        row = cost.loc[method]
+        if logged is None:  # hierarchical-4: logged before the cost metrics existed: n/a, not 0
+            assert row[["step_gflops", "step_gflops_x", "step_mem_mb", "infer_gflops_x"]].isna().all()
+            continue
+        base = METHODS["individual"][3]
+        assert (row.step_gflops, row.step_mem_mb, row.infer_gflops) == pytest.approx(logged)
+        assert row.step_gflops_x == pytest.approx(logged[0] / base[0])
+        assert row.step_mem_mb_x == pytest.approx(logged[1] / base[1])
+        assert row.infer_gflops_x == pytest.approx(logged[2] / base[2])
+    assert cost.loc["coteaching instances-2", "step_gflops_x"] == pytest.approx(2.0)
+    assert cost.loc["individual", ["step_gflops_x", "step_mem_mb_x"]].tolist() == [1.0, 1.0]
+    assert cost.peak_mem_mb.isna().all() and cost.tflops.isna().all()  # CPU runs
+    assert cost.loc["coteaching simple-2", "time_epoch_s"] == pytest.approx(1.6)  # median over epochs
+    md = _section((report.out_dir / "report.md").read_text(), "Cost per method")
+    header = (
+        "| Method | Workers | Pack | Runs | Step GFLOPs (x individual) | Step memory, MB (x individual) "
+        "| Inference GFLOPs/image (x individual) | Time/epoch (s) |"
+    )
+    assert header in md and "Peak GPU memory" not in md.split("\n\n")[1]  # no GPU runs: no column
+    assert "| individual | 1 | 1 | 4 | 1.00 (x1.00) | 100 (x1.00) | 0.04 (x1.00) | 1.00 |" in md
+    assert "| coteaching instances-2 | 1 | 1 | 4 | 2.00 (x2.00) | 210 (x2.10) | 0.04 (x1.00) | 2.10 |" in md
+    assert "| hierarchical-4 | 1 | 1 | 4 | n/a | n/a | n/a | 3.00 |" in md
+    csv = pd.read_csv(report.out_dir / "cost.csv")
+    assert {"step_gflops_x", "step_mem_mb_x", "infer_gflops_x", "tflops"} <= set(csv.columns)
+
+
+def test_gpu_runs_show_peak_memory_beside_the_computed_step_memory(store):
+    result = _report(store, "gpu")
+    cost = result.tables["cost"].set_index("method")
+    assert cost.loc["coteaching instances-2", "peak_mem_mb"] == pytest.approx(
+        3 * 210.0 + 2
+    )  # max over epochs
+    assert cost.loc["coteaching instances-2", "tflops"] == pytest.approx(20.0)
+    md = _section((result.out_dir / "report.md").read_text(), "Cost per method")
+    assert "| Step memory, MB (x individual) | Peak GPU memory (MB) | Inference GFLOPs/image" in md
+    assert "| Images/s | TFLOP/s | Training params |" in md
+    assert "| coteaching instances-2 | 1 | 1 | 1 | 2.00 (x2.00) | 210 (x2.10) | 632 | 0.04 (x1.00) |" in md
+    assert (result.out_dir / "cost.png").stat().st_size > 10_000
