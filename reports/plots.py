@@ -32,9 +32,9 @@ def _metric_label(metric: str) -> str:
     return f"{metric} (%)" if is_fraction_metric(metric) else metric
 
 
-def _figure(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+def _figure(rows: int, cols: int, figsize: tuple[float, float], **shared: bool) -> tuple[Figure, np.ndarray]:
     fig = Figure(figsize=figsize)
-    return fig, fig.subplots(rows, cols, squeeze=False)
+    return fig, fig.subplots(rows, cols, squeeze=False, **shared)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -50,15 +50,11 @@ def accuracy_vs_noise(acc: pd.DataFrame, *, metric: str, mode: str, methods: lis
     which has label sets instead of rates, gets a categorical axis.
     """
     colors = method_colors(methods)
-    kinds = [k for k in acc.noise_kind.unique() if k != "none"] or ["none"]
-    clean = acc[acc.noise_kind == "none"]
-    fig, axes = _figure(1, len(kinds), (5.2 * len(kinds), 4.2))
-    for ax, kind in zip(axes[0], kinds):
-        here = acc[acc.noise_kind == kind]
+    panels = _noise_panels(acc)
+    fig, axes = _figure(1, len(panels), (5.2 * len(panels), 4.2))
+    for ax, (kind, here) in zip(axes[0], panels):
         human = kind == "human"
-        if not human and kind != "none":
-            here = pd.concat([clean, here])
-        ticks = list(dict.fromkeys(here.condition)) if human else None
+        ticks = list(dict.fromkeys(here.condition))
         rates = sorted(set(here.noise_rate.dropna() * 100))
         # Nudge methods apart horizontally so overlapping error bars stay readable.
         step = 0.08 if human else 0.012 * max(max(rates, default=0) - min(rates, default=0), 1.0)
@@ -66,10 +62,7 @@ def accuracy_vs_noise(acc: pd.DataFrame, *, metric: str, mode: str, methods: lis
             sel = here[(here.method == method) & (here.n > 0)]
             if sel.empty:
                 continue
-            x = np.array(
-                [ticks.index(c) for c in sel.condition] if human else sel.noise_rate * 100, dtype=float
-            )
-            x += (i - (len(methods) - 1) / 2) * step
+            x = np.array(_noise_x(sel, ticks, human), dtype=float) + (i - (len(methods) - 1) / 2) * step
             # Label sets are categories, not a scale: no connecting lines for human noise.
             ax.errorbar(
                 x,
@@ -81,13 +74,7 @@ def accuracy_vs_noise(acc: pd.DataFrame, *, metric: str, mode: str, methods: lis
                 color=colors[method],
                 label=method,
             )
-        if human:
-            ax.set_xticks(range(len(ticks)), [t.removeprefix("human ").strip() or "human" for t in ticks])
-            ax.set_xlim(-0.5, len(ticks) - 0.5)
-            ax.set_xlabel("Human label set")
-        else:
-            ax.set_xticks(rates, [f"{r:g}" for r in rates])
-            ax.set_xlabel("Noise rate (%)")
+        _noise_axis(ax, here, human)
         ax.set_ylabel(_metric_label(metric))
         ax.set_title(
             f"{metric} ({mode}) vs {kind} noise" if kind != "none" else f"{metric} ({mode}), clean labels"
@@ -110,6 +97,35 @@ def accuracy_vs_noise(acc: pd.DataFrame, *, metric: str, mode: str, methods: lis
     return _save(fig, path)
 
 
+def _noise_panels(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(noise kind, its rows) per panel; a rate-based panel also holds the clean rows (at rate 0)."""
+    kinds = [k for k in table.noise_kind.unique() if k != "none"] or ["none"]
+    clean = table[table.noise_kind == "none"]
+    panels = []
+    for kind in kinds:
+        here = table[table.noise_kind == kind]
+        panels.append((kind, here if kind in ("human", "none") else pd.concat([clean, here])))
+    return panels
+
+
+def _noise_axis(ax, here: pd.DataFrame, human: bool) -> None:
+    """Label the x axis: human label sets as categories (in `_noise_x`'s places), else noise rates (%)."""
+    ticks = list(dict.fromkeys(here.condition))
+    if human:
+        ax.set_xticks(range(len(ticks)), [t.removeprefix("human ").strip() or "human" for t in ticks])
+        ax.set_xlim(-0.5, len(ticks) - 0.5)
+        ax.set_xlabel("Human label set")
+    else:
+        rates = sorted(set(here.noise_rate.dropna() * 100))
+        ax.set_xticks(rates, [f"{r:g}" for r in rates])
+        ax.set_xlabel("Noise rate (%)")
+
+
+def _noise_x(sel: pd.DataFrame, ticks: list[str], human: bool) -> list[float]:
+    """Where ``sel``'s rows go on a `_noise_axis`."""
+    return [ticks.index(c) for c in sel.condition] if human else list(sel.noise_rate * 100)
+
+
 # How each selection rule is drawn in `selection_vs_noise` (the colour is the method's).
 RULE_STYLES = {
     "last": ("-", "o", "last epoch"),
@@ -126,30 +142,18 @@ def selection_vs_noise(selection: pd.DataFrame, *, metric: str, methods: list[st
     best epoch overstates; rules without values (no noisy held-out split) are not drawn.
     """
     colors = method_colors(methods)
-    kinds = [k for k in selection.noise_kind.unique() if k != "none"] or ["none"]
-    clean = selection[selection.noise_kind == "none"]
-    fig, axes = _figure(1, len(kinds), (5.2 * len(kinds) + 2.2, 4.4))
-    for ax, kind in zip(axes[0], kinds):
-        here = selection[selection.noise_kind == kind]
+    panels = _noise_panels(selection)
+    fig, axes = _figure(1, len(panels), (5.2 * len(panels) + 2.2, 4.4))
+    for ax, (kind, here) in zip(axes[0], panels):
         human = kind == "human"
-        if not human and kind != "none":
-            here = pd.concat([clean, here])
         ticks = list(dict.fromkeys(here.condition))
         for method in methods:
             for rule, (style, marker, _) in RULE_STYLES.items():
                 sel = here[(here.method == method) & (here.rule == rule) & (here.n > 0)]
-                if sel.empty:
-                    continue
-                x = [ticks.index(c) for c in sel.condition] if human else sel.noise_rate * 100
-                ax.plot(x, sel["mean"], linestyle=style, marker=marker, color=colors[method], alpha=0.9)
-        if human:
-            ax.set_xticks(range(len(ticks)), [t.removeprefix("human ").strip() or "human" for t in ticks])
-            ax.set_xlim(-0.5, len(ticks) - 0.5)
-            ax.set_xlabel("Human label set")
-        else:
-            rates = sorted(set(here.noise_rate.dropna() * 100))
-            ax.set_xticks(rates, [f"{r:g}" for r in rates])
-            ax.set_xlabel("Noise rate (%)")
+                if not sel.empty:
+                    x = _noise_x(sel, ticks, human)
+                    ax.plot(x, sel["mean"], linestyle=style, marker=marker, color=colors[method], alpha=0.9)
+        _noise_axis(ax, here, human)
         ax.set_ylabel(_metric_label(metric))
         ax.set_title(
             f"{metric} vs {kind} noise, three selection rules" if kind != "none" else f"{metric}, clean"
@@ -157,7 +161,14 @@ def selection_vs_noise(selection: pd.DataFrame, *, metric: str, methods: list[st
         ax.grid(alpha=0.3)
         if not ax.lines:
             ax.text(0.5, 0.5, "n/a (no finished run)", ha="center", va="center", transform=ax.transAxes)
-    # two legends right of the last panel: colours are methods, line styles are rules
+    _selection_legends(axes[0][-1], selection, methods, colors)
+    fig.suptitle("Mean over seeds", fontsize=9, y=0.0, va="bottom")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _save(fig, path)
+
+
+def _selection_legends(ax, selection: pd.DataFrame, methods: list[str], colors: dict) -> None:
+    """Two legends right of ``ax``: colours are methods, line styles are rules (those drawn)."""
     drawn = set(selection[selection.n > 0].method)
     by_method = [Line2D([], [], color=colors[m], label=m) for m in methods if m in drawn]
     by_rule = [
@@ -165,16 +176,12 @@ def selection_vs_noise(selection: pd.DataFrame, *, metric: str, methods: list[st
         for rule, (st, mk, name) in RULE_STYLES.items()
         if (selection[selection.rule == rule].n > 0).any()
     ]
-    last = axes[0][-1]
     if by_method:
-        first = last.legend(
+        first = ax.legend(
             handles=by_method, title="method", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1)
         )
-        last.add_artist(first)
-        last.legend(handles=by_rule, title="epoch", fontsize=8, loc="lower left", bbox_to_anchor=(1.02, 0))
-    fig.suptitle("Mean over seeds", fontsize=9, y=0.0, va="bottom")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return _save(fig, path)
+        ax.add_artist(first)
+        ax.legend(handles=by_rule, title="epoch", fontsize=8, loc="lower left", bbox_to_anchor=(1.02, 0))
 
 
 def learning_curves(
@@ -272,15 +279,16 @@ def cost_bars(cost: pd.DataFrame, *, methods: list[str], path: Path) -> Path:
     ]
     gpu = cost.peak_mem_mb.notna().any()
     y = np.arange(len(cost), dtype=float)
-    fig, axes = _figure(2, 3, (15.0, 2 * (1.4 + 0.38 * len(cost))))
+    # the panels share the method axis: its names are written once per row, left
+    fig, axes = _figure(2, 3, (14.0, 2 * (1.4 + 0.38 * len(cost))), sharey=True)
     for ax, (col, ratio, title, missing) in zip(axes.flat, COST_PANELS):
         ratios = cost[ratio] if ratio else None
         if col == "step_mem_mb" and gpu:  # the measured peak beside the computed step memory
             _bars(ax, y - 0.2, cost[col], ratios, height=0.4, color=bar_colors)
             _bars(ax, y + 0.2, cost.peak_mem_mb, None, height=0.4, color=bar_colors, hatch="//")
-            title = "Memory per step (MB): computed, and peak on the GPU (hatched)"
+            title = "Memory per step (MB): computed; GPU peak hatched"
             if cost[col].isna().all():  # runs from before the computed step memory
-                title = "Memory per step (MB): peak on the GPU (hatched); computed n/a"
+                title = "Memory per step (MB): GPU peak hatched; computed n/a"
             values = pd.concat([cost[col], cost.peak_mem_mb])
         else:
             _bars(ax, y, cost[col], ratios, height=0.7, color=bar_colors)
@@ -290,10 +298,12 @@ def cost_bars(cost: pd.DataFrame, *, methods: list[str], path: Path) -> Path:
             ax.set_xticks([])
         else:
             ax.set_xlim(0, values.max() * 1.45)  # room for the labels
-        ax.set_yticks(y, labels, fontsize=8)
-        ax.set_ylim(len(cost) - 0.5, -0.5)  # first method on top
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y, labels)
+    for ax in axes[:, 0]:
+        ax.tick_params(axis="y", labelsize=8)
+    axes[0][0].set_ylim(len(cost) - 0.5, -0.5)  # first method on top
     fig.suptitle("Cost per method: computed per step (x individual training) and measured", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
