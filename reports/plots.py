@@ -51,7 +51,7 @@ def accuracy_vs_noise(acc: pd.DataFrame, *, metric: str, mode: str, methods: lis
     """
     colors = method_colors(methods)
     panels = _noise_panels(acc)
-    fig, axes = _figure(1, len(panels), (5.2 * len(panels), 4.2))
+    fig, axes = _figure(1, len(panels), (5.2 * len(panels) + 2.2, 4.2))
     for ax, (kind, here) in zip(axes[0], panels):
         human = kind == "human"
         ticks = list(dict.fromkeys(here.condition))
@@ -80,9 +80,7 @@ def accuracy_vs_noise(acc: pd.DataFrame, *, metric: str, mode: str, methods: lis
             f"{metric} ({mode}) vs {kind} noise" if kind != "none" else f"{metric} ({mode}), clean labels"
         )
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(title="method", fontsize=8)
-        else:
+        if not ax.lines:
             ax.text(
                 0.5,
                 0.5,
@@ -92,6 +90,13 @@ def accuracy_vs_noise(acc: pd.DataFrame, *, metric: str, mode: str, methods: lis
                 transform=ax.transAxes,
                 color="gray",
             )
+    # one legend right of the last panel: long method names would cover the points inside a panel
+    drawn = set(acc[acc.n > 0].method)
+    handles = [Line2D([], [], color=colors[m], marker="o", label=m) for m in methods if m in drawn]
+    if handles:
+        axes[0][-1].legend(
+            handles=handles, title="method", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1)
+        )
     fig.suptitle("Mean over seeds; error bars: ±1 std", fontsize=9, y=0.0, va="bottom")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return _save(fig, path)
@@ -249,6 +254,8 @@ def _curve_panel(ax, sel: pd.DataFrame, methods: list[str], colors: dict, *, key
     else:
         ax.legend(title="method", fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if sel.step.nunique() == 1:  # one epoch: a tick at it, not a fractional axis around it
+        ax.set_xticks(sel.step.unique())
     ax.set_xlabel("Epoch")
     ax.grid(alpha=0.3)
 
