@@ -18,7 +18,8 @@ def _method_params(frame: pd.DataFrame, method: str, keys: list[str]) -> dict[st
 
 
 def _plain_recipe(frame: pd.DataFrame, method: str) -> bool:
-    """Whether ``method`` trains with the default label loss (cross-entropy, no smoothing)."""
+    """Whether ``method`` trains with the default recipe (RECIPE_DEFAULTS: cross-entropy, no smoothing;
+    collab.method cl, which individual training logs too)."""
     row = frame[frame.method == method].iloc[0]
     return all(
         parse_value(row[k]) == parse_value(default)
