@@ -88,9 +88,9 @@ def _log_run(client, exp, parent, *, method, seed, clean):
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tmp_path_factory, new_mlflow_store):
     root = tmp_path_factory.mktemp("selection")
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = new_mlflow_store(root)
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("baselines", artifact_location=str(root / "artifacts"))
     parent = client.create_run(
