@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.contract import lower_is_better
+from harness.contract import TEST_ACC, lower_is_better
 
 # LaTeX's special characters in text mode (method names, noise conditions)
 _ESCAPES = {
@@ -117,10 +117,10 @@ def write_latex(
     metric: str,
     title: str,
 ) -> Path:
-    """Write ``tables.tex``: ``metric`` under each selection rule that has values, the final-epoch
+    """Write ``tables.tex``: ``metric`` under each selection rule that has values, the last-epoch
     ECE, and the noise-detection AUROC where any run logged it. Returns ``path``."""
-    what = "Test accuracy (\\%)" if metric == "test/acc" else f"\\texttt{{{escape(metric)}}}"
-    if len(selection) and selection.unit.iloc[0] == "%" and metric != "test/acc":
+    what = "Test accuracy (\\%)" if metric == TEST_ACC else f"\\texttt{{{escape(metric)}}}"
+    if len(selection) and selection.unit.iloc[0] == "%" and metric != TEST_ACC:
         what += " (\\%)"
     lower = lower_is_better(metric)
     parts = [

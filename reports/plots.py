@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from harness.contract import TRAIN_MEMORIZED, is_fraction_metric
+from harness.contract import TRAIN_KEPT, TRAIN_KEPT_PRECISION, TRAIN_MEMORIZED, is_fraction_metric
+from reports.rows import amount
 
 DPI = 110
 
@@ -31,9 +32,9 @@ def _metric_label(metric: str) -> str:
     return f"{metric} (%)" if is_fraction_metric(metric) else metric
 
 
-def _figure(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+def _figure(rows: int, cols: int, figsize: tuple[float, float], **shared: bool) -> tuple[Figure, np.ndarray]:
     fig = Figure(figsize=figsize)
-    return fig, fig.subplots(rows, cols, squeeze=False)
+    return fig, fig.subplots(rows, cols, squeeze=False, **shared)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -49,15 +50,11 @@ def accuracy_vs_noise(acc: pd.DataFrame, *, metric: str, mode: str, methods: lis
     which has label sets instead of rates, gets a categorical axis.
     """
     colors = method_colors(methods)
-    kinds = [k for k in acc.noise_kind.unique() if k != "none"] or ["none"]
-    clean = acc[acc.noise_kind == "none"]
-    fig, axes = _figure(1, len(kinds), (5.2 * len(kinds), 4.2))
-    for ax, kind in zip(axes[0], kinds):
-        here = acc[acc.noise_kind == kind]
+    panels = _noise_panels(acc)
+    fig, axes = _figure(1, len(panels), (5.2 * len(panels) + 2.2, 4.2))
+    for ax, (kind, here) in zip(axes[0], panels):
         human = kind == "human"
-        if not human and kind != "none":
-            here = pd.concat([clean, here])
-        ticks = list(dict.fromkeys(here.condition)) if human else None
+        ticks = list(dict.fromkeys(here.condition))
         rates = sorted(set(here.noise_rate.dropna() * 100))
         # Nudge methods apart horizontally so overlapping error bars stay readable.
         step = 0.08 if human else 0.012 * max(max(rates, default=0) - min(rates, default=0), 1.0)
@@ -65,10 +62,7 @@ def accuracy_vs_noise(acc: pd.DataFrame, *, metric: str, mode: str, methods: lis
             sel = here[(here.method == method) & (here.n > 0)]
             if sel.empty:
                 continue
-            x = np.array(
-                [ticks.index(c) for c in sel.condition] if human else sel.noise_rate * 100, dtype=float
-            )
-            x += (i - (len(methods) - 1) / 2) * step
+            x = np.array(_noise_x(sel, ticks, human), dtype=float) + (i - (len(methods) - 1) / 2) * step
             # Label sets are categories, not a scale: no connecting lines for human noise.
             ax.errorbar(
                 x,
@@ -80,21 +74,13 @@ def accuracy_vs_noise(acc: pd.DataFrame, *, metric: str, mode: str, methods: lis
                 color=colors[method],
                 label=method,
             )
-        if human:
-            ax.set_xticks(range(len(ticks)), [t.removeprefix("human ").strip() or "human" for t in ticks])
-            ax.set_xlim(-0.5, len(ticks) - 0.5)
-            ax.set_xlabel("Human label set")
-        else:
-            ax.set_xticks(rates, [f"{r:g}" for r in rates])
-            ax.set_xlabel("Noise rate (%)")
+        _noise_axis(ax, here, human)
         ax.set_ylabel(_metric_label(metric))
         ax.set_title(
             f"{metric} ({mode}) vs {kind} noise" if kind != "none" else f"{metric} ({mode}), clean labels"
         )
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(title="method", fontsize=8)
-        else:
+        if not ax.lines:
             ax.text(
                 0.5,
                 0.5,
@@ -104,9 +90,45 @@ def accuracy_vs_noise(acc: pd.DataFrame, *, metric: str, mode: str, methods: lis
                 transform=ax.transAxes,
                 color="gray",
             )
+    # one legend right of the last panel: long method names would cover the points inside a panel
+    drawn = set(acc[acc.n > 0].method)
+    handles = [Line2D([], [], color=colors[m], marker="o", label=m) for m in methods if m in drawn]
+    if handles:
+        axes[0][-1].legend(
+            handles=handles, title="method", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1)
+        )
     fig.suptitle("Mean over seeds; error bars: ±1 std", fontsize=9, y=0.0, va="bottom")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     return _save(fig, path)
+
+
+def _noise_panels(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(noise kind, its rows) per panel; a rate-based panel also holds the clean rows (at rate 0)."""
+    kinds = [k for k in table.noise_kind.unique() if k != "none"] or ["none"]
+    clean = table[table.noise_kind == "none"]
+    panels = []
+    for kind in kinds:
+        here = table[table.noise_kind == kind]
+        panels.append((kind, here if kind in ("human", "none") else pd.concat([clean, here])))
+    return panels
+
+
+def _noise_axis(ax, here: pd.DataFrame, human: bool) -> None:
+    """Label the x axis: human label sets as categories (in `_noise_x`'s places), else noise rates (%)."""
+    ticks = list(dict.fromkeys(here.condition))
+    if human:
+        ax.set_xticks(range(len(ticks)), [t.removeprefix("human ").strip() or "human" for t in ticks])
+        ax.set_xlim(-0.5, len(ticks) - 0.5)
+        ax.set_xlabel("Human label set")
+    else:
+        rates = sorted(set(here.noise_rate.dropna() * 100))
+        ax.set_xticks(rates, [f"{r:g}" for r in rates])
+        ax.set_xlabel("Noise rate (%)")
+
+
+def _noise_x(sel: pd.DataFrame, ticks: list[str], human: bool) -> list[float]:
+    """Where ``sel``'s rows go on a `_noise_axis`."""
+    return [ticks.index(c) for c in sel.condition] if human else list(sel.noise_rate * 100)
 
 
 # How each selection rule is drawn in `selection_vs_noise` (the colour is the method's).
@@ -125,30 +147,18 @@ def selection_vs_noise(selection: pd.DataFrame, *, metric: str, methods: list[st
     best epoch overstates; rules without values (no noisy held-out split) are not drawn.
     """
     colors = method_colors(methods)
-    kinds = [k for k in selection.noise_kind.unique() if k != "none"] or ["none"]
-    clean = selection[selection.noise_kind == "none"]
-    fig, axes = _figure(1, len(kinds), (5.2 * len(kinds) + 2.2, 4.4))
-    for ax, kind in zip(axes[0], kinds):
-        here = selection[selection.noise_kind == kind]
+    panels = _noise_panels(selection)
+    fig, axes = _figure(1, len(panels), (5.2 * len(panels) + 2.2, 4.4))
+    for ax, (kind, here) in zip(axes[0], panels):
         human = kind == "human"
-        if not human and kind != "none":
-            here = pd.concat([clean, here])
         ticks = list(dict.fromkeys(here.condition))
         for method in methods:
             for rule, (style, marker, _) in RULE_STYLES.items():
                 sel = here[(here.method == method) & (here.rule == rule) & (here.n > 0)]
-                if sel.empty:
-                    continue
-                x = [ticks.index(c) for c in sel.condition] if human else sel.noise_rate * 100
-                ax.plot(x, sel["mean"], linestyle=style, marker=marker, color=colors[method], alpha=0.9)
-        if human:
-            ax.set_xticks(range(len(ticks)), [t.removeprefix("human ").strip() or "human" for t in ticks])
-            ax.set_xlim(-0.5, len(ticks) - 0.5)
-            ax.set_xlabel("Human label set")
-        else:
-            rates = sorted(set(here.noise_rate.dropna() * 100))
-            ax.set_xticks(rates, [f"{r:g}" for r in rates])
-            ax.set_xlabel("Noise rate (%)")
+                if not sel.empty:
+                    x = _noise_x(sel, ticks, human)
+                    ax.plot(x, sel["mean"], linestyle=style, marker=marker, color=colors[method], alpha=0.9)
+        _noise_axis(ax, here, human)
         ax.set_ylabel(_metric_label(metric))
         ax.set_title(
             f"{metric} vs {kind} noise, three selection rules" if kind != "none" else f"{metric}, clean"
@@ -156,7 +166,14 @@ def selection_vs_noise(selection: pd.DataFrame, *, metric: str, methods: list[st
         ax.grid(alpha=0.3)
         if not ax.lines:
             ax.text(0.5, 0.5, "n/a (no finished run)", ha="center", va="center", transform=ax.transAxes)
-    # two legends right of the last panel: colours are methods, line styles are rules
+    _selection_legends(axes[0][-1], selection, methods, colors)
+    fig.suptitle("Mean over seeds", fontsize=9, y=0.0, va="bottom")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return _save(fig, path)
+
+
+def _selection_legends(ax, selection: pd.DataFrame, methods: list[str], colors: dict) -> None:
+    """Two legends right of ``ax``: colours are methods, line styles are rules (those drawn)."""
     drawn = set(selection[selection.n > 0].method)
     by_method = [Line2D([], [], color=colors[m], label=m) for m in methods if m in drawn]
     by_rule = [
@@ -164,16 +181,12 @@ def selection_vs_noise(selection: pd.DataFrame, *, metric: str, methods: list[st
         for rule, (st, mk, name) in RULE_STYLES.items()
         if (selection[selection.rule == rule].n > 0).any()
     ]
-    last = axes[0][-1]
     if by_method:
-        first = last.legend(
+        first = ax.legend(
             handles=by_method, title="method", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1)
         )
-        last.add_artist(first)
-        last.legend(handles=by_rule, title="epoch", fontsize=8, loc="lower left", bbox_to_anchor=(1.02, 0))
-    fig.suptitle("Mean over seeds", fontsize=9, y=0.0, va="bottom")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return _save(fig, path)
+        ax.add_artist(first)
+        ax.legend(handles=by_rule, title="epoch", fontsize=8, loc="lower left", bbox_to_anchor=(1.02, 0))
 
 
 def learning_curves(
@@ -188,69 +201,141 @@ def learning_curves(
     fig, axes = _figure(len(conditions), 2, (11, 3.6 * len(conditions)))
     for row, cond in zip(axes, conditions):
         for ax, (key, ylabel) in zip(row, panels):
-            scale = 100.0 if is_fraction_metric(key) else 1.0
             sel = curves[(curves.condition == cond) & (curves.key == key)]
-            for method in methods:
-                m = sel[sel.method == method].sort_values("step")
-                if m.empty:
-                    continue
-                mean, std = m["mean"].to_numpy() * scale, m["std"].fillna(0.0).to_numpy() * scale
-                ax.plot(m.step, mean, marker=".", color=colors[method], label=method)
-                ax.fill_between(m.step, mean - std, mean + std, color=colors[method], alpha=0.15, linewidth=0)
-            if sel.empty:
-                why = "no flipped labels" if key == TRAIN_MEMORIZED else "not logged"
-                ax.text(
-                    0.5, 0.5, f"n/a ({why})", ha="center", va="center", transform=ax.transAxes, color="gray"
-                )
-            else:
-                ax.legend(title="method", fontsize=8)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            why = "no flipped labels" if key == TRAIN_MEMORIZED else "not logged"
+            _curve_panel(ax, sel, methods, colors, key=key, missing=f"n/a ({why})")
             ax.set_title(f"{key} per epoch, {cond}")
-            ax.set_xlabel("Epoch")
             ax.set_ylabel(ylabel)
-            ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def cost_bars(cost: pd.DataFrame, *, methods: list[str], path: Path) -> Path:
-    """Bars per method: peak GPU memory (MB), time per epoch (s), training images per second."""
+def kept_curves(
+    curves: pd.DataFrame, *, conditions: list[str], methods: list[str], clean: dict[str, float], path: Path
+) -> Path:
+    """Per-epoch mean over seeds (band: +-1 std) of ``train/kept_precision`` and ``train/kept``, one
+    row of panels per noise condition, for the methods that select samples (the others log neither).
+
+    ``clean``: condition -> share of clean training labels (%), drawn as a dashed line on the precision
+    panel: the label precision of training on every sample.
+    """
     colors = method_colors(methods)
     panels = [
-        ("peak_mem_mb", "Peak GPU memory (MB)", "n/a (no GPU runs)"),
-        ("time_epoch_s", "Time per epoch (s)", "n/a (not logged)"),
-        ("img_per_s", "Training throughput (images/s)", "n/a (not logged)"),
+        (TRAIN_KEPT_PRECISION, "Label precision of the kept samples (%)"),
+        (TRAIN_KEPT, "Kept share of the batch (%)"),
     ]
-    fig, axes = _figure(1, 3, (4.4 * 3, 4.0))
-    x = np.arange(len(cost))
+    fig, axes = _figure(len(conditions), 2, (11, 3.6 * len(conditions)))
+    for row, cond in zip(axes, conditions):
+        for ax, (key, ylabel) in zip(row, panels):
+            sel = curves[(curves.condition == cond) & (curves.key == key)]
+            if key == TRAIN_KEPT_PRECISION and not math.isnan(clean.get(cond, math.nan)):
+                ax.axhline(
+                    clean[cond], color="gray", linestyle="--", linewidth=1, label="every sample (clean share)"
+                )
+            _curve_panel(ax, sel, methods, colors, key=key, missing="n/a (no method selects samples)")
+            ax.set_title(f"{key} per epoch, {cond}")
+            ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _curve_panel(ax, sel: pd.DataFrame, methods: list[str], colors: dict, *, key: str, missing: str) -> None:
+    """One panel of per-epoch curves: a line per method with a +-1 std band, fractions in percent."""
+    scale = 100.0 if is_fraction_metric(key) else 1.0
+    for method in methods:
+        m = sel[sel.method == method].sort_values("step")
+        if m.empty:
+            continue
+        mean, std = m["mean"].to_numpy() * scale, m["std"].fillna(0.0).to_numpy() * scale
+        ax.plot(m.step, mean, marker=".", color=colors[method], label=method)
+        ax.fill_between(m.step, mean - std, mean + std, color=colors[method], alpha=0.15, linewidth=0)
+    if sel.empty:
+        ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes, color="gray")
+    else:
+        ax.legend(title="method", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if sel.step.nunique() == 1:  # one epoch: a tick at it, not a fractional axis around it
+        ax.set_xticks(sel.step.unique())
+    ax.set_xlabel("Epoch")
+    ax.grid(alpha=0.3)
+
+
+# The panels of `cost_bars`: cost-table column, its ratio column (None: no ratio), title, why n/a
+COST_PANELS = [
+    ("step_gflops", "step_gflops_x", "Step GFLOPs (computed)", "n/a (not logged)"),
+    ("step_mem_mb", "step_mem_mb_x", "Memory per step (MB, computed)", "n/a (not logged)"),
+    ("infer_gflops", "infer_gflops_x", "Inference GFLOPs per image", "n/a (not logged)"),
+    ("time_epoch_s", None, "Time per epoch (s)", "n/a (not logged)"),
+    ("img_per_s", None, "Training throughput (images/s)", "n/a (not logged)"),
+    ("tflops", None, "Achieved TFLOP/s", "n/a (GPU runs only)"),
+]
+
+
+def cost_bars(cost: pd.DataFrame, *, methods: list[str], path: Path) -> Path:
+    """Horizontal bars per method (and setup), first method on top: computed step GFLOPs, memory per
+    step and inference GFLOPs, each annotated with its ratio to individual training (x1.00 for it);
+    measured time per epoch, images/s and TFLOP/s. The memory panel draws the computed step memory and,
+    where GPU runs logged it, the measured peak GPU memory beside it (hatched)."""
+    colors = method_colors(methods)
+    bar_colors = [colors[m] for m in cost.method]
     # a method trained in several setups (workers, pack) has a bar per setup, named by it
     one_setup = len(cost.drop_duplicates(["workers", "pack"])) <= 1
     labels = [
         m if one_setup else f"{m} ({w:g} workers, pack {p:g})"
         for m, w, p in zip(cost.method, cost.workers, cost.pack)
     ]
-    for ax, (col, label, missing) in zip(axes[0], panels):
-        values = cost[col].to_numpy(dtype=float)
-        shown = np.nan_to_num(values, nan=0.0)
-        bars = ax.bar(x, shown, color=[colors[m] for m in cost.method])
-        for bar, v in zip(bars, values):
-            text = "n/a" if math.isnan(v) else f"{v:.2f}" if v < 100 else f"{v:,.0f}"
-            ax.annotate(
-                text,
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
-        if np.isnan(values).all():
+    gpu = cost.peak_mem_mb.notna().any()
+    y = np.arange(len(cost), dtype=float)
+    # the panels share the method axis: its names are written once per row, left
+    fig, axes = _figure(2, 3, (14.0, 2 * (1.4 + 0.38 * len(cost))), sharey=True)
+    for ax, (col, ratio, title, missing) in zip(axes.flat, COST_PANELS):
+        ratios = cost[ratio] if ratio else None
+        if col == "step_mem_mb" and gpu:  # the measured peak beside the computed step memory
+            _bars(ax, y - 0.2, cost[col], ratios, height=0.4, color=bar_colors)
+            _bars(ax, y + 0.2, cost.peak_mem_mb, None, height=0.4, color=bar_colors, hatch="//")
+            title = "Memory per step (MB): computed; GPU peak hatched"
+            if cost[col].isna().all():  # runs from before the computed step memory
+                title = "Memory per step (MB): GPU peak hatched; computed n/a"
+            values = pd.concat([cost[col], cost.peak_mem_mb])
+        else:
+            _bars(ax, y, cost[col], ratios, height=0.7, color=bar_colors)
+            values = cost[col]
+        if values.isna().all():
             ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes, color="gray")
-            ax.set_ylim(0, 1)
-            ax.set_yticks([])
-        ax.set_xticks(x, labels, rotation=20, ha="right")
-        ax.set_title(label)
-        ax.set_ylabel(label)
-        ax.set_xlabel("Method")
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Cost per method (mean over runs)", fontsize=11)
+            ax.set_xticks([])
+        else:
+            ax.set_xlim(0, values.max() * 1.45)  # room for the labels
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y, labels)
+    for ax in axes[:, 0]:
+        ax.tick_params(axis="y", labelsize=8)
+    axes[0][0].set_ylim(len(cost) - 0.5, -0.5)  # first method on top
+    fig.suptitle("Cost per method: computed per step (x individual training) and measured", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _bars(
+    ax, y: np.ndarray, values: pd.Series, ratios: pd.Series | None, *, height: float, color, hatch=None
+) -> None:
+    """Horizontal bars at ``y``, each annotated with its value (and ``xN.NN`` where a ratio is given);
+    a missing value gets no bar and reads n/a (a panel without any value says so once, elsewhere)."""
+    values = values.to_numpy(dtype=float)
+    ratios = np.full(len(values), math.nan) if ratios is None else ratios.to_numpy(dtype=float)
+    bars = ax.barh(
+        y, np.nan_to_num(values, nan=0.0), height=height, color=color, hatch=hatch, edgecolor="white"
+    )
+    if np.isnan(values).all():
+        return
+    for bar, v, r in zip(bars, values, ratios):
+        ax.annotate(
+            amount(v) if math.isnan(v) or math.isnan(r) else f"{amount(v)}  x{r:.2f}",
+            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+            xytext=(3, 0),
+            textcoords="offset points",
+            ha="left",
+            va="center",
+            fontsize=7,
+            color="gray" if math.isnan(v) else "black",
+        )

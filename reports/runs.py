@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Experiment, Run, ViewType
 from mlflow.exceptions import MlflowException
 
 from harness.contract import (
@@ -23,27 +23,36 @@ from harness.contract import (
     PACK_TAG,
     PARENT_TAG,
     PERF_IMG_PER_S,
+    PERF_TFLOPS,
     RUN_KIND_TAG,
     SWEEP_NAME_TAG,
     SWEEP_RUN,
     SWEEP_TRIALS_PARAM,
     TIME_EPOCH_S,
     TRAIN_ACC_CLEAN,
+    TRAIN_KEPT,
+    TRAIN_KEPT_PRECISION,
     TRAIN_MEMORIZED,
     TRIAL_RUN,
     VAL_ACC_NOISY,
     WORLD_SIZE_TAG,
 )
+from reports.params import WORKERS_PARAM
 
 # Metrics whose per-epoch history the report needs (besides the ranked metric); the noisy held-out
-# accuracy picks the epoch of the "selected by noisy validation" rule.
+# accuracy picks the epoch of the "selected by noisy validation" rule; the kept share and its label
+# precision are drawn per epoch.
 HISTORY_KEYS = (
     TRAIN_MEMORIZED,
     TRAIN_ACC_CLEAN,
     TIME_EPOCH_S,
     PERF_IMG_PER_S,
+    PERF_TFLOPS,
+    PERF_TFLOPS,
     GPU_PEAK_MEM_MB,
     VAL_ACC_NOISY,
+    TRAIN_KEPT,
+    TRAIN_KEPT_PRECISION,
 )
 
 
@@ -122,84 +131,19 @@ def select_sweep(client: MlflowClient, *, experiment: str | None, sweep_run_id: 
 
     Raises ValueError, naming what exists, for an unknown experiment or run id or when nothing is found.
     """
-    exp = None
-    if experiment is not None:
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            raise ValueError(
-                f"experiment {experiment!r} not found in the MLflow store; "
-                f"experiments: {', '.join(_experiment_names(client)) or 'none'}"
-            )
+    exp = _experiment(client, experiment)
     notes: list[str] = []
-    parent: Run | None = None
     if sweep_run_id is not None:
-        try:
-            parent = client.get_run(sweep_run_id)
-        except MlflowException as err:
-            ids = [exp.experiment_id] if exp else [e.experiment_id for e in client.search_experiments()]
-            raise ValueError(
-                f"sweep run {sweep_run_id!r} not found; sweep runs: {_describe_sweeps(client, ids)}"
-            ) from err
-        if exp is not None and parent.info.experiment_id != exp.experiment_id:
-            raise ValueError(
-                f"sweep run {sweep_run_id!r} is not in experiment {experiment!r}; sweep runs there: "
-                f"{_describe_sweeps(client, [exp.experiment_id])}"
-            )
-        kind = parent.data.tags.get(RUN_KIND_TAG)
-        if kind not in (None, SWEEP_RUN):
-            raise ValueError(
-                f"run {sweep_run_id!r} has {RUN_KIND_TAG}={kind!r}, not a sweep parent run; pass the "
-                f"sweep's run id (its parent is {parent.data.tags.get(PARENT_TAG, 'unknown')})"
-            )
+        parent = _given_parent(client, sweep_run_id, exp)
     else:
-        ids = [exp.experiment_id] if exp else [e.experiment_id for e in client.search_experiments()]
-        parents = _sweep_parents(client, ids)
-        if parents:
-            parent = parents[0]  # newest first
-            if len(parents) > 1:
-                notes.append(
-                    f"{len(parents)} sweep runs found; reporting the latest, {parent.info.run_name} "
-                    f"({parent.info.run_id}); choose another with --sweep RUN_ID"
-                )
-        elif exp is None:
-            raise ValueError(
-                "no sweep runs in the MLflow store; pass --experiment NAME; experiments: "
-                f"{', '.join(_experiment_names(client)) or 'none'}"
-            )
-
+        parent = _latest_parent(client, exp, notes)
     if parent is not None:
         exp = client.get_experiment(parent.info.experiment_id)
-        runs = _search_all(client, [exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
-        name = parent.data.tags.get(SWEEP_NAME_TAG) or parent.info.run_name or parent.info.run_id
-        if not runs:
-            raise ValueError(f"sweep run {parent.info.run_id} ({name}) has no trial runs")
+        name, runs = _children(client, parent, exp)
     else:
-        assert exp is not None
-        runs = [
-            r for r in _search_all(client, [exp.experiment_id]) if r.data.tags.get(RUN_KIND_TAG) != SWEEP_RUN
-        ]
-        name = exp.name
-        if not runs:
-            raise ValueError(
-                f"experiment {exp.name!r} has no runs; experiments: {', '.join(_experiment_names(client))}"
-            )
-        notes.append(f"experiment {exp.name!r} has no sweep parent run; reporting all its {len(runs)} runs")
-    trials = [
-        Trial(
-            run_id=r.info.run_id,
-            name=r.info.run_name or r.info.run_id,
-            status=r.info.status,
-            error=r.data.tags.get(ERROR_TAG),
-            start_time=r.info.start_time or 0,
-            params=dict(r.data.params),
-            metrics=dict(r.data.metrics),
-            collapsed=r.data.tags.get(COLLAPSED_TAG) == "true",
-            world_size=_count_tag(r.data.tags.get(WORLD_SIZE_TAG) or r.data.params.get("run.workers")),
-            pack_size=_count_tag((r.data.tags.get(PACK_TAG) or "").rpartition(":")[2]),
-        )
-        for r in runs
-        if r.data.tags.get(RUN_KIND_TAG) in (None, TRIAL_RUN)
-    ]
+        assert exp is not None  # _latest_parent raises when there is neither
+        name, runs = _runs_without_parent(client, exp, notes)
+    trials = [_trial(r) for r in runs if r.data.tags.get(RUN_KIND_TAG) in (None, TRIAL_RUN)]
     if not trials:
         kinds = sorted({str(r.data.tags.get(RUN_KIND_TAG)) for r in runs})
         raise ValueError(f"{name!r} has no trial runs (run kinds found: {', '.join(kinds)})")
@@ -211,6 +155,101 @@ def select_sweep(client: MlflowClient, *, experiment: str | None, sweep_run_id: 
         trials=trials,
         notes=notes,
         planned_trials=_planned(parent),
+    )
+
+
+def _experiment(client: MlflowClient, experiment: str | None) -> Experiment | None:
+    """The experiment named ``experiment`` (None for None); ValueError naming those there are."""
+    if experiment is None:
+        return None
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(
+            f"experiment {experiment!r} not found in the MLflow store; "
+            f"experiments: {', '.join(_experiment_names(client)) or 'none'}"
+        )
+    return exp
+
+
+def _experiment_ids(client: MlflowClient, exp: Experiment | None) -> list[str]:
+    return [exp.experiment_id] if exp else [e.experiment_id for e in client.search_experiments()]
+
+
+def _given_parent(client: MlflowClient, sweep_run_id: str, exp: Experiment | None) -> Run:
+    """The sweep parent run ``sweep_run_id``, checked to be one (and to lie in ``exp`` if given)."""
+    try:
+        parent = client.get_run(sweep_run_id)
+    except MlflowException as err:
+        raise ValueError(
+            f"sweep run {sweep_run_id!r} not found; sweep runs: "
+            f"{_describe_sweeps(client, _experiment_ids(client, exp))}"
+        ) from err
+    if exp is not None and parent.info.experiment_id != exp.experiment_id:
+        raise ValueError(
+            f"sweep run {sweep_run_id!r} is not in experiment {exp.name!r}; sweep runs there: "
+            f"{_describe_sweeps(client, [exp.experiment_id])}"
+        )
+    kind = parent.data.tags.get(RUN_KIND_TAG)
+    if kind not in (None, SWEEP_RUN):
+        raise ValueError(
+            f"run {sweep_run_id!r} has {RUN_KIND_TAG}={kind!r}, not a sweep parent run; pass the "
+            f"sweep's run id (its parent is {parent.data.tags.get(PARENT_TAG, 'unknown')})"
+        )
+    return parent
+
+
+def _latest_parent(client: MlflowClient, exp: Experiment | None, notes: list[str]) -> Run | None:
+    """The newest sweep parent run in ``exp`` (in any experiment for None); None when ``exp`` has no
+    sweep run (its runs are reported instead); ValueError when no experiment has one."""
+    parents = _sweep_parents(client, _experiment_ids(client, exp))
+    if not parents:
+        if exp is None:
+            raise ValueError(
+                "no sweep runs in the MLflow store; pass --experiment NAME; experiments: "
+                f"{', '.join(_experiment_names(client)) or 'none'}"
+            )
+        return None
+    parent = parents[0]  # newest first
+    if len(parents) > 1:
+        notes.append(
+            f"{len(parents)} sweep runs found; reporting the latest, {parent.info.run_name} "
+            f"({parent.info.run_id}); choose another with --sweep RUN_ID"
+        )
+    return parent
+
+
+def _children(client: MlflowClient, parent: Run, exp: Experiment) -> tuple[str, list[Run]]:
+    """The sweep's name and the runs of its parent run."""
+    runs = _search_all(client, [exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    name = parent.data.tags.get(SWEEP_NAME_TAG) or parent.info.run_name or parent.info.run_id
+    if not runs:
+        raise ValueError(f"sweep run {parent.info.run_id} ({name}) has no trial runs")
+    return name, runs
+
+
+def _runs_without_parent(client: MlflowClient, exp: Experiment, notes: list[str]) -> tuple[str, list[Run]]:
+    """An experiment without sweep runs (e.g. ``harness train`` runs): its name and all its runs."""
+    runs = [r for r in _search_all(client, [exp.experiment_id]) if r.data.tags.get(RUN_KIND_TAG) != SWEEP_RUN]
+    if not runs:
+        raise ValueError(
+            f"experiment {exp.name!r} has no runs; experiments: {', '.join(_experiment_names(client))}"
+        )
+    notes.append(f"experiment {exp.name!r} has no sweep parent run; reporting all its {len(runs)} runs")
+    return exp.name, runs
+
+
+def _trial(r: Run) -> Trial:
+    return Trial(
+        run_id=r.info.run_id,
+        name=r.info.run_name or r.info.run_id,
+        status=r.info.status,
+        error=r.data.tags.get(ERROR_TAG),
+        start_time=r.info.start_time or 0,
+        params=dict(r.data.params),
+        metrics=dict(r.data.metrics),
+        collapsed=r.data.tags.get(COLLAPSED_TAG) == "true",
+        world_size=_count_tag(r.data.tags.get(WORLD_SIZE_TAG) or r.data.params.get(WORKERS_PARAM)),
+        pack_size=_count_tag((r.data.tags.get(PACK_TAG) or "").rpartition(":")[2]),
     )
 
 

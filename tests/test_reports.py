@@ -19,9 +19,11 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from harness.contract import default_tracking_uri
-from reports.build import add_report_arguments, build_report, run_report
+from reports.build import build_report
+from reports.cli import add_report_arguments, run_report
+from reports.frame import trial_frame
 from reports.runs import load_histories, select_sweep
-from reports.tables import accuracy_table, trial_frame
+from reports.tables import accuracy_table
 
 T_975 = {2: 4.302652729749462, 1: 12.706204736174694}  # t-table: 97.5% quantile by degrees of freedom
 EPOCHS = 3
@@ -244,6 +246,8 @@ def test_cost_memorization_and_files(main_report, store):
     assert cost.loc["hierarchical-4", "inference_params"] == 1000
     assert (cost.inference_matches_individual == "yes").all()
     assert cost.peak_mem_mb.isna().all()  # CPU runs: no gpu/peak_mem_mb, shown as n/a
+    # runs from before the cost metrics: n/a (NaN), never 0, and no ratio to individual training
+    assert cost[["step_gflops", "step_mem_mb", "infer_gflops", "step_gflops_x"]].isna().all().all()
     assert (cost.workers == 1).all() and (cost.pack == 1).all(), "untagged runs trained alone, one process"
 
     mem = main_report.tables["memorization"]
@@ -270,6 +274,9 @@ def test_cost_memorization_and_files(main_report, store):
         assert (out / png).stat().st_size > 10_000
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "src='accuracy" not in html
+    # no method selects samples (and none logged collab.method): no selection section, no such plot
+    assert "## Sample selection" not in md and "kept_precision.png" not in main_report.files
+    assert main_report.tables["kept"].kept_n.eq(0).all()
 
     assert main_report.logged_to_mlflow
     logged = {f.path for f in store["client"].list_artifacts(store["main"], "report")}
@@ -320,8 +327,13 @@ def test_cost_table_keeps_each_setup_of_workers_and_pack_apart(tmp_path, new_mlf
     assert list(csv.columns[:4]) == ["method", "workers", "pack", "n_runs"]
     assert list(zip(csv.method, csv.workers, csv.pack, csv.n_runs)) == rows
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "| Method | Workers | Pack | Runs | Peak GPU memory (MB) |" in md
-    assert "| hierarchical-4 | 1 | 4 | 1 | n/a | 4.00 |" in md
+    # CPU runs from before the cost metrics: computed cost n/a (not 0), no peak GPU memory column
+    assert (
+        "| Method | Workers | Pack | Runs | Step GFLOPs (x individual) | Step memory, MB (x individual) |"
+        in md
+    )
+    assert "| hierarchical-4 | 1 | 4 | 1 | n/a | n/a | n/a | 4.00 |" in md
+    assert "Peak GPU memory (MB)" not in md
     assert "3 different setups (workers x pack)" in md
     html = (tmp_path / "out" / "report.html").read_text()
     assert "<th>Method</th><th>Workers</th><th>Pack</th><th>Runs</th>" in html
@@ -368,8 +380,30 @@ def test_best_mode_takes_the_best_epoch(store):
     acc = accuracy_table(frame, metric="test/acc")
     row = acc[(acc.noise_rate == 0.4) & (acc.method == "individual")].iloc[0]
     assert row["mean"] == pytest.approx(100 * (statistics.mean(ACC[(0.4, "individual")]) + 0.01), abs=1e-9)
-    with pytest.raises(ValueError, match="mode must be 'final' or 'best'"):
-        trial_frame(sweep.trials, metric="test/acc", mode="last")
+    with pytest.raises(ValueError, match="mode must be 'last' or 'best'"):
+        trial_frame(sweep.trials, metric="test/acc", mode="oracle")
+
+
+def test_mode_final_is_the_deprecated_name_of_last(store, tmp_path, capsys):
+    """`--mode final` (the old spelling) still works, says it is deprecated and reports the last epoch."""
+    parser = add_report_arguments(argparse.ArgumentParser())
+    assert "{last,best}" in parser.format_help()
+    common = ["--experiment", "noise-collapse", "--tracking-uri", store["uri"], "--no-log"]
+    for mode in ("last", "final"):
+        args = parser.parse_args([*common, "--mode", mode, "--out", str(tmp_path / mode)])
+        assert run_report(args) == 0
+        assert ("deprecated" in capsys.readouterr().err) == (mode == "final")
+    last, final = (pd.read_csv(tmp_path / m / "accuracy.csv") for m in ("last", "final"))
+    pd.testing.assert_frame_equal(last, final)
+    assert "test/acc, last epoch" in (tmp_path / "final" / "report.md").read_text()
+    with pytest.warns(FutureWarning, match="'final' is deprecated"):
+        build_report(
+            experiment="noise-collapse",
+            mode="final",
+            out_dir=tmp_path / "api",
+            tracking_uri=store["uri"],
+            log_to_mlflow=False,
+        )
 
 
 def test_failed_and_missing_runs_are_listed_not_averaged(store, tmp_path, capsys):
@@ -467,7 +501,7 @@ def test_experiment_without_sweep_parent_reports_its_runs(store):
     sweep = select_sweep(store["client"], experiment="loose", sweep_run_id=None)
     assert sweep.parent_run_id is None and [t.name for t in sweep.trials] == ["one-off"]
     assert "no sweep parent run" in sweep.notes[0]
-    frame, _ = trial_frame(sweep.trials, metric="test/acc", mode="final")
+    frame, _ = trial_frame(sweep.trials, metric="test/acc", mode="last")
     assert frame.method.tolist() == ["individual"]  # one method, named by its topology
 
 

@@ -17,8 +17,8 @@ from mlflow.entities import Metric, Param
 
 from harness import contract as K
 from reports.build import build_report
+from reports.frame import select_epoch
 from reports.latex import escape
-from reports.tables import select_epoch
 
 SEEDS = (0, 1)
 # method -> (topology, heads, label_loss, label_smoothing, final test accuracy at 40 % noise per seed)
@@ -88,9 +88,9 @@ def _log_run(client, exp, parent, *, method, seed, clean):
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tmp_path_factory, new_mlflow_store):
     root = tmp_path_factory.mktemp("selection")
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = new_mlflow_store(root)
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("baselines", artifact_location=str(root / "artifacts"))
     parent = client.create_run(
