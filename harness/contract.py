@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 # --- the store ---------------------------------------------------------------------------------
@@ -112,7 +113,15 @@ TRAIN_ACC_CLEAN = "train/acc_clean"  # against the true labels
 # a data set whose labels came noisy: nothing to measure it on), so readers show n/a, not 0
 TRAIN_MEMORIZED = "train/memorized"
 TRAIN_COLLAPSED = "train/collapsed"  # 1.0 when the kept head's output has become input-independent
+TRAIN_COLLAPSED_EPOCHS = "train/collapsed_epochs"  # how many epochs in a row it has been collapsed
+# share of a batch's (train) or the evaluation set's predictions in its most frequent class (collapse)
+TRAIN_PRED_TOP_SHARE = "train/pred_top_share"
+TRAIN_IMAGES = "train/images"  # images and steps of the epoch (this process's world: all of them)
+TRAIN_STEPS = "train/steps"
+TRAIN_SOFT_WEIGHT = "train/soft_weight"  # the soft target's weight at the epoch's end (a ramp's progress)
+LEARNING_RATE = "lr"  # the learning rate at the epoch's end
 TIME_EPOCH_S = "time/epoch_s"
+TIME_TRAIN_S = "time/train_s"  # the epoch's training alone (time/epoch_s adds its evaluation)
 PERF_IMG_PER_S = "perf/img_per_s"
 GPU_PEAK_MEM_MB = "gpu/peak_mem_mb"
 TRAIN_PARAMS = "model/train_params"  # logged at the first epoch
@@ -158,9 +167,52 @@ COST_INFER_GFLOPS = "cost/infer_gflops"
 PERF_TFLOPS = "perf/tflops"
 
 
-def head_acc(head: int) -> str:
-    """The metric of head `head`'s test accuracy."""
-    return f"test/acc_head{head}"
+def head_acc(head: int, split: str = "test") -> str:
+    """The metric of head `head`'s accuracy on an evaluation split (test/acc_head{h}, val/acc_head{h})."""
+    return f"{split}/acc_head{head}"
+
+
+def pred_top_share(split: str) -> str:
+    """The share of an evaluation split's predictions in its most frequent class, e.g. test/pred_top_share."""
+    return f"{split}/pred_top_share"
+
+
+@dataclass(frozen=True)
+class SplitMetrics:
+    """The metrics of one evaluation split (test, val) by name: `SplitMetrics("test").acc` is TEST_ACC.
+    Accuracies against the true labels; `acc_noisy` against the split's noisy labels (val only)."""
+
+    split: str
+
+    def _name(self, what: str) -> str:
+        return f"{self.split}/{what}"
+
+    acc = property(lambda self: self._name("acc"))  # the kept head
+    acc_ensemble = property(lambda self: self._name("acc_ensemble"))
+    acc_noisy = property(lambda self: self._name("acc_noisy"))
+    ece = property(lambda self: self._name("ece"))
+    ece_ensemble = property(lambda self: self._name("ece_ensemble"))
+    nll = property(lambda self: self._name("nll"))
+    nll_ensemble = property(lambda self: self._name("nll_ensemble"))
+    pred_top_share = property(lambda self: pred_top_share(self.split))
+
+    def acc_head(self, head: int) -> str:
+        return head_acc(head, self.split)
+
+
+# noise detection's metrics by the score they rank with: the kept head's loss, the heads' consensus
+DETECTION_METRICS = {
+    "loss": {
+        "auroc": TRAIN_DETECT_AUROC,
+        "precision": TRAIN_DETECT_PRECISION,
+        "recall": TRAIN_DETECT_RECALL,
+    },
+    "consensus": {
+        "auroc": TRAIN_DETECT_AUROC_CONSENSUS,
+        "precision": TRAIN_DETECT_PRECISION_CONSENSUS,
+        "recall": TRAIN_DETECT_RECALL_CONSENSUS,
+    },
+}
 
 
 # What every trial reports every epoch (test/acc_head{h} besides; train/memorized where labels were

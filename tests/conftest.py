@@ -81,14 +81,73 @@ def fake_mps_control(tmp_path, monkeypatch):
     return calls
 
 
+def quiet(_message: str) -> None:
+    """A trial's log that prints nothing."""
+
+
 @pytest.fixture
-def interrupted_and_resumed():
-    """`run(cfg, out_dir, stop)`: run_trial interrupted after epoch `stop` (its checkpoint on disk), then
+def alone():
+    """`train(cfg, folder, on_epoch=None, resume=False)`: one trial trained alone (a pack of one,
+    harness.run.lifecycle.train_trials); its final metrics, or the exception it failed with, raised."""
+    from harness.run.lifecycle import TrialRun, train_trials
+
+    def train(cfg, folder: Path, on_epoch=None, *, resume: bool = False, log=quiet) -> dict:
+        (result,) = train_trials([TrialRun(cfg, folder, on_epoch, resume=resume, log=log)])
+        if result.error is not None:
+            raise result.error
+        return result.metrics
+
+    return train
+
+
+def _gloo_worker(rank: int, tree: dict, folder: str, world_size: int, port: int) -> None:
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    from harness import config as C
+    from harness.run.lifecycle import TrialRun, train_trials
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        (result,) = train_trials([TrialRun(C.build_config(tree), Path(folder), log=quiet)])
+        if result.error is not None:
+            raise result.error
+        if rank == 0:
+            (Path(folder) / "final_metrics.json").write_text(json.dumps(result.metrics))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def gloo_trial():
+    """`train(tree, folder, world_size)`: the trial of config `tree` as `world_size` gloo processes on this
+    machine (harness.train.ddp's data-parallel path alone: Ray Train starts the processes of a real
+    trial, this starts them with torch.multiprocessing); rank 0 writes `folder`. Rank 0's final metrics."""
+    import json
+    import socket
+
+    import torch
+
+    def train(tree: dict, folder: Path, world_size: int) -> dict:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        args = (tree, str(folder), world_size, port)
+        torch.multiprocessing.start_processes(_gloo_worker, args=args, nprocs=world_size, start_method="fork")
+        return json.loads((Path(folder) / "final_metrics.json").read_text())
+
+    return train
+
+
+@pytest.fixture
+def interrupted_and_resumed(alone):
+    """`run(cfg, folder, stop)`: a trial interrupted after epoch `stop` (its checkpoint on disk), then
     resumed from that checkpoint; returns (the resumed run's final metrics, the epochs it trained)."""
 
-    def run(cfg, out_dir: Path, stop: int):
-        from harness.run.trial import run_trial
-
+    def run(cfg, folder: Path, stop: int):
         class Interrupted(Exception):
             pass
 
@@ -97,15 +156,9 @@ def interrupted_and_resumed():
                 raise Interrupted
 
         with pytest.raises(Interrupted):
-            run_trial(cfg, out_dir=out_dir, on_epoch=interrupt, log=lambda _: None)
+            alone(cfg, folder, interrupt)
         epochs = []
-        final = run_trial(
-            cfg,
-            out_dir=out_dir,
-            resume_from=out_dir / "checkpoint",
-            on_epoch=lambda epoch, metrics, checkpoint: epochs.append(epoch),
-            log=lambda _: None,
-        )
+        final = alone(cfg, folder, lambda epoch, metrics, checkpoint: epochs.append(epoch), resume=True)
         return final, epochs
 
     return run

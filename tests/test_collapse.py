@@ -18,13 +18,15 @@ import torch
 from harness import config as C
 from harness.collab import build_training_graph
 from harness.models import build_backbone, zero_init_residual_
-from harness.run.trial import CHECKPOINT_FILE, run_trial
+from harness.run.layout import TrialFolder
 from harness.train import evaluate as engine_evaluate
+from harness.train.device import Place
 from harness.train.evaluate import COLLAPSE_SHARE, class_counts, is_collapsed
 from harness.train.loop import train_one_epoch
 from harness.train.optim import SGD
 from harness.train.step import EagerPack, EagerStep, make_loss_fn
 
+CPU = Place(torch.device("cpu"))
 K = 10
 
 
@@ -85,7 +87,7 @@ def epoch_share(predictions: list[torch.Tensor]) -> float:
         loss_weight=1.0,
     )
     step = EagerPack([training.step])  # a pack of one, as a lone trial trains
-    (metrics,) = train_one_epoch(step, [training], [FakeLoader(predictions)], kept_heads=[0], device="cpu")
+    (metrics,) = train_one_epoch(step, [training], [FakeLoader(predictions)], CPU, kept_heads=[0])
     return metrics["train/pred_top_share"]
 
 
@@ -114,22 +116,20 @@ def test_a_classifier_of_balanced_classes_is_not_collapsed():
 QUICK = {"optim.epochs": 4, "optim.batch_size": 64, "optim.lr": 0.05, "run.device": "cpu"}
 
 
-def test_a_learning_run_is_not_collapsed_and_logs_both_shares(tmp_path):
+def test_a_learning_run_is_not_collapsed_and_logs_both_shares(alone, tmp_path):
     cfg = C.build_config({}, {**QUICK, "optim.epochs": 2, "data.train_subset": 60})
-    final = run_trial(cfg, out_dir=tmp_path / "run", log=quiet)
+    final = alone(cfg, tmp_path / "run")
     assert final["train/collapsed"] == 0.0 and final["train/collapsed_epochs"] == 0
     assert 0.0 < final["train/pred_top_share"] < COLLAPSE_SHARE
     assert 0.0 < final["test/pred_top_share"] < COLLAPSE_SHARE
 
 
-def test_stop_on_collapse_ends_the_trial_with_its_artifacts(tmp_path, monkeypatch):
+def test_stop_on_collapse_ends_the_trial_with_its_artifacts(alone, tmp_path, monkeypatch):
     # Every epoch counts as collapsed when the threshold is 0: the stop rule is what is tested.
     monkeypatch.setattr(engine_evaluate, "COLLAPSE_SHARE", 0.0)
     cfg = C.build_config({}, {**QUICK, "data.train_subset": 30, "run.stop_on_collapse": 2})
     seen, lines = [], []
-    final = run_trial(
-        cfg, out_dir=tmp_path / "run", on_epoch=lambda e, m, c: seen.append((e, c)), log=lines.append
-    )
+    final = alone(cfg, tmp_path / "run", lambda e, m, c: seen.append((e, c)), log=lines.append)
     assert [e for e, _ in seen] == [1, 2]  # of 4 epochs
     assert final["train/collapsed"] == 1.0 and final["train/collapsed_epochs"] == 2
     assert seen[-1][1] is not None  # the last epoch wrote a checkpoint ...
@@ -139,11 +139,11 @@ def test_stop_on_collapse_ends_the_trial_with_its_artifacts(tmp_path, monkeypatc
     assert any("COLLAPSED" in line for line in lines)
 
 
-def test_without_stop_on_collapse_a_collapsed_run_trains_every_epoch(tmp_path, monkeypatch):
+def test_without_stop_on_collapse_a_collapsed_run_trains_every_epoch(alone, tmp_path, monkeypatch):
     monkeypatch.setattr(engine_evaluate, "COLLAPSE_SHARE", 0.0)
     cfg = C.build_config({}, {**QUICK, "optim.epochs": 3, "data.train_subset": 30})
     seen = []
-    final = run_trial(cfg, out_dir=tmp_path / "run", on_epoch=lambda e, m, c: seen.append(e), log=quiet)
+    final = alone(cfg, tmp_path / "run", lambda e, m, c: seen.append(e))
     assert seen == [1, 2, 3] and final["train/collapsed_epochs"] == 3
 
 
@@ -152,7 +152,7 @@ def test_the_collapse_count_survives_a_resume(tmp_path, monkeypatch, interrupted
     cfg = C.build_config({}, {**QUICK, "data.train_subset": 30, "run.stop_on_collapse": 3})
     final, epochs = interrupted_and_resumed(cfg, tmp_path / "run", stop=2)
     assert epochs == [3] and final["train/collapsed_epochs"] == 3
-    assert (tmp_path / "run" / "checkpoint" / CHECKPOINT_FILE).exists()
+    assert TrialFolder(tmp_path / "run").has_checkpoint
 
 
 def test_stop_on_collapse_must_not_be_negative():
@@ -286,12 +286,14 @@ def test_plain_he_init_blows_the_logits_up_in_its_first_steps(cifar_batches):
 def test_sweep_summary_names_collapsed_trials():
     from harness.cluster.outcomes import SweepOutcome, format_summary
     from harness.run.outcome import TrialOutcome
+    from harness.run.state import TrialState
 
+    finished, collapsed = (
+        {"test/acc": acc, "train/collapsed": flag} for acc, flag in ((0.61, 0.0), (0.10, 1.0))
+    )
     trials = [
-        TrialOutcome(0, "sym-0.4 individual seed0", "a", "ok", {"test/acc": 0.61, "train/collapsed": 0.0}),
-        TrialOutcome(
-            1, "sym-0.4 hierarchical-4 seed0", "b", "ok", {"test/acc": 0.10, "train/collapsed": 1.0}
-        ),
+        TrialOutcome(0, "sym-0.4 individual seed0", "a", TrialState.of_end(finished), finished),
+        TrialOutcome(1, "sym-0.4 hierarchical-4 seed0", "b", TrialState.of_end(collapsed), collapsed),
     ]
     text = format_summary(SweepOutcome(trials, Path("ray_results/x"), "run123", "sqlite:///m.db"))
     rows = {line.split()[0]: line for line in text.splitlines() if line[:1].isdigit()}
@@ -299,7 +301,9 @@ def test_sweep_summary_names_collapsed_trials():
     assert "1 trial(s) ended collapsed" in text and "2 of 2 trials succeeded" in text
 
 
-def test_soft_target_ramp_grows_over_its_epochs_and_survives_a_resume(tmp_path, interrupted_and_resumed):
+def test_soft_target_ramp_grows_over_its_epochs_and_survives_a_resume(
+    alone, tmp_path, interrupted_and_resumed
+):
     overrides = {
         **QUICK,
         "data.train_subset": 40,
@@ -310,16 +314,9 @@ def test_soft_target_ramp_grows_over_its_epochs_and_survives_a_resume(tmp_path, 
     }
     cfg = C.build_config({}, overrides)
     weights = []
-    straight = run_trial(
-        cfg,
-        out_dir=tmp_path / "a",
-        on_epoch=lambda e, m, c: weights.append(m["train/soft_weight"]),
-        log=quiet,
-    )
+    straight = alone(cfg, tmp_path / "a", lambda e, m, c: weights.append(m["train/soft_weight"]))
     assert weights == [0.5, 1.0, 1.0]
-    paper = run_trial(
-        C.build_config({}, {**overrides, "collab.soft_rampup_epochs": 0}), out_dir=tmp_path / "b", log=quiet
-    )
+    paper = alone(C.build_config({}, {**overrides, "collab.soft_rampup_epochs": 0}), tmp_path / "b")
     assert paper["train/soft_weight"] == 1.0 and paper["train/loss"] != straight["train/loss"]
 
     resumed, epochs = interrupted_and_resumed(cfg, tmp_path / "c", stop=1)  # mid-ramp

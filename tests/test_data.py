@@ -210,7 +210,9 @@ def test_imagefolder_unknown_eval_class(tmp_path):
         load_dataset("imagefolder", root=tmp_path)
 
 
-def test_data_image_size_is_a_config_key_that_imagefolder_trials_train_at(tmp_path, monkeypatch, capsys):
+def test_data_image_size_is_a_config_key_that_imagefolder_trials_train_at(
+    alone, tmp_path, monkeypatch, capsys
+):
     """`data.image_size` (e.g. a folder of 64x64 images at its own size): a positive integer, for the
     data sets that can choose their size (imagefolder, synthetic); digits and CIFAR refuse it. A trial
     hands it to the data set, and the ImageFolder loaders cut their crops at that size."""
@@ -258,7 +260,7 @@ def test_data_image_size_is_a_config_key_that_imagefolder_trials_train_at(tmp_pa
         base,
         {"data.image_size": 24, "optim.epochs": 1, "optim.batch_size": 4, "run.device": "cpu"},
     )
-    metrics = trial.run_trial(cfg, out_dir=tmp_path / "run", log=lambda _: None)
+    metrics = alone(cfg, tmp_path / "run")
     (train, evals) = made[0]
     assert train.image_size == 24 and evals["test"].image_size == 24
     assert next(iter(evals["test"])).x.shape == (4, 3, 24, 24)

@@ -1,6 +1,6 @@
 """Data-parallel trials (harness.train.ddp): N gloo processes equal one process with the same global batch.
 
-The processes are started here with torch.multiprocessing (harness.testing.gloo_trial), so these
+The processes are started here with torch.multiprocessing (the gloo_trial fixture), so these
 tests check the engine's data-parallel path alone; tests/test_sweep_e2e.py runs it under Ray Train.
 
 Which equality holds: with run.sync_bn, BatchNorm normalizes over the global batch and the
@@ -18,8 +18,6 @@ import torch
 
 from harness import config as C
 from harness.data.loaders import Shard, part_size, shard_positions
-from harness.run.trial import run_trial
-from harness.testing import gloo_trial
 from harness.train.checkpoint import load_checkpoint
 from harness.train.ddp import ALONE, GlooSyncBatchNorm, World
 
@@ -49,10 +47,10 @@ def max_difference(a: dict, b: dict) -> float:
     "topology, heads, batch_size",
     [("individual", 1, 32), ("hierarchical", 4, 33)],  # 33: parts of 17 and 16 samples
 )
-def test_two_gloo_workers_equal_one_process_with_the_same_global_batch(tmp_path, topology, heads, batch_size):
-    one = run_trial(
-        C.build_config(tree(topology, heads, batch_size)), out_dir=tmp_path / "one", log=lambda s: None
-    )
+def test_two_gloo_workers_equal_one_process_with_the_same_global_batch(
+    alone, gloo_trial, tmp_path, topology, heads, batch_size
+):
+    one = alone(C.build_config(tree(topology, heads, batch_size)), tmp_path / "one")
     two = gloo_trial(tree(topology, heads, batch_size, workers=2, sync_bn=True), tmp_path / "two", 2)
     gloo_trial(tree(topology, heads, batch_size, workers=2), tmp_path / "free", 2)
 
@@ -222,8 +220,9 @@ def test_harness_train_logs_the_workers_epochs_once_through_the_train_controller
     which first learns what the controller logged (TrialLogger.catch_up): each epoch once, the
     runtime tags, world_size N. A report lost before a restart (epoch 2 here) comes back in the
     history the resumed run replays with its first report. (The Ray wiring: tests/test_sweep_e2e.py.)"""
-    from harness.cluster.raytrain import log_epochs
-    from harness.contract import REPLAY_RESULT_KEY
+    from harness.cluster.raytrain import LOCAL_TRIAL_DIR, LOCAL_TRIAL_KEY, log_epochs
+    from harness.cluster.report import TrialsReport
+    from harness.cluster.transport import TrialSpec
     from harness.tracking import TrialLogger
 
     uri = new_mlflow_store(tmp_path)
@@ -231,11 +230,19 @@ def test_harness_train_logs_the_workers_epochs_once_through_the_train_controller
     driver = TrialLogger.start_single(cfg, experiment="dp", tracking_uri=uri)
     callback = log_epochs(uri, driver.run_id)  # pickled to the controller in a real run
     env = {"harness.device": "cpu", "harness.host": "node-3"}
-    epochs = [{"epoch": e, "test/acc": 0.5 + e / 10} for e in (1, 2, 3)]
-    callback.after_report(None, [{**epochs[0], "harness_env": env}] * 2, None)  # rank 0's first
+    # rank 0's reports, as its worker_loop makes them (harness.cluster.report)
+    reports = []
+    spec = TrialSpec(0, LOCAL_TRIAL_KEY, "train", LOCAL_TRIAL_DIR, C.to_dict(cfg))
+    reporter = TrialsReport([spec], tmp_path, env, lambda result, folder: reports.append(result))
+    epochs = [{"epoch": e, "test/acc": 0.5 + e / 10, "train/collapsed": 0.0} for e in (1, 2, 3)]
+    reporter.on_epoch(spec, cfg)(1, epochs[0], None)
+    reporter.report()
     # epoch 2 was checkpointed but its report never arrived; the restarted workers resume after it
-    resumed = {**epochs[2], "harness_env": env, REPLAY_RESULT_KEY: epochs[:2]}
-    callback.after_report(None, [resumed, {**epochs[2], "harness_env": env}], None)
+    reporter.replay[spec.key] = epochs[:2]
+    reporter.on_epoch(spec, cfg)(3, epochs[2], None)
+    reporter.report()
+    callback.after_report(None, [reports[0]] * 2, None)
+    callback.after_report(None, [reports[1]] * 2, None)
     driver.catch_up()
     driver.finish({"epoch": 3, "test/acc": 0.8, "train/collapsed": 0.0}, None, status="FINISHED")
 

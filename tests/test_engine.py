@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from harness import config as C
-from harness.run.trial import run_trial
 from harness.train.loop import TrainingDiverged
 
 QUICK = {"optim.epochs": 3, "optim.batch_size": 64, "optim.lr": 0.05, "run.device": "cpu"}
@@ -16,25 +15,29 @@ def quiet(_msg: str) -> None:
     pass
 
 
-def trial(tmp_path, name, **overrides):
-    cfg = C.build_config({}, {**QUICK, **overrides})
-    return run_trial(cfg, out_dir=tmp_path / name, log=quiet)
+@pytest.fixture
+def trial(alone, tmp_path):
+    """`trial(name, **overrides)`: a quick digits trial trained alone in tmp_path/name; its final metrics."""
+
+    def run(name, **overrides):
+        return alone(C.build_config({}, {**QUICK, **overrides}), tmp_path / name)
+
+    return run
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_digits_learns_without_noise(tmp_path):
-    final = trial(tmp_path, "clean", **{"optim.epochs": 15})
+def test_digits_learns_without_noise(trial, tmp_path):
+    final = trial("clean", **{"optim.epochs": 15})
     assert final["test/acc"] >= 0.9, final
     assert "train/memorized" not in final, "nothing is flipped: a share of no samples is not logged (not 0)"
     assert final["train/acc_clean"] == final["train/acc_noisy"], "the labels trained on are the true ones"
     assert final["model/train_params"] == final["model/inference_params"]
 
 
-def test_hierarchical_heads_all_learn_and_metrics_are_complete(tmp_path):
+def test_hierarchical_heads_all_learn_and_metrics_are_complete(trial, tmp_path):
     final = trial(
-        tmp_path,
         "hier",
         **{
             "collab.topology": "hierarchical",
@@ -66,15 +69,15 @@ def test_hierarchical_heads_all_learn_and_metrics_are_complete(tmp_path):
     assert abs(final["noise/realized_rate"] - 0.4) < 0.01
 
 
-def test_same_seed_same_result_other_seed_differs(tmp_path):
-    a = trial(tmp_path, "a", **{"noise.kind": "symmetric", "noise.rate": 0.2})
-    b = trial(tmp_path, "b", **{"noise.kind": "symmetric", "noise.rate": 0.2})
-    c = trial(tmp_path, "c", **{"noise.kind": "symmetric", "noise.rate": 0.2, "run.seed": 1})
+def test_same_seed_same_result_other_seed_differs(trial, tmp_path):
+    a = trial("a", **{"noise.kind": "symmetric", "noise.rate": 0.2})
+    b = trial("b", **{"noise.kind": "symmetric", "noise.rate": 0.2})
+    c = trial("c", **{"noise.kind": "symmetric", "noise.rate": 0.2, "run.seed": 1})
     assert a["train/loss"] == b["train/loss"] and a["test/acc"] == b["test/acc"]
     assert a["train/loss"] != c["train/loss"]
 
 
-def test_resume_from_checkpoint_reaches_the_same_result(tmp_path, interrupted_and_resumed):
+def test_resume_from_checkpoint_reaches_the_same_result(trial, tmp_path, interrupted_and_resumed):
     overrides = {
         "collab.topology": "simple",
         "collab.heads": 2,
@@ -82,7 +85,7 @@ def test_resume_from_checkpoint_reaches_the_same_result(tmp_path, interrupted_an
         "noise.rate": 0.3,
         "optim.epochs": 4,
     }
-    straight = trial(tmp_path, "straight", **overrides)
+    straight = trial("straight", **overrides)
     cfg = C.build_config({}, {**QUICK, **overrides})
     resumed, epochs = interrupted_and_resumed(cfg, tmp_path / "resumed", stop=2)
     assert epochs == [3, 4]
@@ -90,8 +93,8 @@ def test_resume_from_checkpoint_reaches_the_same_result(tmp_path, interrupted_an
         assert resumed[key] == straight[key], key
 
 
-def test_final_epoch_writes_checkable_artifacts(tmp_path):
-    final = trial(tmp_path, "art", **{"noise.kind": "symmetric", "noise.rate": 0.2, "optim.epochs": 1})
+def test_final_epoch_writes_checkable_artifacts(trial, tmp_path):
+    final = trial("art", **{"noise.kind": "symmetric", "noise.rate": 0.2, "optim.epochs": 1})
     art = tmp_path / "art" / "checkpoint" / "artifacts"
     assert C.load_yaml(art / "config.yaml")["noise"]["rate"] == 0.2
     rows = (art / "noise_transition.csv").read_text().splitlines()
@@ -104,18 +107,16 @@ def test_final_epoch_writes_checkable_artifacts(tmp_path):
     )
 
 
-def test_divergence_stops_with_a_clear_error(tmp_path):
+def test_divergence_stops_with_a_clear_error(trial, tmp_path):
     with pytest.raises(TrainingDiverged, match="loss became nan|loss became inf"):
         trial(
-            tmp_path,
             "nan",
             **{"optim.lr": 1e6, "optim.epochs": 2, "optim.nesterov": False, "optim.momentum": 0.0},
         )
 
 
-def test_alternating_update_trains_every_head(tmp_path):
+def test_alternating_update_trains_every_head(trial, tmp_path):
     final = trial(
-        tmp_path,
         "alt",
         **{"collab.topology": "simple", "collab.heads": 2, "collab.update": "alternating", "optim.epochs": 6},
     )
@@ -123,7 +124,7 @@ def test_alternating_update_trains_every_head(tmp_path):
 
 
 @pytest.mark.parametrize("heads", [2, 4])
-def test_rescale_loss_scales_the_loss_fit_trains_on_by_one_over_the_heads(tmp_path, heads):
+def test_rescale_loss_scales_the_loss_fit_trains_on_by_one_over_the_heads(trial, tmp_path, heads):
     # one batch per epoch (60 images, batch 64): train/loss is the loss of the first step, before any update
     one_step = {
         "data.train_subset": 6,
@@ -132,7 +133,7 @@ def test_rescale_loss_scales_the_loss_fit_trains_on_by_one_over_the_heads(tmp_pa
         "collab.heads": heads,
         "optim.batch_size": 64,
     }
-    summed = trial(tmp_path, "none", **one_step, **{"collab.rescale": "none"})
-    scaled = trial(tmp_path, "loss", **one_step, **{"collab.rescale": "loss"})
+    summed = trial("none", **one_step, **{"collab.rescale": "none"})
+    scaled = trial("loss", **one_step, **{"collab.rescale": "loss"})
     assert summed["train/steps"] == 1
     assert scaled["train/loss"] == pytest.approx(summed["train/loss"] / heads, rel=1e-6)

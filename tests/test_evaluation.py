@@ -14,10 +14,13 @@ from torch import nn
 import noise
 from harness import config as C
 from harness.data import ImageData, load_dataset
+from harness.data.labels import corrupt_labels, val_noise_seed
 from harness.data.loaders import TensorLoader, make_loaders
-from harness.run.trial import corrupt_labels, run_trial, val_noise_seed
+from harness.train.device import Place
 from harness.train.evaluate import detect_noise, evaluate
 from harness.train.scores import auroc
+
+CPU = Place(torch.device("cpu"))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -138,7 +141,7 @@ def test_evaluate_scores_accuracy_against_both_label_sets_and_calibration():
     noisy[:10] = (noisy[:10] + 1) % 4  # 10 of 40 held-out labels flipped
     loader = oracle_loader(clean, noisy)
     loader.labels_noisy = True
-    m = evaluate(Oracle(heads=2, p=0.7), loader, kept_head=0, device="cpu", amp=False, prefix="val")
+    m = evaluate(Oracle(heads=2, p=0.7), loader, CPU, kept_head=0, amp=False, prefix="val")
     assert m["val/acc"] == 1.0 and m["val/acc_noisy"] == 0.75
     # always right at confidence 0.7: ECE = |1 - 0.7|; NLL = -ln 0.7
     assert m["val/ece"] == pytest.approx(0.3, abs=1e-6)
@@ -150,7 +153,7 @@ def test_evaluate_scores_accuracy_against_both_label_sets_and_calibration():
     assert m["val/nll_ensemble"] == pytest.approx(-np.log(p_true).mean(), rel=1e-4)
     assert m["val/acc_head1"] == 0.25
     loader.labels_noisy = False  # the test set: no noisy accuracy, it would repeat test/acc
-    assert "test/acc_noisy" not in evaluate(Oracle(), loader, kept_head=0, device="cpu", amp=False)
+    assert "test/acc_noisy" not in evaluate(Oracle(), loader, CPU, kept_head=0, amp=False)
 
 
 @pytest.mark.parametrize("heads", [1, 2])
@@ -158,7 +161,7 @@ def test_detect_noise_finds_every_flipped_label_of_a_model_that_knows_the_truth(
     clean = np.arange(50) % 4
     noisy = clean.copy()
     noisy[::5] = (noisy[::5] + 2) % 4  # 10 flipped
-    m = detect_noise(Oracle(heads=heads), oracle_loader(clean, noisy), kept_head=0, device="cpu", amp=False)
+    m = detect_noise(Oracle(heads=heads), oracle_loader(clean, noisy), CPU, kept_head=0, amp=False)
     assert m["train/detect_auroc"] == 1.0
     assert m["train/detect_precision"] == 1.0 and m["train/detect_recall"] == 1.0
     if heads == 1:
@@ -173,10 +176,7 @@ def test_detect_noise_finds_every_flipped_label_of_a_model_that_knows_the_truth(
         assert expected == pytest.approx(0.85)
         assert m["train/detect_auroc_consensus"] == pytest.approx(expected)
     # nothing flipped (the loader's labels are its clean labels): undefined, so nothing is logged
-    assert (
-        detect_noise(Oracle(heads=heads), oracle_loader(clean, clean), kept_head=0, device="cpu", amp=False)
-        == {}
-    )
+    assert detect_noise(Oracle(heads=heads), oracle_loader(clean, clean), CPU, kept_head=0, amp=False) == {}
 
 
 def test_detect_noise_covers_every_sample_once_of_a_shuffled_augmented_train_loader():
@@ -189,7 +189,7 @@ def test_detect_noise_covers_every_sample_once_of_a_shuffled_augmented_train_loa
     assert (train.shuffle, train.drop_last, train.augment) == (True, True, True)  # untouched
     assert sorted(int(i) for b in view for i in b.index) == list(range(30))
     assert view.images is train.images  # shared, not copied
-    m = detect_noise(Oracle(), view, kept_head=0, device="cpu", amp=False)
+    m = detect_noise(Oracle(), view, CPU, kept_head=0, amp=False)
     assert m["train/detect_auroc"] == 1.0
 
 
@@ -224,7 +224,7 @@ def test_an_image_folder_train_loader_scores_unaugmented_with_the_evaluation_tra
 QUICK = {"optim.epochs": 2, "optim.batch_size": 64, "optim.lr": 0.05, "run.device": "cpu"}
 
 
-def test_a_trial_with_a_held_out_split_logs_noisy_validation_calibration_and_detection(tmp_path):
+def test_a_trial_with_a_held_out_split_logs_noisy_validation_calibration_and_detection(alone, tmp_path):
     epochs = []
     cfg = C.build_config(
         {},
@@ -237,9 +237,7 @@ def test_a_trial_with_a_held_out_split_logs_noisy_validation_calibration_and_det
             "collab.heads": 2,
         },
     )
-    final = run_trial(
-        cfg, out_dir=tmp_path, on_epoch=lambda e, m, _: epochs.append(dict(m)), log=lambda _: None
-    )
+    final = alone(cfg, tmp_path, lambda e, m, _: epochs.append(dict(m)))
     for m in epochs:
         for key in (
             "val/acc",
@@ -262,7 +260,7 @@ def test_a_trial_with_a_held_out_split_logs_noisy_validation_calibration_and_det
     assert written["train/detect_auroc"] == final["train/detect_auroc"]
 
 
-def test_without_noise_detection_is_not_logged_and_without_a_split_nothing_of_val(tmp_path):
-    final = run_trial(C.build_config({}, {**QUICK, "optim.epochs": 1}), out_dir=tmp_path, log=lambda _: None)
+def test_without_noise_detection_is_not_logged_and_without_a_split_nothing_of_val(alone, tmp_path):
+    final = alone(C.build_config({}, {**QUICK, "optim.epochs": 1}), tmp_path)
     assert not any(k.startswith(("train/detect", "val/")) for k in final), sorted(final)
     assert "noise/val_realized_rate" not in final and "test/ece" in final

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from harness import config as C
 from harness.collab import build_training_graph, collaborative_loss
 from harness.collab.losses import generalized_cross_entropy, make_label_loss, symmetric_cross_entropy
-from harness.run.trial import fit_options
 from harness.train.training import setup_training
 
 torch.set_num_threads(1)
@@ -102,7 +101,7 @@ def test_the_config_reaches_the_training_step(overrides, loss):
     cfg = C.build_config({}, {"run.device": "cpu", **overrides})
     torch.manual_seed(0)
     graph = build_training_graph("cnn_small", 10, "individual", 1, in_channels=1)
-    training = setup_training(graph, fit_options(cfg), device="cpu", steps_per_epoch=1, batch_size=8)
+    training = setup_training(graph, cfg, device="cpu", steps_per_epoch=1, batch_size=8)
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
     expected = loss(graph(x)[0], y)  # train mode both times: the same batch statistics
     got, _ = training.step(x, y)

@@ -19,10 +19,11 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import cli, testing
+from harness import cli
 from harness.config.sweepfile import load_sweep
 from harness.run import export as X
-from harness.run import trial as trial_module
+from harness.run.layout import TrialFolder
+from harness.run.trial import TrialJob
 
 ARTIFACTS = ["config.yaml", "inference_head.pt", "metrics.json", "noise_transition.csv"]
 TIMING = ("time/", "perf/")  # the only metrics that differ between two runs of one trial
@@ -153,7 +154,7 @@ def test_run_fills_each_trial_folder_and_skips_finished_trials(ran, tmp_path, ca
         last = json.loads((folder / X.HISTORY_FILE).read_text().splitlines()[-1])
         assert final["epoch"] == 2 and {k: final[k] for k in last} == last
         assert {"model/train_params", "noise/realized_rate"} <= set(final)
-        assert sorted(p.name for p in (folder / X.ARTIFACTS).iterdir()) == ARTIFACTS
+        assert sorted(p.name for p in TrialFolder(folder).artifacts.iterdir()) == ARTIFACTS
         assert (folder / "checkpoint" / "state.pt").is_file()
         runtime = json.loads((folder / X.RUNTIME_FILE).read_text())
         assert runtime["tags"]["harness.device"] == "cpu" and runtime["overrides"] == {}
@@ -169,8 +170,14 @@ def test_run_fills_each_trial_folder_and_skips_finished_trials(ran, tmp_path, ca
 def test_a_failing_trial_does_not_stop_the_others_and_is_retried(tmp_path, monkeypatch, capsys):
     out = tmp_path / "X"
     assert cli.main(["sweep", str(sweep_file(tmp_path)), "--export", str(out)]) == 0
-    run_trial = trial_module.run_trial
-    monkeypatch.setattr(trial_module, "run_trial", testing.failing_after_epoch(1))  # seed 1 raises at epoch 1
+    after_epoch = TrialJob.after_epoch
+
+    def seed1_fails(job, epoch, metrics, state):  # before its epoch-1 checkpoint: a retry starts anew
+        if job.cfg.run.seed == 1 and epoch == 1:
+            raise RuntimeError("deliberate failure after epoch 1")
+        after_epoch(job, epoch, metrics, state)
+
+    monkeypatch.setattr(TrialJob, "after_epoch", seed1_fails)
     assert cli.main(["run", str(out)]) == 1
     text = capsys.readouterr().out
     assert "2 of 4 trials succeeded, 2 failed" in text
@@ -179,7 +186,7 @@ def test_a_failing_trial_does_not_stop_the_others_and_is_retried(tmp_path, monke
     assert [(d / X.STATUS_FILE).read_text().split("\n")[0] for d in dirs] == ["finished"] * 2 + ["failed"] * 2
     assert "deliberate failure" in (dirs[2] / X.STATUS_FILE).read_text().split("\n")[1]
     assert "Traceback" in (dirs[2] / X.ERROR_FILE).read_text()
-    monkeypatch.setattr(trial_module, "run_trial", run_trial)
+    monkeypatch.setattr(TrialJob, "after_epoch", after_epoch)
     assert cli.main(["run", str(out), "--only", "*seed1"]) == 0
     text = capsys.readouterr().out
     assert "2 of 2 trials succeeded" in text and "seed0" not in text.split("#  trial")[1]
@@ -195,14 +202,14 @@ def test_a_checkpoint_of_the_last_epoch_finishes_without_training(ran, tmp_path,
     final = json.loads((folder / X.METRICS_FILE).read_text())
     (folder / X.STATUS_FILE).write_text("running\n")
     (folder / X.METRICS_FILE).unlink()
-    shutil.rmtree(folder / X.ARTIFACTS)
+    shutil.rmtree(TrialFolder(folder).artifacts)
     lines = (folder / X.HISTORY_FILE).read_text().splitlines()
     (folder / X.HISTORY_FILE).write_text(lines[0] + "\n" + lines[1][:30])  # epoch 2's line torn
     assert cli.main(["run", str(out)]) == 0
     assert "epoch 2 of 2 was the last and is in the checkpoint" in capsys.readouterr().out
     assert json.loads((folder / X.METRICS_FILE).read_text()) == final
     assert history_epochs(folder) == [1, 2] and (folder / X.STATUS_FILE).read_text() == "finished\n"
-    assert sorted(p.name for p in (folder / X.ARTIFACTS).iterdir()) == ARTIFACTS
+    assert sorted(p.name for p in TrialFolder(folder).artifacts.iterdir()) == ARTIFACTS
 
 
 BLOCKED = """
@@ -336,7 +343,7 @@ def test_sync_logs_each_trial_once_and_later_only_what_is_new(
     shutil.rmtree(dirs[2] / "checkpoint")
     (dirs[3] / X.STATUS_FILE).write_text("running\n")
     (dirs[3] / X.METRICS_FILE).unlink()
-    shutil.rmtree(dirs[3] / X.ARTIFACTS)
+    shutil.rmtree(TrialFolder(dirs[3]).artifacts)
     lines = (dirs[3] / X.HISTORY_FILE).read_text().splitlines()
     (dirs[3] / X.HISTORY_FILE).write_text(lines[0] + "\n")
 
@@ -569,7 +576,7 @@ def test_run_trains_packs_whose_members_end_as_they_do_alone(ran, tmp_path, caps
         assert history_epochs(folder) == [1, 2]
         pack = json.loads((folder / X.RUNTIME_FILE).read_text())["tags"]["harness.pack"]
         assert pack in ("0:2", "1:2")  # packs are named by their first trial's index
-        assert not (folder / ".lock").exists()
+        assert not held_locks(folder)
 
 
 def test_a_diverging_member_fails_alone_in_its_pack(tmp_path, capsys):
@@ -595,6 +602,22 @@ def test_a_diverging_member_fails_alone_in_its_pack(tmp_path, capsys):
     assert got == want
 
 
+def held_locks(root: Path) -> list[Path]:
+    """The trial locks under `root` that some process holds now (a lock file stays when released)."""
+    from filelock import FileLock, Timeout
+
+    held = []
+    for path in root.rglob(".lock"):
+        lock = FileLock(path, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            held.append(path)
+        else:
+            lock.release()
+    return held
+
+
 def test_a_trial_another_run_holds_is_no_failure_and_wait_trains_it_when_that_run_dies(tmp_path, capsys):
     import fcntl
     import threading
@@ -616,13 +639,13 @@ def test_a_trial_another_run_holds_is_no_failure_and_wait_trains_it_when_that_ru
     text = capsys.readouterr().out
     assert "waiting for 1 trial(s) that another `harness run` holds" in text
     assert "2 of 2 trials succeeded" in text and (first / X.STATUS_FILE).read_text() == "finished\n"
-    assert not any(p.name == ".lock" for p in out.rglob("*"))
+    assert not held_locks(out)
 
 
 @pytest.mark.slow
 def test_two_harness_run_of_one_folder_share_its_trials_and_both_succeed(tmp_path):
     """A job array: two `harness run` processes on one export at once. Each trial is trained by one of
-    them (the other skips it, or finds it finished), both exit 0, and no lock file is left."""
+    them (the other skips it, or finds it finished), both exit 0, and no lock is left held."""
     out = tmp_path / "X"
     assert cli.main(["sweep", str(sweep_file(tmp_path)), "--export", str(out)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -635,4 +658,4 @@ def test_two_harness_run_of_one_folder_share_its_trials_and_both_succeed(tmp_pat
         assert starts == 1, (folder.name, outputs)  # trained once, by one of the two
         assert (folder / X.STATUS_FILE).read_text() == "finished\n" and history_epochs(folder) == [1, 2]
     assert all("4 of 4 trials succeeded" in text or "running elsewhere" in text for text in outputs)
-    assert not any(p.name == ".lock" for p in out.rglob("*"))
+    assert not held_locks(out)

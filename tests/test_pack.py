@@ -15,8 +15,10 @@ import torch
 
 from harness import config as C
 from harness.config.packs import plan_packs
-from harness.run.pack import MemberResult, PackMember, check_compatible, memory_problem, run_pack
-from harness.run.trial import CHECKPOINT_FILE, run_trial
+from harness.run.layout import TrialFolder
+from harness.run.lifecycle import TrialResult, TrialRun, check_compatible, train_trials
+from harness.run.memory import memory_problem
+from harness.run.state import TrialState
 from harness.train import evaluate as engine_evaluate
 from harness.train.loop import TrainingDiverged
 
@@ -57,19 +59,19 @@ class Recorder:
 
 def alone(cfg: C.TrialConfig, out: Path) -> tuple[dict, Recorder]:
     recorder = Recorder()
-    return run_trial(cfg, out_dir=out, on_epoch=recorder, log=quiet), recorder
+    (result,) = train_trials([TrialRun(cfg, out, recorder, log=quiet)])
+    assert result.error is None, result.traceback
+    return result.metrics, recorder
 
 
-def packed(configs, root: Path, extra: dict | None = None) -> tuple[list[MemberResult], list[Recorder]]:
-    """run_pack of `configs`, member i in root/m<i>; extra[i]: PackMember fields of member i."""
+def packed(configs, root: Path, extra: dict | None = None) -> tuple[list[TrialResult], list[Recorder]]:
+    """train_trials of `configs` as one pack, member i in root/m<i>; extra[i]: TrialRun fields of member i."""
     recorders = [Recorder() for _ in configs]
     members = [
-        PackMember(
-            cfg, root / f"m{i}", **{"on_epoch": recorders[i], "log": quiet, **(extra or {}).get(i, {})}
-        )
+        TrialRun(cfg, root / f"m{i}", **{"on_epoch": recorders[i], "log": quiet, **(extra or {}).get(i, {})})
         for i, cfg in enumerate(configs)
     ]
-    return run_pack(members), recorders
+    return train_trials(members), recorders
 
 
 def untimed(metrics: dict) -> dict:
@@ -77,8 +79,8 @@ def untimed(metrics: dict) -> dict:
 
 
 def assert_same_checkpoint(a: Path, b: Path) -> None:
-    sa = torch.load(a / "checkpoint" / CHECKPOINT_FILE, weights_only=True)
-    sb = torch.load(b / "checkpoint" / CHECKPOINT_FILE, weights_only=True)
+    sa = torch.load(TrialFolder(a).state_file, weights_only=True)
+    sb = torch.load(TrialFolder(b).state_file, weights_only=True)
     assert sa["epoch"] == sb["epoch"]
     assert sa["model"].keys() == sb["model"].keys()
     for key in sa["model"]:
@@ -88,8 +90,8 @@ def assert_same_checkpoint(a: Path, b: Path) -> None:
     assert sa["scheduler"] == sb["scheduler"]
     assert torch.equal(sa["rng"]["torch"], sb["rng"]["torch"])  # a member's checkpoint is a trial's
     assert [untimed(h) for h in sa["history"]] == [untimed(h) for h in sb["history"]]
-    ha = torch.load(a / "checkpoint" / "artifacts" / "inference_head.pt", weights_only=True)["state_dict"]
-    hb = torch.load(b / "checkpoint" / "artifacts" / "inference_head.pt", weights_only=True)["state_dict"]
+    ha = torch.load(TrialFolder(a).artifacts / "inference_head.pt", weights_only=True)["state_dict"]
+    hb = torch.load(TrialFolder(b).artifacts / "inference_head.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(ha[k], hb[k]) for k in ha)
 
 
@@ -117,7 +119,7 @@ def test_each_member_of_a_pack_ends_as_it_does_alone(tmp_path, lone_runs, topolo
     results, recorders = packed(configs, tmp_path)
     for i, (result, recorder) in enumerate(zip(results, recorders)):
         final, lone_recorder, lone_dir = lone_runs[topology, i]
-        assert result.status == "finished" and result.error is None
+        assert result.state is TrialState.FINISHED and result.error is None
         assert untimed(result.metrics) == untimed(final)  # losses, accuracies, memorization, sizes
         assert [(e, untimed(m), c) for e, m, c in recorder.epochs] == [
             (e, untimed(m), c) for e, m, c in lone_recorder.epochs
@@ -136,12 +138,12 @@ def test_a_diverging_member_fails_alone_and_the_others_are_unchanged(tmp_path, l
         config("individual", **MEMBERS[1]),
     ]
     results, recorders = packed(configs, tmp_path)
-    assert results[1].status == "failed" and isinstance(results[1].error, TrainingDiverged)
+    assert results[1].state is TrialState.FAILED and isinstance(results[1].error, TrainingDiverged)
     assert "TrainingDiverged: training loss became" in results[1].traceback
     assert recorders[1].epochs == []  # it reported no epoch: its first one diverged
     for position, member in ((0, 0), (2, 1)):
         final = lone_runs["individual", member][0]
-        assert results[position].status == "finished"
+        assert results[position].state is TrialState.FINISHED
         assert untimed(results[position].metrics) == untimed(final)  # bit-equal to alone
         assert_same_checkpoint(tmp_path / f"m{position}", lone_runs["individual", member][2])
 
@@ -151,9 +153,9 @@ def test_a_member_stopped_on_collapse_leaves_the_pack_and_the_others_train_on(tm
     stopping = {**MEMBERS[0], "run.stop_on_collapse": 1}
     configs = [config("individual", **stopping), config("individual", **MEMBERS[1])]
     results, recorders = packed(configs, tmp_path)
-    assert results[0].status == "collapsed" and [e for e, *_ in recorders[0].epochs] == [1]
-    assert (tmp_path / "m0" / "checkpoint" / "artifacts" / "metrics.json").is_file()
-    assert results[1].status == "collapsed" and [e for e, *_ in recorders[1].epochs] == [1, 2, 3]
+    assert results[0].state is TrialState.COLLAPSED and [e for e, *_ in recorders[0].epochs] == [1]
+    assert (TrialFolder(tmp_path / "m0").artifacts / "metrics.json").is_file()
+    assert results[1].state is TrialState.COLLAPSED and [e for e, *_ in recorders[1].epochs] == [1, 2, 3]
     final, _ = alone(config("individual", **MEMBERS[1]), tmp_path / "alone")
     assert untimed(results[1].metrics) == untimed(final)
 
@@ -168,21 +170,20 @@ def test_a_member_that_cannot_start_fails_alone(tmp_path, lone_runs):
     }
     configs = [config("individual", **MEMBERS[0]), config("individual", **broken)]
     results, _ = packed(configs, tmp_path)
-    assert results[1].status == "failed" and "broken.pt" in str(results[1].error)
+    assert results[1].state is TrialState.FAILED and "broken.pt" in str(results[1].error)
     assert untimed(results[0].metrics) == untimed(lone_runs["individual", 0][0])
 
 
 def checkpoint_epochs(root: Path, members: int) -> list[int]:
     """The epoch of each member's checkpoint in root/m<i>."""
     return [
-        torch.load(root / f"m{i}" / "checkpoint" / CHECKPOINT_FILE, weights_only=True)["epoch"]
-        for i in range(members)
+        torch.load(TrialFolder(root / f"m{i}").state_file, weights_only=True)["epoch"] for i in range(members)
     ]
 
 
 def resume_all(root: Path, members: int) -> dict:
     """`packed`'s extra: every member resumes from its checkpoint."""
-    return {i: {"resume_from": root / f"m{i}" / "checkpoint"} for i in range(members)}
+    return {i: {"resume": True} for i in range(members)}
 
 
 class Killed(BaseException):
@@ -240,7 +241,7 @@ def test_a_member_whose_checkpoint_is_of_its_last_epoch_is_reported_not_retraine
     configs = [config("individual", **m) for m in MEMBERS[:2]]
     packed(configs, tmp_path)
     # a retry of the whole pack: member 0 finished (its checkpoint is of epoch 3), member 1 is rewound
-    resume = {0: {"resume_from": tmp_path / "m0" / "checkpoint"}}
+    resume = {0: {"resume": True}}
     results, recorders = packed(configs, tmp_path, resume)
     assert [e for e, *_ in recorders[0].epochs] == [3]  # its last epoch reported again, not trained
     assert [e for e, *_ in recorders[1].epochs] == [1, 2, 3]
@@ -251,9 +252,9 @@ def test_a_member_whose_checkpoint_is_of_its_last_epoch_is_reported_not_retraine
 def test_only_compatible_trials_share_a_pack():
     base = config("individual", **MEMBERS[0])
     check_compatible([base, config("individual", **MEMBERS[1])])  # seed, noise, lr: fine
-    with pytest.raises(ValueError, match="must share everything"):
+    with pytest.raises(ValueError, match="must share every key but"):
         check_compatible([base, config("hierarchical", **MEMBERS[1])])
-    with pytest.raises(ValueError, match="must share everything"):
+    with pytest.raises(ValueError, match="must share every key but"):
         check_compatible([base, config("individual", **{**MEMBERS[1], "optim.batch_size": 32})])
 
 
@@ -274,7 +275,7 @@ def test_a_pack_that_will_not_fit_is_refused_with_the_numbers():
     assert "use pack: 7 or less" in message
 
 
-def test_member_result_reads_the_collapse_flag():
-    assert MemberResult.ended({"train/collapsed": 1.0}).status == "collapsed"
-    assert MemberResult.ended({"train/collapsed": 0.0}).status == "finished"
-    assert json.dumps(MemberResult.ended({"a": 1.0}).metrics) == '{"a": 1.0}'
+def test_a_trial_that_trained_to_its_end_reads_the_collapse_flag():
+    assert TrialResult.end({"train/collapsed": 1.0}).state is TrialState.COLLAPSED
+    assert TrialResult.end({"train/collapsed": 0.0}).state is TrialState.FINISHED
+    assert json.dumps(TrialResult.end({"a": 1.0}).metrics) == '{"a": 1.0}'

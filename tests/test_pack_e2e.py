@@ -12,7 +12,6 @@ from mlflow import MlflowClient
 
 from harness import cli
 from harness import config as C
-from harness.run.trial import run_trial
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +26,7 @@ BASE = {
 
 
 def test_a_packed_sweep_gives_each_trial_its_own_run_and_retries_only_the_failed_member(
-    tmp_path, monkeypatch, capsys, ray_cluster
+    tmp_path, monkeypatch, capsys, ray_cluster, alone
 ):
     monkeypatch.chdir(tmp_path)
     for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
@@ -73,13 +72,11 @@ def test_a_packed_sweep_gives_each_trial_its_own_run_and_retries_only_the_failed
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            alone = run_trial(
-                C.build_config({}, {**BASE, "optim.lr": lr}), out_dir=tmp_path / name, log=print
-            )
+            lone = alone(C.build_config({}, {**BASE, "optim.lr": lr}), tmp_path / name)
         finally:
             torch.set_num_threads(threads)
         for key in ("test/acc", "train/loss", "train/acc_noisy"):
-            assert run.data.metrics[key] == alone[key], (name, key)
+            assert run.data.metrics[key] == lone[key], (name, key)
 
     # Ray retried the pack once: the finished members were reported from their checkpoints, not retrained
     (trial_dir,) = (tmp_path / "ray_results" / "packed").glob("000_pack0*")

@@ -7,7 +7,7 @@ import io
 import torch
 
 from harness import config as C
-from harness.run.trial import run_trial
+from harness.run.lifecycle import TrialRun, train_trials
 from harness.train import progress as P
 
 
@@ -58,9 +58,9 @@ def test_a_trial_shows_its_progress_in_the_log_when_asked(tmp_path, monkeypatch,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_trial(cfg, out_dir=tmp_path / "run", progress=True, log=lambda _: None)
+        train_trials([TrialRun(cfg, tmp_path / "run", log=lambda _: None)], progress=True)
         assert "epoch 1/1: 64 of 192 images (33%)" in capsys.readouterr().out  # 200 images: 3 full batches
-        run_trial(cfg, out_dir=tmp_path / "quiet", log=lambda _: None)
+        train_trials([TrialRun(cfg, tmp_path / "quiet", log=lambda _: None)])
         assert "images (" not in capsys.readouterr().out  # not asked (a Ray trial): nothing
     finally:
         torch.set_num_threads(threads)

@@ -62,8 +62,8 @@ def record_all(tmp: Path) -> dict[str, list[dict]]:
     import torch
 
     from harness import config as C
-    from harness.run.pack import PackMember, run_pack
-    from harness.run.trial import run_trial
+    from harness.run.lifecycle import TrialRun, train_trials
+    from harness.run.state import TrialState
 
     torch.set_num_threads(1)
     quiet = lambda _message: None  # noqa: E731
@@ -75,17 +75,19 @@ def record_all(tmp: Path) -> dict[str, list[dict]]:
 
     for name, keys in LONE.items():
         epochs, on_epoch = history()
-        run_trial(C.build_config({}, {**BASE, **keys}), out_dir=tmp / name, on_epoch=on_epoch, log=quiet)
+        cfg = C.build_config({}, {**BASE, **keys})
+        (result,) = train_trials([TrialRun(cfg, tmp / name, on_epoch, log=quiet)])
+        assert result.state is TrialState.FINISHED, result.traceback
         out[name] = epochs
 
     members, histories = [], []
     for i, keys in enumerate(PACK):
         epochs, on_epoch = history()
         cfg = C.build_config({}, {**BASE, **PACK_GRAPH, **keys})
-        members.append(PackMember(cfg, tmp / f"pack-{i}", on_epoch, None, quiet))
+        members.append(TrialRun(cfg, tmp / f"pack-{i}", on_epoch, log=quiet))
         histories.append(epochs)
-    results = run_pack(members)
-    assert [r.status for r in results] == ["finished"] * len(PACK)
+    results = train_trials(members)
+    assert [r.state for r in results] == [TrialState.FINISHED] * len(PACK)
     for i, epochs in enumerate(histories):
         out[f"pack-{i}"] = epochs
 
@@ -98,12 +100,10 @@ def record_all(tmp: Path) -> dict[str, list[dict]]:
         if epoch == 2:
             raise Interrupted
 
-    with pytest.raises(Interrupted):
-        run_trial(cfg, out_dir=tmp / "resumed", on_epoch=interrupt, log=quiet)
+    (stopped,) = train_trials([TrialRun(cfg, tmp / "resumed", interrupt, log=quiet)])
+    assert isinstance(stopped.error, Interrupted), "the first run stops after its second epoch"
     epochs, on_epoch = history()
-    run_trial(
-        cfg, out_dir=tmp / "resumed", resume_from=tmp / "resumed" / "checkpoint", on_epoch=on_epoch, log=quiet
-    )
+    train_trials([TrialRun(cfg, tmp / "resumed", on_epoch, resume=True, log=quiet)])
     out["resumed"] = epochs
     return out
 

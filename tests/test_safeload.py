@@ -14,7 +14,7 @@ from harness import cli
 from harness import config as C
 from harness.data import load_dataset
 from harness.data.cifar import load_cifar_pickle
-from harness.run.trial import CHECKPOINT_FILE, run_trial
+from harness.run.layout import STATE_FILE, TrialFolder
 from harness.train.checkpoint import load_checkpoint, plain
 from noise import load_human_labels
 from noise.safeload import UnsafeFileError, torch_load
@@ -158,22 +158,20 @@ def test_the_official_cifar_n_files_load(shared_dir, name, keys):
 
 def test_crafted_checkpoint_is_refused_with_advice(tmp_path):
     marker = tmp_path / "marker"
-    torch.save({"model": Touch(marker), "epoch": 1}, tmp_path / CHECKPOINT_FILE)
+    torch.save({"model": Touch(marker), "epoch": 1}, tmp_path / STATE_FILE)
     with pytest.raises(UnsafeFileError) as info:
-        load_checkpoint(tmp_path / CHECKPOINT_FILE)
+        load_checkpoint(tmp_path / STATE_FILE)
     text = str(info.value)
-    assert text.startswith(
-        f"{tmp_path / CHECKPOINT_FILE} refers to io.open, which a harness checkpoint never"
-    )
+    assert text.startswith(f"{tmp_path / STATE_FILE} refers to io.open, which a harness checkpoint never")
     assert "older harness" in text and "retrain" in text
     assert not marker.exists()
 
 
-def test_our_checkpoint_and_inference_head_load_with_weights_only(tmp_path):
+def test_our_checkpoint_and_inference_head_load_with_weights_only(alone, tmp_path):
     torch.set_num_threads(1)
     cfg = C.build_config({}, {"optim.epochs": 1, "optim.batch_size": 256, "run.device": "cpu"})
-    run_trial(cfg, out_dir=tmp_path, log=lambda _: None)
-    state = torch.load(tmp_path / "checkpoint" / CHECKPOINT_FILE, weights_only=True)  # no allowlist at all
+    alone(cfg, tmp_path)
+    state = torch.load(TrialFolder(tmp_path).state_file, weights_only=True)  # no allowlist at all
     assert state["epoch"] == 1 and isinstance(state["rng"]["torch"], torch.Tensor)
     assert all(type(v) in (int, float) for v in state["history"][0].values())
     head = torch.load(tmp_path / "checkpoint" / "artifacts" / "inference_head.pt", weights_only=True)
@@ -218,7 +216,7 @@ def test_train_refuses_a_crafted_label_file(harness_here, tmp_path):
 
 
 def test_train_resume_refuses_a_crafted_checkpoint(harness_here, tmp_path):
-    ckpt = tmp_path / "run" / "checkpoint" / CHECKPOINT_FILE
+    ckpt = TrialFolder(tmp_path / "run").state_file
     ckpt.parent.mkdir(parents=True)
     torch.save({"model": Touch(tmp_path / "marker"), "epoch": 1}, ckpt)
     proc = harness_here(

@@ -19,21 +19,19 @@ from pathlib import Path
 import torch
 
 from harness.collab import build_training_graph
+from harness.config import TrialConfig, build_config
 from harness.data.loaders import TensorLoader
 from harness.models import count_parameters
 from harness.train.step import make_pack_step
-from harness.train.training import FitOptions, setup_training
+from harness.train.training import setup_training
 
 # (channels, image size) of the synthetic batch by arch family
 INPUT_SHAPES = {"cnn_small": (1, 8), "resnet50": (3, 224)}
 
 
-def bench_options(*, amp: bool, cuda_graph: bool) -> FitOptions:
+def bench_options(*, amp: bool, cuda_graph: bool) -> TrialConfig:
     """The trial defaults (the paper's recipe) at a constant lr 0.05: the scheduler is never stepped here."""
-    from harness import config as C
-    from harness.run.trial import fit_options
-
-    return fit_options(C.build_config(None, {"optim.lr": 0.05, "run.amp": amp, "run.cuda_graph": cuda_graph}))
+    return build_config(None, {"optim.lr": 0.05, "run.amp": amp, "run.cuda_graph": cuda_graph})
 
 
 def bench_one(

@@ -1,10 +1,11 @@
 """`harness run DIR`: the trials of an exported sweep, in this process, with torch alone.
 
 No Ray, no MLflow, no network: a machine with Python, torch, torchvision, numpy and PyYAML runs
-them (`PYTHONPATH=<checkout> python3 -m harness.cli run DIR`). Each trial is `harness.run.trial.run_trial`
-with the trial folder as its output folder (harness.run.export lists the files), or, for a sweep with
-`pack: N` (or `--pack N`), compatible trials train N at a time as one step (`harness.run.pack.run_pack`,
-each still in its own folder with its own results); `harness sync DIR` logs the results into MLflow.
+them (`PYTHONPATH=<checkout> python3 -m harness.cli run DIR`). Trials train with
+harness.run.lifecycle.train_trials in their folders (harness.run.export lists the files), alone or,
+for a sweep with `pack: N` (or `--pack N`), N compatible trials at a time as one step, each still in
+its own folder with its own results (harness.run.offline); `harness sync DIR` logs the results into
+MLflow.
 
 - Running again skips finished (and collapsed) trials and resumes a started one from its
   checkpoint, its history rewound to that epoch: the final metrics are those of an uninterrupted
@@ -12,7 +13,7 @@ each still in its own folder with its own results); `harness sync DIR` logs the 
 - A failing trial is recorded (status `failed`, error.txt) and the next one starts; a failing member
   of a pack is recorded so and its pack trains on.
 - Several `harness run` of one folder (a job array) share its trials: each trial is trained by the
-  process that takes its lock (`.lock` in its folder, removed when done) and skipped by the others,
+  process that takes its lock (`.lock` in its folder, held while it trains) and skipped by the others,
   which list it as running elsewhere. That is no failure. `--wait` waits for such trials to end
   (and trains any whose process died), so the table at the end is the folder's final state.
 - CPU threads: as many as a Ray trial of the sweep gets (resources.cpu, at least 1, as Ray sets
@@ -32,6 +33,7 @@ from pathlib import Path
 from harness.run import export as X
 from harness.run.offline import Planned, Progress, pack_groups, run_group
 from harness.run.outcome import TrialOutcome, print_problems, trial_table
+from harness.run.state import TrialState
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -100,13 +102,13 @@ def main(args: argparse.Namespace) -> int:
         + f"; {torch.get_num_threads()} CPU thread(s) ({why})"
     )
     outcomes: dict[str, TrialOutcome] = {}
-    progress = Progress(sum(p.trial.state not in X.ENDED_OK for p in trials))
+    progress = Progress(sum(not p.trial.state.ok for p in trials))
     interrupted = False
     try:
         for number, group in enumerate(groups, 1):
             for outcome in run_group(group, export, f"[{number}/{len(groups)}]", progress):
                 outcomes[outcome.path] = outcome
-        elsewhere = [p for p in trials if outcomes[str(p.trial.path)].status == "elsewhere"]
+        elsewhere = [p for p in trials if outcomes[str(p.trial.path)].state is TrialState.ELSEWHERE]
         if args.wait and elsewhere:
             print(f"waiting for {len(elsewhere)} trial(s) that another `harness run` holds")
             for outcome in run_group(elsewhere, export, "[wait]", progress, wait=True):
@@ -117,13 +119,13 @@ def main(args: argparse.Namespace) -> int:
         trial = p.trial
         outcomes.setdefault(
             str(trial.path),
-            TrialOutcome(trial.index, trial.name, trial.key, "unfinished", {}, path=str(trial.path)),
+            TrialOutcome(trial.index, trial.name, trial.key, TrialState.PENDING, {}, path=str(trial.path)),
         )
     ordered = sorted(outcomes.values(), key=lambda o: o.index)
     lines = trial_table(ordered, export.metric)
     if interrupted:
         lines.append(f"  interrupted: run `harness run {args.dir}` again to resume the unfinished trials")
-    if any(o.status == "elsewhere" for o in ordered):
+    if any(o.state is TrialState.ELSEWHERE for o in ordered):
         lines.append(
             "  running elsewhere: another `harness run` of this folder trains them (no failure; `--wait` waits)"
         )
@@ -135,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     if interrupted:
         return 130
-    return 1 if any(o.status == "failed" for o in ordered) else 0
+    return 1 if any(o.state is TrialState.FAILED for o in ordered) else 0
 
 
 def _plan(args: argparse.Namespace):

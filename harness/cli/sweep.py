@@ -90,7 +90,7 @@ def _load(path: Path, raw_overrides: list[str]) -> Sweep | None:
     except FileNotFoundError as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return None
-    from harness.run.trial import label_file_problems
+    from harness.config import label_file_problems
 
     problems = label_file_problems([t.config for t in sweep.trials])
     return _print_problems(sweep.source, problems) if problems else sweep

@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 from harness import config as C
+from harness.run.layout import TrialFolder
+from harness.run.lifecycle import TrialResult
+from noise.safeload import UnsafeFileError
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -41,6 +44,42 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    checked = _checked(args)
+    if isinstance(checked, int):
+        return checked
+    cfg, out = checked
+    if cfg.run.workers > 1:
+        return _data_parallel(cfg, out, args)
+    from harness.run.lifecycle import TrialRun, train_trials
+    from harness.train.loop import TrainingDiverged
+
+    logger = None if args.no_mlflow else _mlflow_logger(cfg, args.experiment)
+    on_epoch = (lambda epoch, metrics, ckpt: logger.log_epoch(epoch, metrics)) if logger else None
+    try:
+        (result,) = train_trials([TrialRun(cfg, out, on_epoch, resume=args.resume)], progress=True)
+    except BaseException as exc:  # the data set would not load, an interrupt, the device failed
+        result = TrialResult.failure(exc)
+    if not result.state.ok:
+        exc = result.error
+        if logger:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            logger.finish({}, None, status=status, error=repr(exc))
+        # a data, label or checkpoint file that is not where the config says, or one that could run code
+        if isinstance(exc, (FileNotFoundError, UnsafeFileError)):
+            print(f"harness train: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, TrainingDiverged):
+            print(f"harness train: {exc}", file=sys.stderr)
+            return 1
+        raise exc
+    if logger:
+        logger.finish(result.metrics, TrialFolder(out).artifacts, status=result.state.run_status)
+    return _report(result.metrics, out, args)
+
+
+def _checked(args: argparse.Namespace) -> tuple[C.TrialConfig, Path] | int:
+    """The trial's config and folder, or exit status 2 after saying what is wrong: before anything is
+    written (no MLflow run for a trial that cannot start)."""
     try:
         tree = C.load_yaml(args.config) if args.config else {}
         cfg = C.build_config(tree, C.parse_overrides(args.overrides), source=args.config)
@@ -50,50 +89,22 @@ def main(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         print("harness train: --resume needs --out (the folder of the run to continue)", file=sys.stderr)
         return 2
-    out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    out = out.resolve()
-
+    out = (args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")).resolve()
     from harness.train.device import resolve_device
-    from harness.train.loop import TrainingDiverged
-    from noise.safeload import UnsafeFileError
 
-    try:  # before anything is written: no MLflow run for a trial that cannot start
+    try:
         resolve_device(cfg.run.device)
     except RuntimeError as exc:
         print(f"harness train: run.device: {exc}", file=sys.stderr)
         return 2
-    from harness.run.trial import CHECKPOINT_FILE, label_file_problems, run_trial
-
-    for problem in label_file_problems([cfg]):
+    for problem in C.label_file_problems([cfg]):
         print(f"harness train: {problem}", file=sys.stderr)
         return 2
-    resume_from = out / "checkpoint" if args.resume else None
-    if resume_from is not None and not (resume_from / CHECKPOINT_FILE).exists():
-        print(f"harness train: no checkpoint to resume at {resume_from / CHECKPOINT_FILE}", file=sys.stderr)
+    state = TrialFolder(out).state_file
+    if args.resume and not state.exists():
+        print(f"harness train: no checkpoint to resume at {state}", file=sys.stderr)
         return 2
-    if cfg.run.workers > 1:
-        return _data_parallel(cfg, out, resume_from, args)
-
-    logger = None if args.no_mlflow else _mlflow_logger(cfg, args.experiment)
-    on_epoch = (lambda epoch, metrics, ckpt: logger.log_epoch(epoch, metrics)) if logger else None
-    try:
-        final = run_trial(cfg, out_dir=out, on_epoch=on_epoch, resume_from=resume_from, progress=True)
-    except BaseException as exc:
-        if logger:
-            logger.finish(
-                {}, None, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=repr(exc)
-            )
-        # a data, label or checkpoint file that is not where the config says, or one that could run code
-        if isinstance(exc, (FileNotFoundError, UnsafeFileError)):
-            print(f"harness train: {exc}", file=sys.stderr)
-            return 2
-        if isinstance(exc, TrainingDiverged):
-            print(f"harness train: {exc}", file=sys.stderr)
-            return 1
-        raise
-    if logger:
-        logger.finish(final, out / "checkpoint" / "artifacts", status="FINISHED")
-    return _report(final, out, args)
+    return cfg, out
 
 
 def _report(final: dict, out: Path, args: argparse.Namespace) -> int:
@@ -102,7 +113,7 @@ def _report(final: dict, out: Path, args: argparse.Namespace) -> int:
     for key in sorted(final):
         value = final[key]
         print(f"  {key:<24} {value:.4f}" if isinstance(value, float) else f"  {key:<24} {value}")
-    print(f"artifacts: {out / 'checkpoint' / 'artifacts'}")
+    print(f"artifacts: {TrialFolder(out).artifacts}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(final, indent=2, sort_keys=True))
@@ -110,7 +121,7 @@ def _report(final: dict, out: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_parallel(cfg: C.TrialConfig, out: Path, resume_from: Path | None, args: argparse.Namespace) -> int:
+def _data_parallel(cfg: C.TrialConfig, out: Path, args: argparse.Namespace) -> int:
     """The trial as run.workers Ray Train workers on a local Ray; nothing starts unless they fit."""
     if importlib.util.find_spec("ray") is None:
         print("harness train: run.workers > 1 needs Ray Train: pip install 'ray[train]'", file=sys.stderr)
@@ -133,7 +144,7 @@ def _data_parallel(cfg: C.TrialConfig, out: Path, resume_from: Path | None, args
             C.to_dict(cfg),
             out,
             resources=resources,
-            resume_from=resume_from,
+            resume=args.resume,
             max_failures=args.max_failures,
             logger=logger,
         )
@@ -150,7 +161,7 @@ def _data_parallel(cfg: C.TrialConfig, out: Path, resume_from: Path | None, args
             logger.finish({}, None, status="FAILED", error=repr(exc))
         print(f"harness train: the data-parallel trial failed: {exc}", file=sys.stderr)
         return 1
-    artifacts = out / "checkpoint" / "artifacts"
+    artifacts = TrialFolder(out).artifacts
     final = json.loads((artifacts / "metrics.json").read_text())
     if logger:
         logger.catch_up()  # the epochs were logged from the Ray Train controller

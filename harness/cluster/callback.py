@@ -12,55 +12,47 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from harness.cluster.transport import PackSpec, TrialSpec, is_pack, trial_specs
+from harness.cluster.report import ERROR_KEY, entry_metrics, entry_state, trial_entry
+from harness.cluster.transport import PackSpec, TrialSpec
 from harness.contract import (
     ENV_RESULT_KEY,
-    MEMBERS_RESULT_KEY,
     PACK_TAG,
     RAY_TRIAL_TAG,
     RETRIES_TAG,
     TRAIN_CHECKPOINT_KEY,
 )
+from harness.run.layout import member_folder
 from harness.run.outcome import TrialOutcome
+from harness.run.state import TrialState
 from harness.tracking.sweep_run import SweepRun
 from harness.tracking.trial_logger import TrialLogger
+from harness.train.checkpoint import load_checkpoint
 
 try:  # importable where Ray is absent (the callback is only made under Ray)
     from ray.tune import Callback as _TuneCallback
-    from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 except ImportError:  # pragma: no cover - exercised where Ray is absent
-    _TuneCallback, AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID = (
-        object,
-        set(),
-        "",
-        "",
-        "",
-        "",
-    )
-
-# Result keys Ray Tune adds to every report; everything else numeric is a trial metric.
-RAY_RESULT_KEYS = frozenset(AUTO_RESULT_KEYS) | {DONE, TRIAL_ID, EXPERIMENT_TAG, SHOULD_CHECKPOINT}
+    _TuneCallback = object
 
 
-def _own(result: Mapping[str, Any]) -> dict[str, Any]:
-    """A Tune result without the keys Tune adds to every report (the trial's own metrics and keys)."""
-    return {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS}
+def tune_checkpoint(result: Mapping[str, Any], checkpoint=None):
+    """A Tune trial's checkpoint: `checkpoint` (Tune's own), or for a data-parallel trial the Ray Train
+    checkpoint its result names (TRAIN_CHECKPOINT_KEY: its checkpoints belong to its Ray Train run,
+    harness.cluster.raytrain). None where it has neither."""
+    path = result.get(TRAIN_CHECKPOINT_KEY)
+    if checkpoint is None and path:
+        from ray.tune import Checkpoint
+
+        return Checkpoint(str(path))
+    return checkpoint
 
 
-def _dataframe_rows(result) -> list[dict]:
-    """A Tune trial's reports, one row per epoch (its results' dataframe)."""
-    return [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
-
-
-def _history(result, spec: TrialSpec) -> list[dict]:
-    """A pack member's epochs as its own checkpoint (in the pack's last checkpoint) holds them."""
-    if result.checkpoint is None:
+def _history(checkpoint, spec: TrialSpec) -> list[dict]:
+    """A trial's epochs as its own checkpoint (in its Tune trial's checkpoint) holds them."""
+    if checkpoint is None:
         return []
-    from harness.train.checkpoint import load_checkpoint
-
-    with result.checkpoint.as_directory() as root:
-        state = Path(root) / spec.dirname / "checkpoint" / "state.pt"
-        return list(load_checkpoint(state)["history"]) if state.is_file() else []
+    with checkpoint.as_directory() as root:
+        folder = member_folder(Path(root), spec.dirname)
+        return list(load_checkpoint(folder.state_file)["history"]) if folder.has_checkpoint else []
 
 
 def error_message(exc: BaseException | None) -> str:
@@ -96,13 +88,14 @@ def _trial_error(trial) -> str:
 
 class MlflowTuneCallback(_TuneCallback):
     """Logs every trial of a sweep from the Ray driver: one child run per trial under the sweep's
-    parent run. Tracking trouble goes to the SweepRun's `problems` and
-    does not stop the trials. Pickled with the Tuner for --resume, without clients or open runs.
+    parent run. Tracking trouble goes to the SweepRun's `problems` and does not stop the trials.
+    Pickled with the Tuner for --resume, without clients or open runs.
 
-    A pack is one Tune trial that reports every member's state (MEMBERS_RESULT_KEY): each member gets
-    its own run (tagged PACK_TAG), its epochs logged as they come and its run closed when it ends:
-    FAILED with its error at once, FINISHED with its artifacts from the checkpoint of the report that
-    ended it. A member whose run is FINISHED (a retried pack reports it again) is left as it is.
+    A Tune trial reports every one of its trials' state (harness.cluster.report; a lone trial is a
+    pack of one): each trial gets its own run (tagged PACK_TAG in a pack), its epochs logged as they
+    come and its run closed when it ends: FAILED with its error at once, FINISHED with its artifacts
+    from the checkpoint of the report that ended it. A trial whose run is FINISHED (a retried Tune
+    trial reports it again) is left as it is.
     """
 
     def __init__(self, sweep_run: SweepRun):
@@ -111,9 +104,9 @@ class MlflowTuneCallback(_TuneCallback):
 
     def _reset(self) -> None:
         self._loggers: dict[str, TrialLogger] = {}
-        self._ended: set[str] = set()  # pack members whose runs are FINISHED: never reopened
-        self._failed: dict[str, set[str]] = {}  # Tune trial id -> members failed in its current attempt
-        self._ending: dict[str, dict[str, dict]] = {}  # Tune trial id -> members ended, awaiting a checkpoint
+        self._ended: set[str] = set()  # trials whose runs are FINISHED: never reopened
+        self._failed: dict[str, set[str]] = {}  # Tune trial id -> its trials failed in its current attempt
+        self._ending: dict[str, dict[str, dict]] = {}  # Tune trial id -> trials ended, awaiting a checkpoint
 
     def __getstate__(self) -> dict:
         return {"sweep_run": self.sweep_run}
@@ -126,13 +119,12 @@ class MlflowTuneCallback(_TuneCallback):
     def problems(self) -> list[str]:
         return self.sweep_run.problems
 
-    def _logger(self, trial, spec: TrialSpec | None = None) -> TrialLogger:
-        """The open run of trial `spec` (Ray trial `trial`'s own when None), started (or continued) on first use."""
-        spec = spec or TrialSpec.from_config(trial.config)
+    def _logger(self, trial, spec: TrialSpec) -> TrialLogger:
+        """The open run of trial `spec` of Tune trial `trial`, started (or continued) on first use."""
         if spec.key not in self._loggers:
             tags = {RAY_TRIAL_TAG: trial.trial_id}
-            if is_pack(trial.config):
-                tags[PACK_TAG] = PackSpec.from_config(trial.config).tag
+            if (tag := PackSpec.from_config(trial.config).tag) is not None:
+                tags[PACK_TAG] = tag
             self._loggers[spec.key] = self.sweep_run.start_trial(
                 spec.config, name=spec.name, key=spec.key, index=spec.index, tags=tags
             )
@@ -141,11 +133,11 @@ class MlflowTuneCallback(_TuneCallback):
     def _guard(self, trial, fn: Callable[[], Any]) -> None:
         self.sweep_run.guard(f"trial {trial}", fn)
 
-    def _open_members(self, trial) -> list[TrialSpec]:
-        """A pack's members still to log: not FINISHED (one found so in the store stays closed), nor
-        failed in this attempt of the pack (a retry reopens those)."""
+    def _open(self, trial) -> list[TrialSpec]:
+        """The Tune trial's trials still to log: not FINISHED (one found so in the store stays closed),
+        nor failed in this attempt of the Tune trial (a retry reopens those)."""
         specs = []
-        for spec in trial_specs(trial.config):
+        for spec in PackSpec.from_config(trial.config).members:
             if spec.key in self._ended or spec.key in self._failed.get(trial.trial_id, ()):
                 continue
             if spec.key not in self._loggers:
@@ -160,96 +152,75 @@ class MlflowTuneCallback(_TuneCallback):
         self.sweep_run.guard("setup", lambda: self.sweep_run.client)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        if not is_pack(trial.config):
-            self._guard(trial, lambda: self._logger(trial))
-            return
-
         def start() -> None:
-            for spec in self._open_members(trial):
+            for spec in self._open(trial):
                 self._logger(trial, spec)
 
         self._guard(trial, start)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if not is_pack(trial.config):
-            self._guard(trial, lambda: self._logger(trial).log_report(_own(result)))
-            return
-
         def log() -> None:
-            entries = result.get(MEMBERS_RESULT_KEY) or {}
-            for spec in self._open_members(trial):
-                entry = entries.get(spec.key)
-                if entry is None:
+            for spec in self._open(trial):
+                entry = trial_entry(result, spec.key)
+                if not entry:
                     continue
-                logger = self._logger(trial, spec)
-                logger.log_report({**entry, ENV_RESULT_KEY: result.get(ENV_RESULT_KEY)})
-                if entry.get("status") == "failed":
-                    self._loggers.pop(spec.key).finish(status="FAILED", error=entry.get("error"))
+                self._logger(trial, spec).log_report(
+                    {**entry_metrics(entry), ENV_RESULT_KEY: result.get(ENV_RESULT_KEY)}
+                )
+                state = entry_state(entry)
+                if state is TrialState.FAILED:
+                    self._loggers.pop(spec.key).finish(status=state.run_status, error=entry.get(ERROR_KEY))
                     self._failed.setdefault(trial.trial_id, set()).add(spec.key)
-                elif entry.get("status") in ("finished", "collapsed"):
-                    # its artifacts are in this report's checkpoint, which on_checkpoint hands over next
-                    self._ending.setdefault(trial.trial_id, {})[spec.key] = entry
+                elif state is not None and state.ok:
+                    # its artifacts are in this report's checkpoint: a data-parallel trial's result names
+                    # it; Tune hands over its own next (on_checkpoint)
+                    if (checkpoint := tune_checkpoint(result)) is not None:
+                        self._finish(spec, entry, checkpoint)
+                    else:
+                        self._ending.setdefault(trial.trial_id, {})[spec.key] = entry
 
         self._guard(trial, log)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
-        ending = self._ending.pop(trial.trial_id, {})
-        for key, entry in ending.items():
-            spec = next(s for s in trial_specs(trial.config) if s.key == key)
-            self._guard(trial, lambda spec=spec, entry=entry: self._finish_member(spec, entry, checkpoint))
+        for key, entry in self._ending.pop(trial.trial_id, {}).items():
+            spec = _spec(trial, key)
+            self._guard(trial, lambda spec=spec, entry=entry: self._finish(spec, entry, checkpoint))
 
-    def _finish_member(self, spec: TrialSpec, entry: dict, checkpoint) -> None:
-        metrics = {k: v for k, v in entry.items() if k not in ("status", "error")}
+    def _finish(self, spec: TrialSpec, entry: dict, checkpoint) -> None:
+        state = entry_state(entry)
         finish_with_checkpoint(
-            self._loggers[spec.key], metrics, checkpoint, status="FINISHED", folder=spec.dirname
+            self._loggers[spec.key],
+            entry_metrics(entry),
+            checkpoint,
+            status=state.run_status,
+            folder=spec.dirname,
         )
         self._loggers.pop(spec.key, None)
         self._ended.add(spec.key)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        if not is_pack(trial.config):
-            self._guard(trial, lambda: self._logger(trial).set_tags({RETRIES_TAG: str(trial.num_failures)}))
-            return
-
-        def retry() -> None:  # a new attempt of the pack: its members that did not finish train again
+        def retry() -> None:  # a new attempt of the Tune trial: its trials that did not finish train again
             self._failed.pop(trial.trial_id, None)
-            for spec in self._open_members(trial):
+            for spec in self._open(trial):
                 self._logger(trial, spec).set_tags({RETRIES_TAG: str(trial.num_failures)})
 
         self._guard(trial, retry)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        if is_pack(trial.config):
-            self._guard(trial, lambda: self._end_pack(trial, status="KILLED"))
-            return
-
-        def finish() -> None:
-            logger = self._logger(trial)
-            metrics = {k: v for k, v in (trial.last_result or {}).items() if k not in RAY_RESULT_KEYS}
-            metrics["epoch"] = (trial.last_result or {}).get("epoch")
-            finish_with_checkpoint(logger, metrics, trial.checkpoint, status="FINISHED")
-            self._loggers.pop(TrialSpec.from_config(trial.config).key, None)
-
-        self._guard(trial, finish)
+        self._guard(trial, lambda: self._end(trial, status=TrialState.RUNNING.run_status))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        if is_pack(trial.config):
-            self._guard(trial, lambda: self._end_pack(trial, status="FAILED", error=_trial_error(trial)))
-            return
+        self._guard(
+            trial, lambda: self._end(trial, status=TrialState.FAILED.run_status, error=_trial_error(trial))
+        )
 
-        def finish() -> None:
-            self._logger(trial).finish(status="FAILED", error=_trial_error(trial))
-            self._loggers.pop(TrialSpec.from_config(trial.config).key, None)
-
-        self._guard(trial, finish)
-
-    def _end_pack(self, trial, *, status: str, error: str | None = None) -> None:
-        """A pack's Tune trial ended: its members that ended without a checkpoint handed over take the
-        trial's last one; those still open end with the pack (`status`)."""
+    def _end(self, trial, *, status: str, error: str | None = None) -> None:
+        """A Tune trial ended: its trials that ended without a checkpoint handed over take its last one;
+        those still open end with it (`status`: KILLED when it completed without ending them, which
+        should not happen; FAILED with its error)."""
         for key, entry in self._ending.pop(trial.trial_id, {}).items():
-            spec = next(s for s in trial_specs(trial.config) if s.key == key)
-            self._finish_member(spec, entry, trial.checkpoint)
-        for spec in trial_specs(trial.config):
+            self._finish(_spec(trial, key), entry, tune_checkpoint(trial.last_result or {}, trial.checkpoint))
+        for spec in PackSpec.from_config(trial.config).members:
             if spec.key in self._loggers:
                 self._loggers.pop(spec.key).finish(status=status, error=error)
 
@@ -260,54 +231,50 @@ class MlflowTuneCallback(_TuneCallback):
         self._loggers.clear()
 
 
+def _spec(trial, key: str) -> TrialSpec:
+    return next(s for s in PackSpec.from_config(trial.config).members if s.key == key)
+
+
 def finish_with_checkpoint(
-    logger: TrialLogger, metrics: Mapping[str, Any], checkpoint, *, status: str, folder: str | None = None
+    logger: TrialLogger, metrics: Mapping[str, Any], checkpoint, *, status: str, folder: str
 ) -> None:
-    """Finish a run with the artifacts/ folder of a Ray checkpoint (local or remote storage).
-
-    A data-parallel trial's checkpoints belong to its Ray Train run, not to its Tune trial: Tune
-    gets the newest one's path as the result key TRAIN_CHECKPOINT_KEY (harness.cluster.raytrain). A pack's
-    checkpoint holds each member's in `folder/checkpoint/` (its dirname).
-    """
-    metrics = dict(metrics)
-    train_checkpoint = metrics.pop(TRAIN_CHECKPOINT_KEY, None)
-    if checkpoint is None and train_checkpoint:
-        from ray.tune import Checkpoint
-
-        checkpoint = Checkpoint(str(train_checkpoint))
+    """Finish a run with the artifacts of its trial folder `folder` in a Ray checkpoint (local or
+    remote storage; harness.run.layout), or without artifacts where there is no checkpoint."""
     if checkpoint is None:
         logger.finish(metrics, None, status=status)
         return
     with checkpoint.as_directory() as root:
-        where = Path(root) / folder / "checkpoint" if folder else Path(root)
-        logger.finish(metrics, where / "artifacts", status=status)
+        logger.finish(metrics, member_folder(Path(root), folder).artifacts, status=status)
 
 
 def reconcile(sweep_run: SweepRun, results, outcomes: Iterable[TrialOutcome]) -> None:
     """Make MLflow agree with Ray where the driver died between a trial's end and its logging.
 
-    `results`: Tune's ResultGrid; `outcomes`: how each trial ended (harness.cluster.tune)."""
+    `results`: Tune's ResultGrid; `outcomes`: how each trial ended (harness.cluster.outcomes)."""
 
     def fix() -> None:
-        by_key = {spec.key: (r, spec) for r in results for spec in trial_specs(r.config)}
+        by_key = {spec.key: (r, spec) for r in results for spec in PackSpec.from_config(r.config).members}
         for outcome in outcomes:
-            if outcome.status == "unfinished":
+            if not outcome.state.ended:
                 continue
             run = sweep_run.find_trial(outcome.key)
             if run is not None and run.info.status == outcome.run_status:
                 continue
             result, spec = by_key[outcome.key]
-            pack = is_pack(result.config)
-            tags = {PACK_TAG: PackSpec.from_config(result.config).tag} if pack else None
+            tag = PackSpec.from_config(result.config).tag
             logger = sweep_run.start_trial(
-                spec.config, name=spec.name, key=spec.key, index=spec.index, tags=tags
+                spec.config,
+                name=spec.name,
+                key=spec.key,
+                index=spec.index,
+                tags={PACK_TAG: tag} if tag else None,
             )
-            for row in _history(result, spec) if pack else _dataframe_rows(result):
-                logger.log_epoch(row.get("epoch"), {k: v for k, v in row.items() if "/" in k})
-            if outcome.status == "ok":
-                folder = spec.dirname if pack else None
+            checkpoint = tune_checkpoint(result.metrics or {}, result.checkpoint)
+            for row in _history(checkpoint, spec):
+                logger.log_epoch(row.get("epoch"), row)
+            if outcome.state.ok:
                 finish_with_checkpoint(
-                    logger, outcome.metrics, result.checkpoint, status="FINISHED", folder=folder
+                    logger, outcome.metrics, checkpoint, status=outcome.run_status, folder=spec.dirname
                 )
             else:
                 logger.finish(status=outcome.run_status, error=outcome.error)

@@ -7,13 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.cluster.transport import SPEC_KEY, is_pack, trial_specs
+from harness.cluster.report import ERROR_KEY, entry_metrics, entry_state, trial_entry
+from harness.cluster.transport import SPEC_KEY, PackSpec
 from harness.config.sweepfile import Sweep
-from harness.contract import (
-    MEMBERS_RESULT_KEY,
-    TEST_ACC,
-)
+from harness.contract import TEST_ACC
 from harness.run.outcome import TrialOutcome, trial_table
+from harness.run.state import TrialState
 
 
 @dataclass
@@ -28,17 +27,18 @@ class SweepOutcome:
     @property
     def exit_code(self) -> int:
         """0 when every trial succeeded (and was tracked), 130 when interrupted, 1 otherwise."""
-        if any(t.status == "unfinished" for t in self.trials):
+        if any(not t.state.ended for t in self.trials):
             return 130
-        return 0 if all(t.status == "ok" for t in self.trials) and not self.tracking_problems else 1
+        return 0 if all(t.state.ok for t in self.trials) and not self.tracking_problems else 1
 
 
 def trial_outcomes(sweep: Sweep, results, exp_dir: Path) -> list[TrialOutcome]:
     """One outcome per trial of the sweep, from Tune's saved experiment state.
 
-    Tune trial statuses come from the experiment state (a restored result's 'done' flag is not
-    reliable); trials Tune never created (interrupted before they started) are 'unfinished'. A
-    pack's members end as its last report says; those it had not ended share the pack's end.
+    A trial ends as its Tune trial's last report says (harness.cluster.report); one it had not ended
+    failed with its Tune trial, or is unfinished (interrupted). Tune trial statuses come from the
+    experiment state (a restored result's 'done' flag is not reliable); trials Tune never created
+    (interrupted before they started) are pending.
     """
     from ray.tune import ExperimentAnalysis
 
@@ -47,37 +47,30 @@ def trial_outcomes(sweep: Sweep, results, exp_dir: Path) -> list[TrialOutcome]:
     statuses = {t.config[SPEC_KEY]["dirname"]: t.status for t in ExperimentAnalysis(str(exp_dir)).trials}
     outcomes: dict[str, TrialOutcome] = {}
     for result in results:
-        status = statuses.get(result.config[SPEC_KEY]["dirname"])
-        if result.error is not None or status == "ERROR":
-            state, error = "failed", error_message(result.error)
-        else:
-            state, error = ("ok" if status == "TERMINATED" else "unfinished"), None
+        failed = result.error is not None or statuses.get(result.config[SPEC_KEY]["dirname"]) == "ERROR"
         metrics = dict(result.metrics or {})
-        for spec in trial_specs(result.config):
-            mine, my_state, my_error = metrics, state, error
-            if is_pack(result.config):
-                entry = (metrics.get(MEMBERS_RESULT_KEY) or {}).get(spec.key) or {}
-                mine = {k: v for k, v in entry.items() if k not in ("status", "error")}
-                mine["time_total_s"] = metrics.get("time_total_s")  # the pack's: they trained together
-                member = entry.get("status")
-                if member in ("finished", "collapsed"):
-                    my_state, my_error = "ok", None
-                elif member == "failed":
-                    my_state, my_error = "failed", entry.get("error")
-                elif state == "ok":  # a pack that ended without ending this member: should not happen
-                    my_state = "unfinished"
+        for spec in PackSpec.from_config(result.config).members:
+            entry = trial_entry(metrics, spec.key)
+            mine = {
+                **entry_metrics(entry),
+                "time_total_s": metrics.get("time_total_s"),
+            }  # they trained together
+            state, error = entry_state(entry) or TrialState.RUNNING, entry.get(ERROR_KEY)
+            if not state.ended and failed:
+                state, error = TrialState.FAILED, error_message(result.error)
             outcomes[spec.key] = TrialOutcome(
-                spec.index, spec.name, spec.key, my_state, mine, my_error, str(result.path)
+                spec.index, spec.name, spec.key, state, mine, error, str(result.path)
             )
     return [
-        outcomes.get(t.key) or TrialOutcome(t.index, t.name, t.key, "unfinished", {}) for t in sweep.trials
+        outcomes.get(t.key) or TrialOutcome(t.index, t.name, t.key, TrialState.PENDING, {})
+        for t in sweep.trials
     ]
 
 
 def format_summary(outcome: SweepOutcome, metric: str = TEST_ACC) -> str:
     """The closing table (harness.run.outcome), then what to do after an interruption and where things are."""
     lines = trial_table(outcome.trials, metric)
-    if any(t.status == "unfinished" for t in outcome.trials):
+    if any(not t.state.ended for t in outcome.trials):
         lines.append("  interrupted: run the same command with --resume to finish the unfinished trials")
     for problem in outcome.tracking_problems:
         lines.append(f"  tracking: {problem}")

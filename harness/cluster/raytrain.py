@@ -4,20 +4,24 @@ Ray 2.60's recipe for Train under Tune (Ray Train V2, "Hyperparameter Tuning wit
 Tune trial is only the Train driver. It starts a TorchTrainer of `run.workers` workers, each with
 the sweep file's per-worker `cpu`/`gpu`; Ray Train places them (across nodes if need be), sets
 up the process group (NCCL on GPUs, gloo on CPUs) and runs `worker_loop` on each. Every worker
-runs `harness.run.trial.run_trial`, which `harness.train.ddp` makes data-parallel; every worker reports
-each epoch with `ray.train.report`, rank 0 with its checkpoint. `TuneReportCallback` hands rank
-0's metrics to Tune, where the driver's MLflow callback logs them as for a one-process trial.
+trains the trial with harness.run.lifecycle.train_trials, which harness.train.ddp makes
+data-parallel, in a scratch folder of its own, and reports each epoch with `ray.train.report`:
+rank 0 as a Tune trial reports (harness.cluster.report), with its trial folder as the checkpoint.
+`TuneReportCallback` hands rank 0's reports to Tune, where the driver's MLflow callback logs them
+as it logs every Tune trial's.
 
 Fault tolerance: when a worker dies, Ray Train restarts the whole group with the same world
 size from the last reported checkpoint (`ray.train.get_checkpoint()`), `max_failures` times.
 A killed Tune trial restarts its TorchTrainer, which finds its run again by (storage, name).
 
 `harness train --set run.workers=N` starts a local Ray and the same TorchTrainer without Tune
-(`train_locally`); its MLflow run is logged from the Train controller (`log_epochs`).
+(`train_locally`); its MLflow run is logged from the Train controller (`log_epochs`), and the last
+checkpoint's trial folder is copied into `--out` at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -26,9 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from harness import config as C
+from harness.cluster.report import TrialsReport, entry_metrics, trial_entry
+from harness.cluster.transport import TrialSpec
+from harness.run.layout import TrialFolder, member_folder
+from harness.train.checkpoint import load_checkpoint
 
 DRIVER_CPU = 0.01  # the Tune trial that drives a TorchTrainer only waits for it
-DEFAULT_TRIAL_FN = "harness.run.trial:run_trial"
 
 
 def make_trainer(
@@ -42,10 +49,9 @@ def make_trainer(
     max_failures: int,
     callbacks: list,
 ):
-    """The TorchTrainer of one trial. `loop_config`: {"config": trial config tree, "fn":
-    'module:function' (called like run_trial), "out_dir": a folder rank 0 writes, or None for a
-    temporary one, and optionally "resume_from": a checkpoint folder every worker can read, to
-    start from when Ray Train has no checkpoint of its own (`harness train --resume`)}."""
+    """The TorchTrainer of one trial. `loop_config`: {"trial": its TrialSpec as a mapping, and
+    optionally "resume_from": a trial folder every worker can read, whose checkpoint to start from
+    when Ray Train has no checkpoint of its own (`harness train --resume`)}."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -67,59 +73,52 @@ def make_trainer(
 
 
 def worker_loop(loop_config: dict[str, Any]) -> None:
-    """What each Ray Train worker runs: the trial, reporting every epoch to Ray Train."""
-    import importlib
-
+    """What each Ray Train worker runs: the trial as one of its processes, reporting every epoch."""
     import ray.train
     import ray.train.torch
     import torch
 
-    from harness.contract import ENV_RESULT_KEY, REPLAY_RESULT_KEY
+    from harness.run.lifecycle import TrialResult, TrialRun, train_trials
     from harness.run.runtime import runtime_tags
     from harness.train.device import resolve_device
 
     _quiet_reports()
-    cfg = C.build_config(loop_config["config"])
-    module, _, attr = loop_config.get("fn", DEFAULT_TRIAL_FN).partition(":")
-    run_trial = getattr(importlib.import_module(module), attr)
+    spec = TrialSpec(**loop_config["trial"])
+    cfg = C.build_config(spec.config)
     if resolve_device(cfg.run.device).type == "cuda":
         torch.cuda.set_device(ray.train.torch.get_device())  # this worker's card
-    context = ray.train.get_context()
-    env = runtime_tags(cfg.run.device)
-    scratch = Path(tempfile.mkdtemp(prefix=f"harness_rank{context.get_world_rank()}_"))
-    out_dir = Path(loop_config["out_dir"]) if loop_config.get("out_dir") else scratch / "trial"
-    resume_from = None
+    rank = ray.train.get_context().get_world_rank()
+    scratch = Path(tempfile.mkdtemp(prefix=f"harness_rank{rank}_"))
+    root = scratch / "trials"  # as a Tune trial's folder: the trial's folder in it under its name
+    folder = TrialFolder(root / spec.dirname)
     checkpoint = ray.train.get_checkpoint()  # after a restart: the last one reported
     if checkpoint is not None:
-        resume_from = Path(checkpoint.to_directory(str(scratch / "restored")))
+        checkpoint.to_directory(str(root))
     elif loop_config.get("resume_from"):
-        resume_from = Path(loop_config["resume_from"])
+        shutil.copytree(TrialFolder(Path(loop_config["resume_from"])).checkpoint_dir, folder.checkpoint_dir)
 
-    # A resumed run reports its checkpoint's epochs again with its first epoch: whoever logs the
-    # reports may not have received them (a driver interrupted after Ray Train kept the checkpoint).
-    replay = _history(resume_from) if resume_from is not None and context.get_world_rank() == 0 else []
-
-    def on_epoch(epoch: int, metrics: dict[str, float], ckpt_dir: Path | None) -> None:
-        nonlocal replay
-        result = {**metrics, "epoch": epoch, ENV_RESULT_KEY: env}
-        if replay:
-            result[REPLAY_RESULT_KEY], replay = replay, []
-        ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
+    def report(result: dict[str, Any], written: Path | None) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(str(written)) if written is not None else None
         ray.train.report(result, checkpoint=ckpt)
 
+    reporter = TrialsReport([spec], root, runtime_tags(cfg.run.device), report)
+    if rank == 0 and folder.has_checkpoint:
+        # A resumed run reports its checkpoint's epochs again with its first epoch: whoever logs the
+        # reports may not have received them (a driver interrupted after Ray Train kept the checkpoint).
+        reporter.replay[spec.key] = list(load_checkpoint(folder.state_file)["history"])
+
+    def on_ended(ended: dict[int, TrialResult]) -> None:
+        # a failure is raised, not reported: Ray Train restarts the worker group from the last
+        # checkpoint, and the Tune trial fails only when it gives up
+        reporter.on_ended({i: r for i, r in ended.items() if r.state.ok})
+
     try:
-        run_trial(cfg, out_dir=out_dir, on_epoch=on_epoch, resume_from=resume_from)
+        run = TrialRun(cfg, folder.root, reporter.on_epoch(spec, cfg), resume=True)
+        (result,) = train_trials([run], on_ended=on_ended)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _history(checkpoint_dir: Path) -> list[dict[str, float]]:
-    """The per-epoch metrics a trial's checkpoint holds."""
-    from harness.run.trial import CHECKPOINT_FILE
-    from harness.train.checkpoint import load_checkpoint
-
-    path = Path(checkpoint_dir) / CHECKPOINT_FILE
-    return list(load_checkpoint(path)["history"]) if path.exists() else []
+    if result.error is not None:
+        raise result.error
 
 
 def _quiet_reports() -> None:
@@ -133,16 +132,16 @@ def _quiet_reports() -> None:
         pass
 
 
-def run_under_tune(spec_config: dict[str, Any], fn: str, launch: dict[str, Any], name: str) -> None:
+def run_under_tune(spec: TrialSpec, launch: dict[str, Any], name: str) -> None:
     """The Tune trial of a data-parallel trial: start its TorchTrainer and wait for it.
 
     `launch`: {"storage", "cpu", "gpu", "max_failures"}, the same for every trial of a sweep.
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = C.build_config(spec_config)
+    cfg = C.build_config(spec.config)
     trainer = make_trainer(
-        {"config": spec_config, "fn": fn, "out_dir": None},
+        {"trial": dataclasses.asdict(spec)},
         workers=cfg.run.workers,
         cpu=launch["cpu"],
         gpu=launch["gpu"],
@@ -176,35 +175,38 @@ def local_resources(cfg: C.TrialConfig) -> tuple[dict[str, float], list[str]]:
     return {**per_worker, "gpu": 1.0}, problems
 
 
+# a data-parallel `harness train`'s one trial, as Ray Train's reports name it
+LOCAL_TRIAL_KEY, LOCAL_TRIAL_DIR = "train", "trial"
+
+
 def train_locally(
     tree: dict[str, Any],
     out_dir: Path,
     *,
     resources: dict[str, float],
-    resume_from: Path | None,
+    resume: bool,
     max_failures: int,
     logger=None,
 ) -> None:
-    """`harness train` of a data-parallel trial: a local Ray, the TorchTrainer, rank 0 writing `out_dir`."""
+    """`harness train` of a data-parallel trial: a local Ray, the TorchTrainer, and its last
+    checkpoint's trial folder copied into `out_dir` (its checkpoint and artifacts) at the end. With
+    `resume`, Ray Train goes on from its own last checkpoint (in `out_dir/ray_train`), else from
+    `out_dir`'s checkpoint."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # the workers' lines once, not twice
     import ray
 
     cfg = C.build_config(tree)
-    if resume_from is None:  # a new run, as with one process (Ray Train would restore the last one)
+    if not resume:  # a new run, as with one process (Ray Train would restore the last one)
         shutil.rmtree(out_dir / "ray_train", ignore_errors=True)
+    spec = TrialSpec(0, LOCAL_TRIAL_KEY, "train", LOCAL_TRIAL_DIR, tree)
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", include_dashboard=False, logging_level="WARNING")
     try:
         callbacks = [log_epochs(logger.tracking_uri, logger.run_id)] if logger is not None else []
         trainer = make_trainer(
-            {
-                "config": tree,
-                "fn": DEFAULT_TRIAL_FN,
-                "out_dir": str(out_dir),
-                "resume_from": str(resume_from) if resume_from else None,
-            },
+            {"trial": dataclasses.asdict(spec), "resume_from": str(out_dir) if resume else None},
             workers=cfg.run.workers,
             cpu=resources["cpu"],
             gpu=resources["gpu"],
@@ -213,10 +215,15 @@ def train_locally(
             max_failures=max_failures,
             callbacks=callbacks,
         )
-        trainer.fit()
+        result = trainer.fit()
     finally:
         if started:
             ray.shutdown()
+    with result.checkpoint.as_directory() as root:
+        last = member_folder(Path(root), LOCAL_TRIAL_DIR).checkpoint_dir
+        target = TrialFolder(out_dir).checkpoint_dir
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(last, target)
 
 
 def log_epochs(tracking_uri: str, run_id: str):
@@ -227,6 +234,7 @@ def log_epochs(tracking_uri: str, run_id: str):
     """
     from ray.train import UserCallback
 
+    from harness.contract import ENV_RESULT_KEY
     from harness.tracking import TrialLogger, open_store
 
     class LogEpochs(UserCallback):
@@ -236,6 +244,8 @@ def log_epochs(tracking_uri: str, run_id: str):
         def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
             if self._logger is None:
                 self._logger = TrialLogger(open_store(tracking_uri), run_id)
-            self._logger.log_report(metrics[0])
+            rank0 = metrics[0]
+            entry = trial_entry(rank0, LOCAL_TRIAL_KEY)
+            self._logger.log_report({**entry_metrics(entry), ENV_RESULT_KEY: rank0.get(ENV_RESULT_KEY)})
 
     return LogEpochs()

@@ -1,34 +1,30 @@
-"""Ray Tune orchestration of a validated sweep: one Tune trial per grid point and seed.
+"""Ray Tune orchestration of a validated sweep: one Tune trial per pack of trials (a trial alone being
+a pack of one), each trial of the sweep a grid point with a seed.
 
 - Ray: a local instance by default (`address="local"`, whatever else runs on the machine),
   an existing cluster with `address` (or RAY_ADDRESS). On a cluster every node needs this
   package installed, the data under the same paths, and `storage` on a shared file system.
-- Trials: `trainable` runs `harness.run.trial.run_trial` and reports every epoch with
-  `ray.tune.report(metrics, checkpoint=...)`; a failed trial is retried from its last
-  checkpoint `max_failures` times; the others go on.
+- Trials: `trainable` trains its trials with harness.run.lifecycle.train_trials and reports every
+  round of epochs with `ray.tune.report(result, checkpoint=...)` (harness.cluster.report: every
+  trial's metrics and state, the trials' folders as the checkpoint). It fails when one of its
+  trials failed, and Ray retries it from its last checkpoint `max_failures` times: the trials that
+  ended are reported again from their checkpoints, not retrained. The other Tune trials go on.
 - Storage: `<storage>/<sweep name>/` holds Ray's experiment state, the trials' checkpoints (the
-  last two per trial) and `harness_sweep.json` (the MLflow parent run and the trial keys, written
-  by harness.tracking.SweepRun), so `resume=True` continues the same Tune experiment and the same
-  MLflow runs.
-- Tracking: the sweep's `harness.tracking.SweepRun` owns its parent run; its Tune callback logs
-  the trials on the driver, the store's only writer.
-- Each Tune trial's config holds its `harness.sweepfile.TrialSpec` (identity, config tree, and the
-  function that trains it: `trial_fn`, `harness.run.trial:run_trial` unless a test names another).
+  last two per Tune trial) and `harness_sweep.json` (the MLflow parent run and the trial keys,
+  written by harness.tracking.SweepRun), so `resume=True` continues the same Tune experiment and
+  the same MLflow runs.
+- Tracking: the sweep's `harness.tracking.SweepRun` owns its parent run; the Tune callback
+  (harness.cluster.callback) logs each trial into its own run on the driver, the store's only writer.
+- Each Tune trial's config holds its `harness.cluster.transport.PackSpec` (the identity and config
+  tree of each of its trials); `resources` are per Tune trial.
 - Data-parallel trials (`resources.workers` > 1): the Tune trial drives a Ray Train TorchTrainer
   of that many workers (harness.cluster.raytrain), each with the file's per-worker cpu/gpu; their Ray
   Train runs live in `<storage>/<sweep name>/ray_train/`.
-- Packs (`pack: N`): a pack of compatible trials is one Tune trial (its config holds a
-  `harness.sweepfile.PackSpec`; `resources` are then per pack) that trains them as one step
-  (harness.run.pack.run_pack). It reports every member's latest metrics and status in each result
-  (MEMBERS_RESULT_KEY) and checkpoints every member's folder together, so a retried pack resumes
-  each member from its own checkpoint and does not retrain those that ended. It fails (and Ray
-  retries it) when one of its members failed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import shutil
 from pathlib import Path
@@ -37,11 +33,11 @@ from typing import Any
 from harness import config as C
 from harness.cluster.launch import check_resources, concurrent_trials, experiment_dir
 from harness.cluster.outcomes import SweepOutcome, trial_outcomes
-from harness.cluster.raytrain import DEFAULT_TRIAL_FN, DRIVER_CPU
-from harness.cluster.transport import SPEC_KEY, PackSpec, TrialSpec, is_pack, tune_units
+from harness.cluster.raytrain import DRIVER_CPU
+from harness.cluster.report import TrialsReport, raise_failures
+from harness.cluster.transport import SPEC_KEY, PackSpec, tune_units
 from harness.config.sweepfile import Sweep
 from harness.contract import (
-    MEMBERS_RESULT_KEY,
     TEST_ACC,
     TEST_ACC_ENSEMBLE,
     TIME_EPOCH_S,
@@ -62,123 +58,49 @@ PROGRESS_COLUMNS = {
 
 
 def trainable(config: dict[str, Any]) -> None:
-    """The Tune function trainable: one trial, reporting (and checkpointing) every epoch."""
+    """The Tune function trainable: the trials of one Tune trial (a pack, or one alone) trained as one
+    step (harness.run.lifecycle.train_trials), every trial's state in each report (harness.cluster.report).
+    A data-parallel trial's Tune trial drives a Ray Train run of it instead (harness.cluster.raytrain)."""
     from ray import tune
 
-    from harness.contract import ENV_RESULT_KEY
+    from harness.run.lifecycle import TrialRun, train_trials, trial_log
     from harness.run.runtime import runtime_tags
 
-    if is_pack(config):
-        _train_pack(PackSpec.from_config(config))
-        return
-    spec = TrialSpec.from_config(config)
+    unit = PackSpec.from_config(config)
     if LAUNCH_KEY in config:  # data-parallel: this trial drives a Ray Train run
         from harness.cluster.raytrain import run_under_tune
 
-        run_under_tune(spec.config, spec.fn, config[LAUNCH_KEY], name=spec.dirname)
+        run_under_tune(unit.members[0], config[LAUNCH_KEY], name=unit.dirname)
         return
-    module, _, attr = spec.fn.partition(":")
-    run_trial = getattr(importlib.import_module(module), attr)
-    cfg = C.build_config(spec.config)
-    env = runtime_tags(cfg.run.device)
-    # Ray gives each trial a working folder of its own; checkpoints are copied to storage on report.
-    out_dir = Path.cwd() / "harness_trial"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    resume_from = None
+    configs = [C.build_config(m.config) for m in unit.members]
+    # Ray gives each trial a working folder of its own; this folder (a subfolder per trial) is the
+    # Tune trial's checkpoint, copied to storage on report
+    root = Path.cwd() / "harness_trials"
+    shutil.rmtree(root, ignore_errors=True)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        resume_from = Path(checkpoint.to_directory(str(out_dir / "restored")))
-        print(f"resuming {spec.name} from {checkpoint.path}")
+        checkpoint.to_directory(str(root))
+        print(f"resuming {unit.name} from {checkpoint.path}")
 
-    def on_epoch(epoch: int, metrics: dict[str, float], ckpt_dir: Path | None) -> None:
-        result = {**metrics, "epoch": epoch, ENV_RESULT_KEY: env}
-        ckpt = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
-        tune.report(result, checkpoint=ckpt)
+    def report(result: dict[str, Any], folder: Path | None) -> None:
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder else None)
 
-    try:
-        run_trial(cfg, out_dir=out_dir, on_epoch=on_epoch, resume_from=resume_from)
+    reporter = TrialsReport(unit.members, root, runtime_tags(configs[0].run.device), report)
+    runs = [
+        TrialRun(
+            cfg,
+            root / spec.dirname,
+            reporter.on_epoch(spec, cfg),
+            resume=True,
+            log=trial_log(spec.name) if unit.packed else print,
+        )
+        for spec, cfg in zip(unit.members, configs)
+    ]
+    try:  # each round of epochs is reported, the trials that ended in it with their end
+        results = train_trials(runs, on_ended=reporter.on_ended)
     finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
-
-
-class PackFailed(RuntimeError):
-    """Members of a pack failed (each is recorded as failed): the pack fails, so Ray retries them."""
-
-
-def _train_pack(pack: PackSpec) -> None:
-    """The Tune trial of a pack: its members trained as one step, every member's state in each report."""
-    from ray import tune
-
-    from harness.contract import ENV_RESULT_KEY
-    from harness.run.pack import MemberResult, PackMember, member_log, run_pack
-    from harness.run.runtime import runtime_tags
-    from harness.run.trial import CHECKPOINT_FILE, fit_options
-    from harness.train.loop import stops_on_collapse
-
-    configs = [C.build_config(m.config) for m in pack.members]
-    env = runtime_tags(configs[0].run.device)
-    # The pack's checkpoint is this folder: one subfolder per member, as a lone trial's out_dir.
-    out_dir = Path.cwd() / "harness_pack"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        checkpoint.to_directory(str(out_dir))
-        print(f"resuming {pack.name} from {checkpoint.path}")
-    entries = {m.key: {"status": "training"} for m in pack.members}
-    wrote = False
-
-    def recorder(spec: TrialSpec, cfg: C.TrialConfig):
-        def on_epoch(epoch: int, metrics: dict[str, float], ckpt_dir: Path | None) -> None:
-            nonlocal wrote
-            last = epoch >= cfg.optim.epochs or stops_on_collapse(fit_options(cfg), metrics)
-            status = MemberResult.ended(metrics).status if last else "training"
-            entries[spec.key] = {**metrics, "epoch": epoch, "status": status}
-            wrote = wrote or ckpt_dir is not None
-
-        return on_epoch
-
-    def report() -> None:
-        nonlocal wrote
-        result = _pack_result(entries)
-        result[ENV_RESULT_KEY], result[MEMBERS_RESULT_KEY] = env, entries
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(out_dir)) if wrote else None)
-        wrote = False
-
-    def on_round(ended) -> None:
-        for i, result in ended.items():
-            if result.status == "failed":
-                key = pack.members[i].key
-                entries[key] = {**entries[key], "status": "failed", "error": _error_text(result.error)}
-        report()
-
-    members = []
-    for spec, cfg in zip(pack.members, configs):
-        folder = out_dir / spec.dirname
-        resume = folder / "checkpoint" if (folder / "checkpoint" / CHECKPOINT_FILE).is_file() else None
-        members.append(PackMember(cfg, folder, recorder(spec, cfg), resume, member_log(spec.name)))
-    results = run_pack(members, on_round=on_round)
-    on_round(dict(enumerate(results)))  # the final report: every member's end
-    failed = [(spec, r) for spec, r in zip(pack.members, results) if r.status == "failed"]
-    if failed:
-        names = "; ".join(f"{spec.name}: {_error_text(r.error)}" for spec, r in failed)
-        raise PackFailed(f"{len(failed)} of the {len(results)} trials of {pack.name} failed: {names}")
-
-
-def _pack_result(entries: dict[str, dict]) -> dict[str, float]:
-    """A pack's report at the top level, for Tune's table and its metric: the mean over its members of
-    each metric they report, and the latest epoch (each member's own metrics are in MEMBERS_RESULT_KEY)."""
-    values: dict[str, list[float]] = {}
-    for entry in entries.values():
-        for key, value in entry.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                values.setdefault(key, []).append(float(value))
-    result = {key: sum(v) / len(v) for key, v in values.items()}
-    result["epoch"] = max(values.get("epoch", [0]))
-    return result
-
-
-def _error_text(exc: BaseException | None) -> str:
-    return f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+        shutil.rmtree(root, ignore_errors=True)  # reported: Tune copied it to storage
+    raise_failures(unit.members, results, unit.name)
 
 
 def trial_name(trial) -> str:
@@ -199,7 +121,6 @@ def run_sweep(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     max_failures: int | None = None,
-    trial_fn: str = DEFAULT_TRIAL_FN,
     mps: bool = False,
 ) -> SweepOutcome:
     """Run (or resume) a validated sweep; returns how each trial ended. Call check_launch first.
@@ -215,6 +136,9 @@ def run_sweep(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ray Train workers' print() once, not also through its logging (a local Ray inherits these)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    # A Tune trial whose trials all failed in their first epoch reports their failure without any
+    # metric (the sweep file's metric was checked when it was read): Tune must accept that report
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     import ray
     from ray import tune
 
@@ -249,7 +173,7 @@ def run_sweep(
         print(
             f"MLflow: experiment {sweep.experiment!r}, sweep run {sweep_run.run_id} ({sweep_run.tracking_uri})"
         )
-        units = tune_units(sweep, trial_fn, packed=trial_fn == DEFAULT_TRIAL_FN)
+        units = tune_units(sweep)
         param_space = {SPEC_KEY: tune.grid_search(units)}
         if sweep.workers > 1:
             fn = tune.with_resources(trainable, {"cpu": DRIVER_CPU})

@@ -37,6 +37,7 @@ class Dataset:
     options: tuple[str, ...] = ()
     num_classes: int | None = None  # known without loading it (None: depends on the files or options)
     num_train: int | None = None  # training images in the official order, before any subset
+    in_memory: bool = True  # its images are held as tensors (the trials of a pack share them on the device)
 
 
 # name -> Dataset, filled by @register_dataset below; config validation reads it live.
@@ -51,13 +52,16 @@ def register_dataset(
     options: tuple[str, ...] = (),
     num_classes: int | None = None,
     num_train: int | None = None,
+    in_memory: bool = True,
 ) -> Callable[[Callable[..., ImageData]], Callable[..., ImageData]]:
     """Register the decorated loader as data set ``name`` (see `Dataset`)."""
 
     def decorate(fn: Callable[..., ImageData]) -> Callable[..., ImageData]:
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
-        DATASETS[name] = Dataset(name, fn, needs_root, downloadable, tuple(options), num_classes, num_train)
+        DATASETS[name] = Dataset(
+            name, fn, needs_root, downloadable, tuple(options), num_classes, num_train, in_memory
+        )
         return fn
 
     return decorate

@@ -36,7 +36,7 @@ def _scan_split(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
     return files
 
 
-@register_dataset("imagefolder", needs_root=True, options=("image_size",))
+@register_dataset("imagefolder", needs_root=True, options=("image_size",), in_memory=False)
 def _imagefolder(root: Path, *, download: bool, holdout: bool, image_size: int = 224) -> ImageData:
     if isinstance(image_size, bool) or int(image_size) != image_size or image_size < 1:
         raise ValueError(f"imagefolder option image_size must be a positive integer, got {image_size!r}")

@@ -41,21 +41,22 @@ import yaml
 from harness import config as C
 from harness.config.sweepfile import PATH_KEYS, Sweep
 from harness.contract import TRAIN_COLLAPSED
+from harness.run.layout import (
+    CONFIG_FILE,
+    ERROR_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    RUNTIME_FILE,
+    STATUS_FILE,
+    TRIAL_FILE,
+)
+from harness.run.state import TrialState
 
 FORMAT = 1
 EXPORT_FILE = "export.json"
 SWEEP_FILE = "sweep.yaml"
-TRIAL_FILE = "trial.json"
-CONFIG_FILE = "config.yaml"
-STATUS_FILE = "status"
-HISTORY_FILE = "history.jsonl"
-METRICS_FILE = "metrics.json"
-RUNTIME_FILE = "runtime.json"
-ERROR_FILE = "error.txt"
-ARTIFACTS = Path("checkpoint") / "artifacts"
-STATES = ("running", "finished", "failed", "collapsed")
-ENDED_OK = ("finished", "collapsed")  # both count as finished; collapsed is tagged and reported apart
-PENDING = "pending"  # no status file yet
+# the states a status file may hold (no status file: pending)
+STATES = (TrialState.RUNNING, TrialState.FINISHED, TrialState.FAILED, TrialState.COLLAPSED)
 RUN_OVERRIDES = ("run.device", "data.root")  # what `harness run --device/--data-root` may change
 
 
@@ -91,7 +92,7 @@ class TrialDir:
     name: str
     key: str
     config: dict[str, Any]  # config.yaml as written (validate with `trial_config`)
-    state: str = PENDING  # pending or one of STATES
+    state: TrialState = TrialState.PENDING  # pending (no status file) or one of STATES
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # epochs 1..n, in order
     final: dict[str, Any] | None = None  # metrics.json
@@ -287,20 +288,19 @@ def read_trial(path: Path, export: Export) -> TrialDir:
     lines = (path / STATUS_FILE).read_text(errors="replace").splitlines() or [""]
     if lines[0].strip() not in STATES:
         raise ExportError(
-            f"{path / STATUS_FILE}: unknown state {lines[0].strip()!r}; expected {', '.join(STATES)}"
+            f"{path / STATUS_FILE}: unknown state {lines[0].strip()!r}; expected {', '.join(map(str, STATES))}"
         )
-    trial.state = lines[0].strip()
+    trial.state = TrialState(lines[0].strip())
     trial.error = "\n".join(lines[1:]).strip() or None
     trial.history = read_history(path)
-    if trial.state in ENDED_OK:
+    if trial.state.ok:
         trial.final = _read_metrics(path)
         epoch = trial.final.get("epoch")
         if epoch != trial.last_epoch:
             raise ExportError(
                 f"{path / HISTORY_FILE}: holds epochs 1..{trial.last_epoch}, but {METRICS_FILE} is of epoch {epoch}"
             )
-        collapsed = trial.final.get(TRAIN_COLLAPSED) == 1.0
-        if collapsed != (trial.state == "collapsed"):
+        if TrialState.of_end(trial.final) is not trial.state:
             raise ExportError(
                 f"{path / STATUS_FILE}: says {trial.state}, but {METRICS_FILE} has "
                 f"{TRAIN_COLLAPSED} = {trial.final.get(TRAIN_COLLAPSED)}"
@@ -407,7 +407,7 @@ def trial_config(
 # --- writing a trial's results (harness run) ------------------------------------------------------
 
 
-def set_status(path: Path, state: str, error: str | None = None) -> None:
+def set_status(path: Path, state: TrialState, error: str | None = None) -> None:
     assert state in STATES, state
     _write_text(path / STATUS_FILE, state + "\n" + (error.strip() + "\n" if error else ""))
 

@@ -1,7 +1,8 @@
 """How the trials of a sweep ended, and the closing table that `harness sweep` and `harness run` print.
 
 Plain data and text only (no Ray, no MLflow): the Ray runner and the in-process runner of an
-exported sweep fill the same `TrialOutcome`s and print the same table.
+exported sweep fill the same `TrialOutcome`s and print the same table, in the words of
+harness.run.state.
 """
 
 from __future__ import annotations
@@ -10,35 +11,43 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from harness.contract import COLLAPSED_TAG, TEST_ACC, TRAIN_COLLAPSED
+from harness.contract import COLLAPSED_TAG, TEST_ACC
+from harness.run.layout import ERROR_FILE
+from harness.run.state import TrialState
 
 
 @dataclass
 class TrialOutcome:
-    """How one trial ended: status 'ok', 'failed', 'unfinished' (interrupted, or not started) or
-    'elsewhere' (`harness run`: another process of the same folder trains it)."""
+    """How one trial ended, as its runner saw it: its state, its last metrics (with `time_total_s`),
+    a failure's error, and its folder (where a failure's error.txt is)."""
 
     index: int
     name: str
     key: str
-    status: str
+    state: TrialState
     metrics: dict[str, Any]
     error: str | None = None
-    path: str | None = None  # the trial's folder (its error.txt is there)
+    path: str | None = None
 
     @property
     def run_status(self) -> str:
-        """The MLflow status of its run: FINISHED, FAILED, or KILLED (not ended; a resume continues it)."""
-        return {"ok": "FINISHED", "failed": "FAILED"}.get(self.status, "KILLED")
+        """The MLflow status of its run (TrialState.run_status)."""
+        return self.state.run_status
+
+    def finish(self, state: TrialState, metrics: dict[str, Any]) -> None:
+        self.state, self.metrics = state, metrics
+
+    def fail(self, error: str) -> None:
+        self.state, self.error = TrialState.FAILED, error
 
 
-STATUS_TEXT = {"elsewhere": "running elsewhere"}
+# the closing table's count line: these words in this order (pending and running are both unfinished)
+_COUNTED = ("failed", "unfinished", "running elsewhere")
 
 
 def trial_table(trials: list[TrialOutcome], metric: str = TEST_ACC) -> list[str]:
     """Trial, status, metric and time per trial; the counts; what a collapse means; each failure."""
     rows = [("#", "trial", "status", metric, "time")]
-    collapsed = [t for t in trials if t.status == "ok" and t.metrics.get(TRAIN_COLLAPSED)]
     for t in trials:
         value = t.metrics.get(metric)
         seconds = t.metrics.get("time_total_s")
@@ -46,7 +55,7 @@ def trial_table(trials: list[TrialOutcome], metric: str = TEST_ACC) -> list[str]
             (
                 str(t.index),
                 t.name,
-                "ok, collapsed" if t in collapsed else STATUS_TEXT.get(t.status, t.status),
+                t.state.word,
                 f"{value:.4f}" if isinstance(value, (int, float)) else "-",
                 f"{seconds:.0f}s" if isinstance(seconds, (int, float)) else "-",
             )
@@ -54,20 +63,21 @@ def trial_table(trials: list[TrialOutcome], metric: str = TEST_ACC) -> list[str]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    counts = {s: sum(t.status == s for t in trials) for s in ("ok", "failed", "unfinished", "elsewhere")}
+    words = [t.state.word for t in trials]
     lines.append(
-        f"{counts['ok']} of {len(trials)} trials succeeded"
-        + "".join(f", {n} {STATUS_TEXT.get(s, s)}" for s, n in counts.items() if s != "ok" and n)
+        f"{sum(t.state.ok for t in trials)} of {len(trials)} trials succeeded"
+        + "".join(f", {words.count(w)} {w}" for w in _COUNTED if words.count(w))
     )
+    collapsed = sum(t.state is TrialState.COLLAPSED for t in trials)
     if collapsed:
         lines.append(
-            f"  {len(collapsed)} trial(s) ended collapsed (one predicted class for almost every image; "
+            f"  {collapsed} trial(s) ended collapsed (one predicted class for almost every image; "
             f"tagged {COLLAPSED_TAG}=true): `harness report` lists them apart and leaves them out of "
             "means and gains"
         )
     for t in trials:
-        if t.status == "failed":
-            lines.append(f"  failed: {t.name}: {t.error} (details: {t.path}/error.txt)")
+        if t.state is TrialState.FAILED:
+            lines.append(f"  failed: {t.name}: {t.error} (details: {t.path}/{ERROR_FILE})")
     return lines
 
 

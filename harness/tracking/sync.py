@@ -49,8 +49,9 @@ from harness.contract import (
     UNFINISHED_TAG,
 )
 from harness.run import export as X
+from harness.run.layout import TrialFolder
+from harness.run.state import TrialState
 
-RUN_STATUS = {"finished": "FINISHED", "collapsed": "FINISHED", "failed": "FAILED", "running": "KILLED"}
 ACTIONS = ("logged", "updated", "up to date", "kept", "not started")  # what a sync does with a trial folder
 
 
@@ -116,13 +117,13 @@ def sync_trial(sweep_run, export: X.Export, trial: X.TrialDir, cfg: C.TrialConfi
     """Log one trial folder under `sweep_run` (a harness.tracking.SweepRun); return (what was done,
     details, the trial run's status after)."""
     run = sweep_run.find_trial(trial.key)
-    if trial.state == X.PENDING:
+    if trial.state is TrialState.PENDING:
         return "not started", "no run", run.info.status if run else None
-    want = RUN_STATUS[trial.state]
+    want = trial.state.run_status
     replaced = ""
     if run is not None and run.data.tags.get(EXPORT_TAG) != export.id:
         status, run_id = run.info.status, run.info.run_id
-        if status in ("FINISHED", "RUNNING") or trial.state not in X.ENDED_OK:
+        if status in ("FINISHED", "RUNNING") or not trial.state.ok:
             return "kept", f"the {status} run {run_id} of {_made_by(run)}", status
         sweep_run.client.delete_run(run_id)
         replaced = f"; replaced the {status} run {run_id} of {_made_by(run)} (deleted, restorable)"
@@ -140,21 +141,19 @@ def sync_trial(sweep_run, export: X.Export, trial: X.TrialDir, cfg: C.TrialConfi
         logger.log_epoch(row["epoch"], row)
     old_tags = run.data.tags if run is not None else {}
     stale = {ERROR_TAG, UNFINISHED_TAG, NOTE_TAG}
-    if trial.state == "failed":
+    if trial.state is TrialState.FAILED:
         stale -= {ERROR_TAG}
-    elif trial.state == "running":
+    elif trial.state is TrialState.RUNNING:
         stale -= {UNFINISHED_TAG, NOTE_TAG}
     for key in stale & set(old_tags):
         logger.client.delete_tag(logger.run_id, key)
-    if trial.state in X.ENDED_OK:
-        artifacts = trial.path / X.ARTIFACTS
+    if trial.state.ok:
+        artifacts = TrialFolder(trial.path).artifacts
         # the last epoch's metrics, as the Ray callback finishes a run (metrics.json adds only the sizes
         # logged at epoch 1)
-        logger.finish(trial.history[-1], artifacts if artifacts.is_dir() else None, status="FINISHED")
-    elif trial.state == "failed":
-        logger.finish(
-            status="FAILED", error=trial.error or f"unknown error (see {trial.path / X.ERROR_FILE})"
-        )
+        logger.finish(trial.history[-1], artifacts if artifacts.is_dir() else None, status=want)
+    elif trial.state is TrialState.FAILED:
+        logger.finish(status=want, error=trial.error or f"unknown error (see {trial.path / X.ERROR_FILE})")
     else:
         logger.set_tags(
             {
@@ -163,10 +162,12 @@ def sync_trial(sweep_run, export: X.Export, trial: X.TrialDir, cfg: C.TrialConfi
                 "`harness run` resumes the trial; a later `harness sync` continues this run.",
             }
         )
-        logger.finish(status="KILLED")
+        logger.finish(status=want)
     logger.set_tags({SYNCED_TAG: stamp})
     new = max(trial.last_epoch - logged_before, 0)
-    detail = f"{new} new epoch(s), {want}{' (unfinished)' if trial.state == 'running' else ''}{replaced}"
+    detail = (
+        f"{new} new epoch(s), {want}{' (unfinished)' if trial.state is TrialState.RUNNING else ''}{replaced}"
+    )
     return ("logged" if run is None else "updated"), detail, want
 
 
@@ -179,7 +180,11 @@ def _stamp(trial: X.TrialDir) -> str:
 def sync_table(rows) -> str:
     lines = [("#", "trial", "folder", "MLflow")]
     for trial, action, detail, _ in rows:
-        state = trial.state if trial.state != "running" else f"running ({trial.last_epoch} epochs)"
+        state = (
+            str(trial.state)
+            if trial.state is not TrialState.RUNNING
+            else f"running ({trial.last_epoch} epochs)"
+        )
         lines.append((str(trial.index), trial.name, state, f"{action}: {detail}" if detail else action))
     widths = [max(len(r[i]) for r in lines) for i in range(3)]
     text = ["  ".join([*(c.ljust(w) for c, w in zip(r[:3], widths)), r[3]]).rstrip() for r in lines]

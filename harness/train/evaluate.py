@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.train.ddp import ALONE, World
+from harness.contract import DETECTION_METRICS, SplitMetrics
+from harness.train.device import Place
 from harness.train.scores import CALIBRATION_BINS, calibration_counts, detection_metrics, ece_from_counts
 from harness.train.step import autocast
 
@@ -40,14 +41,7 @@ def class_counts(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module,
-    loader,
-    *,
-    kept_head: int,
-    device,
-    amp: bool,
-    prefix: str = "test",
-    world: World = ALONE,
+    model: torch.nn.Module, loader, place: Place, *, kept_head: int, amp: bool, prefix: str = "test"
 ) -> dict[str, float]:
     """Accuracy of every head, of the kept head and of the ensemble (mean of the heads' softmax),
     and the calibration of the kept head and of the ensemble, all against the true labels.
@@ -60,6 +54,7 @@ def evaluate(
     Everything is counted on the device; one sync at the end.
     Data-parallel: each process evaluates its part of the set with rank 0's BatchNorm statistics
     (those checkpointed); the counts are summed over the processes."""
+    device, world = place.device, place.world
     world.broadcast_buffers(model)
     model.eval()
     hits = torch.zeros(model.heads, device=device, dtype=torch.long)  # per head
@@ -69,7 +64,7 @@ def evaluate(
     calib = torch.zeros(2, 3, CALIBRATION_BINS, device=device, dtype=torch.float64)
     nll = torch.zeros(2, device=device, dtype=torch.float64)
     for batch in loader:
-        with autocast(torch.device(device), amp):
+        with autocast(device, amp):
             logits = model(batch.x)
         heads = torch.stack([z.float() for z in logits])  # (H, B, K)
         hits += (heads.argmax(2) == batch.clean).sum(1)  # evaluation uses the true labels
@@ -92,25 +87,25 @@ def evaluate(
     hits, counts = totals[: model.heads], totals[model.heads : -3]
     hit_ens, hit_noisy, n = totals[-3].item(), totals[-2].item(), totals[-1].item()
     per_head = (hits.double() / n).tolist()
-    # prefix "test": harness.contract's TEST_ACC, TEST_ACC_ENSEMBLE, head_acc(h), TEST_ECE, TEST_NLL, ...
+    name = SplitMetrics(prefix)  # "test": harness.contract's TEST_ACC, TEST_ACC_ENSEMBLE, TEST_ECE, ...
     metrics = {
-        f"{prefix}/acc": per_head[kept_head],
-        f"{prefix}/acc_ensemble": hit_ens / n,
-        f"{prefix}/pred_top_share": counts.max().item() / n,
-        f"{prefix}/ece": ece_from_counts(calib[0]),
-        f"{prefix}/ece_ensemble": ece_from_counts(calib[1]),
-        f"{prefix}/nll": nll[0].item() / n,
-        f"{prefix}/nll_ensemble": nll[1].item() / n,
+        name.acc: per_head[kept_head],
+        name.acc_ensemble: hit_ens / n,
+        name.pred_top_share: counts.max().item() / n,
+        name.ece: ece_from_counts(calib[0]),
+        name.ece_ensemble: ece_from_counts(calib[1]),
+        name.nll: nll[0].item() / n,
+        name.nll_ensemble: nll[1].item() / n,
     }
     if getattr(loader, "labels_noisy", False):
-        metrics[f"{prefix}/acc_noisy"] = hit_noisy / n
-    metrics.update({f"{prefix}/acc_head{h}": acc for h, acc in enumerate(per_head)})
+        metrics[name.acc_noisy] = hit_noisy / n
+    metrics.update({name.acc_head(h): acc for h, acc in enumerate(per_head)})
     return metrics
 
 
 @torch.no_grad()
 def detect_noise(
-    model: torch.nn.Module, loader, *, kept_head: int, device, amp: bool, world: World = ALONE
+    model: torch.nn.Module, loader, place: Place, *, kept_head: int, amp: bool
 ) -> dict[str, float]:
     """How well the trained network finds the flipped training labels (the noise module knows them).
 
@@ -124,11 +119,12 @@ def detect_noise(
     (or every label) is flipped: detection is undefined there.
     Data-parallel: each process scores its part; the scores are summed into every process's copy.
     """
+    device, world = place.device, place.world
     world.broadcast_buffers(model)
     model.eval()
     scores = torch.zeros(2, loader.num_samples, device=device, dtype=torch.float32)
     for batch in loader:
-        with autocast(torch.device(device), amp):
+        with autocast(device, amp):
             logits = model(batch.x)
         heads = torch.stack([z.float() for z in logits])  # (H, B, K)
         scores[0, batch.index] = F.cross_entropy(heads[kept_head], batch.y, reduction="none")
@@ -138,9 +134,9 @@ def detect_noise(
     world.sum(scores)  # each sample was scored by one process, the others hold 0 there
     flipped = (loader.labels != loader.clean_labels).cpu().numpy()
     scores = scores.cpu().numpy()
-    metrics = {f"train/detect_{k}": v for k, v in detection_metrics(scores[0], flipped).items()}
+    names = DETECTION_METRICS["loss"]
+    metrics = {names[k]: v for k, v in detection_metrics(scores[0], flipped).items()}
     if model.heads > 1:  # one head: the consensus is the kept head, the same ranking
-        metrics |= {
-            f"train/detect_{k}_consensus": v for k, v in detection_metrics(scores[1], flipped).items()
-        }
+        names = DETECTION_METRICS["consensus"]
+        metrics |= {names[k]: v for k, v in detection_metrics(scores[1], flipped).items()}
     return metrics

@@ -1,22 +1,19 @@
-"""The training loop: train_one_epoch, fit (and fit_pack).
+"""The training loop: `fit` trains the members of a pack, a lone trial being a pack of one.
 
-Reads top to bottom like a training script. `fit` runs epochs of SGD on a collaborative
-training graph, evaluates every head, the kept head and the heads' ensemble, measures how
-much of the label noise the kept head has memorized, and hands a metrics dict per epoch to
-a callback (which logs, reports to Ray Tune and checkpoints). Accuracies are fractions.
-
-`fit_pack` does the same for a pack: several members (trials) with their own graphs, data order,
-labels and hyperparameters, trained in lockstep so that each step is one step of all of them
-(harness.train.step's pack steps). Everything but the step is each member's own: its metrics,
-checkpoints, collapse stop, and its failure (a diverged loss ends that member only). `fit` is a
-pack of one.
+Reads top to bottom like a training script. Each round trains one epoch of every member still
+training, stepping together (`train_one_epoch`: one step of all of them at a time, harness.train.step's
+pack steps); then each member is evaluated (every head, the kept head and the heads' ensemble,
+harness.train.evaluate), logged and called back on its own with the state a checkpoint needs. The
+members have their own graphs, data order, labels and hyperparameters; everything but the step is
+each member's own: its metrics, checkpoints, collapse stop, and its failure (a diverged loss ends
+that member only). Accuracies are fractions.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -24,21 +21,30 @@ import torch.nn.functional as F
 
 from harness.contract import (
     GPU_PEAK_MEM_MB,
+    LEARNING_RATE,
     PERF_IMG_PER_S,
     TIME_EPOCH_S,
+    TIME_TRAIN_S,
     TRAIN_ACC_CLEAN,
     TRAIN_ACC_NOISY,
     TRAIN_COLLAPSED,
+    TRAIN_COLLAPSED_EPOCHS,
+    TRAIN_IMAGES,
     TRAIN_LOSS,
     TRAIN_MEMORIZED,
+    TRAIN_PRED_TOP_SHARE,
+    TRAIN_SOFT_WEIGHT,
+    TRAIN_STEPS,
+    pred_top_share,
 )
 from harness.train.checkpoint import checkpoint_state
-from harness.train.ddp import ALONE, World
+from harness.train.config import Recipe
+from harness.train.device import Place
 from harness.train.evaluate import detect_noise, evaluate, is_collapsed
 from harness.train.log import format_epoch
 from harness.train.progress import EpochProgress
 from harness.train.step import make_pack_step
-from harness.train.training import FitOptions, Training, setup_training
+from harness.train.training import Training, setup_training
 
 
 class TrainingDiverged(RuntimeError):
@@ -54,25 +60,38 @@ def check_finite(loss: float) -> None:
         )
 
 
+def stops_on_collapse(cfg: Recipe, metrics: Mapping[str, float]) -> bool:
+    """Whether the epoch that gave `metrics` ends a collapse stop: the kept head has been collapsed for
+    run.stop_on_collapse epochs in a row (0: never)."""
+    stop = cfg.run.stop_on_collapse
+    return bool(stop) and metrics.get(TRAIN_COLLAPSED_EPOCHS, 0) >= stop
+
+
+def is_last_epoch(cfg: Recipe, epoch: int, metrics: Mapping[str, float]) -> bool:
+    """Whether `epoch`, whose metrics these are, is a trial's last: its final epoch, or a collapse stop.
+    The one rule for "has this trial ended training" (its checkpoint of that epoch is its end)."""
+    return epoch >= cfg.optim.epochs or stops_on_collapse(cfg, metrics)
+
+
 def train_one_epoch(
     step: Callable,
     trainings: Sequence[Training],
     loaders: Sequence,
+    place: Place,
     *,
     kept_heads: Sequence[int],
-    device,
-    world: World = ALONE,
     progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, float] | TrainingDiverged]:
     """One pass over each member's training loader, the members stepping together: `step` takes one
-    batch per member and returns each member's (loss, logits) (harness.train.step's pack steps; a pack of
-    one for a lone trial). The members' loaders have the same number of batches of the same sizes.
+    batch per member and returns each member's (loss, logits) (harness.train.step's pack steps; a pack
+    of one for a lone trial). The members' loaders have the same number of batches of the same sizes.
 
     Returns each member's metrics, or the TrainingDiverged that ends it. Counters stay on the device,
     one entry per member: no sync per step; they are summed over the data-parallel processes at the
     end, so every process returns the same metrics. `progress(images)` is told each step's images (all
     members'), from the batch shapes: no sync either.
     """
+    device = place.device
     n_members = len(trainings)
     zeros = lambda: torch.zeros(n_members, device=device, dtype=torch.float64)  # noqa: E731
     loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top = (zeros() for _ in range(7))
@@ -99,7 +118,7 @@ def train_one_epoch(
         steps += 1
         if progress is not None:
             progress(y.numel())
-    totals = world.sum(torch.stack([loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top]))
+    totals = place.world.sum(torch.stack([loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top]))
     # one sync per epoch: this is where a diverged loss is caught (by every process at once)
     results: list[dict[str, float] | TrainingDiverged] = []
     for loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top in totals.T.tolist():
@@ -118,126 +137,99 @@ def train_one_epoch(
                 # no label was flipped (no noise, or labels that came noisy, noise.kind none): a share
                 # of nothing, not 0
                 **({TRAIN_MEMORIZED: memorized / flipped} if flipped else {}),
-                "train/pred_top_share": top / n,
-                "train/images": n,
-                "train/steps": steps,
+                TRAIN_PRED_TOP_SHARE: top / n,
+                TRAIN_IMAGES: n,
+                TRAIN_STEPS: steps,
             }
         )
     return results
 
 
-EpochCallback = Callable[[int, dict[str, float], dict], None]
+# after_epoch(epoch, metrics, state): a member's epoch ended; `state` is what a checkpoint holds
+AfterEpoch = Callable[[int, dict[str, float], dict], None]
 
 
 @dataclass
 class Member:
-    """One trial in the engine's hands: what `fit_pack` trains, and (after it) how that went.
+    """One trial in the engine's hands: what `fit` trains, and (after it) how that went.
 
-    `resume` is a `checkpoint_state` to continue from; `on_epoch(epoch, metrics, state)` is called
-    after each of its epochs with the state a checkpoint needs. `rng` is torch's CPU generator
-    state as the trial alone would have it (its checkpoints carry it): the state after its graph
-    was built, which no training step draws from (augmentation draws come from (seed, epoch)).
+    `cfg` is the trial's config (the engine reads its optim, collab and run sections); `resume` a
+    `checkpoint_state` to continue from; `after_epoch(epoch, metrics, state)` is called after each of
+    its epochs with the state a checkpoint needs. `rng` is torch's CPU generator state as the trial
+    alone would have it (its checkpoints carry it): the state after its graph was built, which no
+    training step draws from (augmentation draws come from (seed, epoch)).
     """
 
     model: torch.nn.Module
     train_loader: object
     eval_loaders: dict
-    opts: FitOptions
+    cfg: Recipe
     resume: dict | None = None
-    on_epoch: EpochCallback | None = None
+    after_epoch: AfterEpoch | None = None
     log: Callable[[str], None] = print
     rng: torch.Tensor | None = None
-    # filled in by fit_pack
+    # filled in by fit
     training: Training | None = None
     epoch: int = 0  # the last epoch trained
     history: list[dict] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)  # the last epoch's
     collapsed_for: int = 0
     error: Exception | None = None  # what ended it early (a diverged loss, a failing callback)
-    stopped: bool = False  # ended by run.stop_on_collapse
 
     @property
-    def ended(self) -> bool:
-        return self.error is not None or self.stopped or self.epoch >= self.opts.epochs
+    def done(self) -> bool:
+        """Whether it has stopped training: it failed, or its last epoch is behind it (`is_last_epoch`)."""
+        return self.error is not None or (
+            self.epoch > 0 and is_last_epoch(self.cfg, self.epoch, self.metrics)
+        )
 
 
 def fit(
-    model: torch.nn.Module,
-    train_loader,
-    eval_loaders: dict,
-    opts: FitOptions,
-    *,
-    device: torch.device,
-    resume: dict | None = None,
-    on_epoch: EpochCallback | None = None,
-    log: Callable[[str], None] = print,
-    world: World = ALONE,
-    progress: bool = False,
-) -> dict[str, float]:
-    """Train for opts.epochs; return the last epoch's metrics (a pack of one, see `fit_pack`).
-
-    on_epoch(epoch, metrics, state) is called after every epoch (1-based) with the state a
-    checkpoint needs (see `checkpoint_state`); `resume` is such a state, to continue from.
-    Data-parallel (`world`, harness.train.ddp): every process runs this with its shard of the loaders
-    and gets the same metrics. `progress`: show the progress within each epoch (harness.train.progress).
-    """
-    member = Member(model, train_loader, eval_loaders, opts, resume=resume, on_epoch=on_epoch, log=log)
-    fit_pack([member], device=device, world=world, progress=progress)
-    if member.error is not None:
-        raise member.error
-    return member.metrics
-
-
-def fit_pack(
     members: Sequence[Member],
+    place: Place,
     *,
-    device: torch.device,
-    world: World = ALONE,
-    on_round: Callable[[Sequence[Member]], None] | None = None,
+    after_round: Callable[[Sequence[Member]], None] | None = None,
     progress: bool = False,
 ) -> None:
     """Train every member to its end, all members that are still training stepping together.
 
-    The members share the device, the number of batches per epoch and the batch size (harness.run.pack
-    checks what a pack may hold); anything else may differ, the epoch they resume at included.
-    Each round trains one epoch of every member still training; then each is evaluated, logged and
-    called back on its own. A member ends at its last epoch, at a collapse stop or with an error
-    (`Member.error`: a diverged loss, a failing callback), and leaves the pack; the others go on
-    unchanged. `on_round(members)` is called after each round with the members of that round;
-    `progress` shows each round's progress within the epoch (harness.progress; rank 0 only).
+    The members share the device, the number of batches per epoch and the batch size (harness.config.packs
+    says what a pack may hold); anything else may differ, the epoch they resume at included. A
+    member ends at its last epoch, at a collapse stop or with an error (`Member.error`: a diverged
+    loss, a failing callback), and leaves the pack; the others go on unchanged. `after_round(members)`
+    is called after each round with the members of that round; `progress` shows each round's progress
+    within the epoch (harness.train.progress; rank 0 only). Data-parallel (`place.world`,
+    harness.train.ddp): every process runs this with its shard of the loaders and gets the same metrics.
     """
-    device = torch.device(device)
     packed = len(members) > 1
     for member in members:
-        _start(member, device, world, packed=packed)
-    active = [m for m in members if not m.ended]
+        _start(member, place, packed=packed)
+    active = [m for m in members if not m.done]
     while active:
         step = make_pack_step(
             [m.training.step for m in active],
             graph=packed
-            and device.type == "cuda"
-            and all(m.opts.cuda_graph and m.opts.update == "simultaneous" for m in active),
+            and place.cuda
+            and all(m.cfg.run.cuda_graph and m.cfg.collab.update == "simultaneous" for m in active),
             batch_size=active[0].train_loader.batch_size,
         )
-        while active and all(not m.ended for m in active):
-            _train_round(step, active, device, world, progress=progress and world.is_main)
-            if on_round is not None:
-                on_round(active)
-            if any(m.ended for m in active):
-                active = [m for m in active if not m.ended]
-                break  # a new pack step for the members left
+        while active and not any(m.done for m in active):
+            _train_round(step, active, place, progress=progress and place.world.is_main)
+            if after_round is not None:
+                after_round(active)
+        active = [m for m in active if not m.done]  # a new pack step for the members left
 
 
-def _start(member: Member, device: torch.device, world: World, *, packed: bool) -> None:
+def _start(member: Member, place: Place, *, packed: bool) -> None:
     """Set a member up for training: SGD, schedule and step; its resumed state where it has one."""
-    opts, loader = member.opts, member.train_loader
+    loader = member.train_loader
     member.training = setup_training(
         member.model,
-        opts,
-        device=device,
+        member.cfg,
+        device=place.device,
         steps_per_epoch=len(loader),
         batch_size=loader.batch_size,
-        world=world,
+        world=place.world,
         own_graph=not packed,
     )
     if member.rng is None:
@@ -251,44 +243,31 @@ def _start(member: Member, device: torch.device, world: World, *, packed: bool) 
         member.rng = resume["rng"]["torch"]
         member.epoch, member.history = resume["epoch"], list(resume["history"])
         member.metrics = dict(member.history[-1]) if member.history else {}
-        member.collapsed_for = int(member.metrics.get("train/collapsed_epochs", 0))
-        member.stopped = bool(member.history) and stops_on_collapse(opts, member.metrics)
-        member.log(f"resuming at epoch {member.epoch + 1} of {opts.epochs}")
+        member.collapsed_for = int(member.metrics.get(TRAIN_COLLAPSED_EPOCHS, 0))
+        member.log(f"resuming at epoch {member.epoch + 1} of {member.cfg.optim.epochs}")
     member.model.train()
 
 
-def _train_round(
-    step: Callable, members: Sequence[Member], device: torch.device, world: World, *, progress: bool = False
-) -> None:
+def _train_round(step: Callable, members: Sequence[Member], place: Place, *, progress: bool = False) -> None:
     """One epoch of every member: train them together, then evaluate and call back each on its own."""
     for member in members:
         member.train_loader.set_epoch(member.epoch + 1)
-    bar = None
-    if progress:
-        first, loader = members[0], members[0].train_loader
-        per_member = len(loader) * loader.batch_size if loader.drop_last else loader.num_samples
-        title = f"epoch {first.epoch + 1}/{first.opts.epochs}" + (
-            f" (a pack of {len(members)})" if len(members) > 1 else ""
-        )
-        bar = EpochProgress(per_member * len(members), title)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    bar = _progress_bar(members) if progress else None
+    place.synchronize()
     t0 = time.perf_counter()
     try:
         results = train_one_epoch(
             step,
             [m.training for m in members],
             [m.train_loader for m in members],
-            kept_heads=[m.opts.kept_head for m in members],
-            device=device,
-            world=world,
+            place,
+            kept_heads=[m.cfg.collab.kept_head for m in members],
             progress=bar.update if bar is not None else None,
         )
     finally:
         if bar is not None:
             bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    place.synchronize()
     train_s = time.perf_counter() - t0
     for member, result in zip(members, results):
         member.epoch += 1
@@ -296,84 +275,63 @@ def _train_round(
             member.error = result
             continue
         try:
-            _end_epoch(member, result, device=device, world=world, t0=t0, train_s=train_s)
+            _end_epoch(member, result, place, t0=t0, train_s=train_s)
         except Exception as exc:  # noqa: BLE001 - a member's failure is its own; the pack goes on
             member.error = exc
 
 
-def _end_epoch(
-    member: Member,
-    metrics: dict[str, float],
-    *,
-    device: torch.device,
-    world: World,
-    t0: float,
-    train_s: float,
-) -> None:
+def _progress_bar(members: Sequence[Member]) -> EpochProgress:
+    """The progress of a round's epoch: every member's images."""
+    first, loader = members[0], members[0].train_loader
+    per_member = len(loader) * loader.batch_size if loader.drop_last else loader.num_samples
+    title = f"epoch {first.epoch + 1}/{first.cfg.optim.epochs}" + (
+        f" (a pack of {len(members)})" if len(members) > 1 else ""
+    )
+    return EpochProgress(per_member * len(members), title)
+
+
+def _end_epoch(member: Member, metrics: dict[str, float], place: Place, *, t0: float, train_s: float) -> None:
     """Evaluate a member after its epoch, complete its metrics, log, call back, decide a collapse stop.
 
     In a pack, time/epoch_s runs from the start of the pack's epoch to this member's end, and
     perf/img_per_s is the member's own images over the pack's training time."""
-    opts, epoch, model = member.opts, member.epoch, member.model
+    cfg, epoch, model = member.cfg, member.epoch, member.model
+    kept_head, amp = cfg.collab.kept_head, cfg.run.amp
     for name, loader in member.eval_loaders.items():
-        metrics.update(
-            evaluate(
-                model,
-                loader,
-                kept_head=opts.kept_head,
-                device=device,
-                amp=opts.amp,
-                prefix=name,
-                world=world,
-            )
-        )
+        metrics.update(evaluate(model, loader, place, kept_head=kept_head, amp=amp, prefix=name))
     metrics.update(
         {
             "epoch": epoch,
-            "lr": member.training.optimizer.param_groups[0]["lr"],
-            "train/soft_weight": member.training.current_soft_weight(),
+            LEARNING_RATE: member.training.optimizer.param_groups[0]["lr"],
+            TRAIN_SOFT_WEIGHT: member.training.current_soft_weight(),
             TIME_EPOCH_S: time.perf_counter() - t0,
-            "time/train_s": train_s,
-            PERF_IMG_PER_S: metrics["train/images"] / train_s,
+            TIME_TRAIN_S: train_s,
+            PERF_IMG_PER_S: metrics[TRAIN_IMAGES] / train_s,
         }
     )
-    shares = [metrics["train/pred_top_share"]]
-    shares += [metrics[f"{name}/pred_top_share"] for name in list(member.eval_loaders)[:1]]
+    shares = [metrics[TRAIN_PRED_TOP_SHARE]]
+    shares += [metrics[pred_top_share(name)] for name in list(member.eval_loaders)[:1]]
     metrics[TRAIN_COLLAPSED] = float(is_collapsed(*shares))
     member.collapsed_for = member.collapsed_for + 1 if metrics[TRAIN_COLLAPSED] else 0
-    metrics["train/collapsed_epochs"] = member.collapsed_for
-    if epoch == opts.epochs or stops_on_collapse(opts, metrics):
+    metrics[TRAIN_COLLAPSED_EPOCHS] = member.collapsed_for
+    if is_last_epoch(cfg, epoch, metrics):
         # its last epoch: how well it finds the flipped labels (an extra forward pass over the
         # training set, not counted in time/epoch_s)
-        metrics.update(
-            detect_noise(
-                model,
-                member.train_loader.unaugmented(),
-                kept_head=opts.kept_head,
-                device=device,
-                amp=opts.amp,
-                world=world,
-            )
-        )
-    if device.type == "cuda":
-        metrics[GPU_PEAK_MEM_MB] = torch.cuda.max_memory_allocated(device) / 2**20
+        unaugmented = member.train_loader.unaugmented()
+        metrics.update(detect_noise(model, unaugmented, place, kept_head=kept_head, amp=amp))
+    if place.cuda:
+        metrics[GPU_PEAK_MEM_MB] = place.peak_mem_mb()
     member.history.append(metrics)
     member.metrics = metrics
-    member.log(format_epoch(epoch, opts.epochs, metrics))
-    if member.on_epoch is not None:
+    member.log(format_epoch(epoch, cfg.optim.epochs, metrics))
+    if member.after_epoch is not None:
         training = member.training
         state = checkpoint_state(
-            model, training.optimizer, training.scheduler, epoch, member.history, device, rng=member.rng
+            model, training.optimizer, training.scheduler, epoch, member.history, place.device, rng=member.rng
         )
-        member.on_epoch(epoch, metrics, state)
-    if stops_on_collapse(opts, metrics):
-        member.stopped = True
+        member.after_epoch(epoch, metrics, state)
+    if stops_on_collapse(cfg, metrics):
         member.log(
             f"stopping: the kept head has been collapsed for {member.collapsed_for} epochs "
-            f"(run.stop_on_collapse = {opts.stop_on_collapse})"
+            f"(run.stop_on_collapse = {cfg.run.stop_on_collapse})"
         )
-
-
-def stops_on_collapse(opts: FitOptions, metrics: dict[str, float]) -> bool:
-    """Whether `fit` ends after the epoch that gave `metrics` because the run has stayed collapsed."""
-    return bool(opts.stop_on_collapse) and metrics["train/collapsed_epochs"] >= opts.stop_on_collapse

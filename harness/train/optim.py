@@ -68,6 +68,10 @@ class SGD(torch.optim.Optimizer):
         return None
 
 
+# cosine: decay to 0 at the end of training; step: times gamma at each milestone epoch
+SCHEDULES = ("cosine", "step")
+
+
 def lr_factor(
     step: int,
     *,
@@ -94,7 +98,7 @@ def lr_factor(
     if schedule == "step":
         epoch = step // steps_per_epoch
         return gamma ** sum(epoch >= m for m in (milestones or []))
-    raise ValueError(f"unknown schedule {schedule!r}; choose from cosine, step")
+    raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
 
 
 def build_scheduler(

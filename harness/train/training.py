@@ -11,41 +11,10 @@ import torch
 
 from harness.collab import loss_scale
 from harness.collab.losses import make_label_loss
+from harness.train.config import Recipe
 from harness.train.ddp import ALONE, World, data_parallel, loss_weight
 from harness.train.optim import SGD, build_scheduler, ramp_factor
 from harness.train.step import EagerStep, make_loss_fn, make_train_step
-
-
-@dataclass
-class FitOptions:
-    """Everything `fit` needs besides the graph and the data: the engine's view of a trial config,
-    built from it by ``harness.run.trial.fit_options`` (the defaults live in ``harness.config`` only)."""
-
-    epochs: int
-    lr: float
-    momentum: float
-    nesterov: bool
-    weight_decay: float
-    schedule: str
-    milestones: list[int] | None
-    gamma: float
-    warmup_epochs: int
-    T: float
-    beta: float
-    rescale: str  # "loss": the summed loss is scaled by 1/H (see harness.collab.graph.loss_scale)
-    soft_rampup_epochs: int  # the soft target's weight grows linearly from 0 over these epochs
-    kept_head: int
-    update: str  # "simultaneous", or "alternating": one head's loss (and parameters) per step
-    amp: bool
-    cuda_graph: bool
-    checkpoint_every: int
-    stop_on_collapse: int  # end training after this many consecutive collapsed epochs; 0: never
-    # every head's label term (harness.collab.losses.make_label_loss): ce, gce or sce, and their settings
-    label_loss: str
-    label_smoothing: float
-    gce_q: float
-    sce_alpha: float
-    sce_beta: float
 
 
 @dataclass
@@ -74,7 +43,7 @@ class Training:
 
 def setup_training(
     model: torch.nn.Module,
-    opts: FitOptions,
+    cfg: Recipe,
     *,
     device,
     steps_per_epoch: int,
@@ -84,49 +53,53 @@ def setup_training(
 ) -> Training:
     """SGD, its schedule and the fastest step the device allows, for `fit`, `harness bench` and the GPU checks.
 
-    The loss is built here: the collaborative objective at opts.T and opts.beta with opts' label
-    loss as every head's label term, scaled by 1/H for rescale "loss". The soft target's weight is 1 (the paper), or ramped in from 0 over the first
-    soft_rampup_epochs as a device tensor refilled outside any captured graph (`Training.after_step`).
+    The loss is built here: the collaborative objective at collab.T and collab.beta with the optim
+    section's label loss as every head's label term, scaled by 1/H for rescale "loss". The soft
+    target's weight is 1 (the paper), or ramped in from 0 over the first collab.soft_rampup_epochs as a
+    device tensor refilled outside any captured graph (`Training.after_step`).
     Data-parallel (`world`): the steps run the graph wrapped in DDP (harness.train.ddp), eagerly (DDP's
     all-reduce is not captured in a CUDA graph); `batch_size` is the global batch. `own_graph`
     False: an eager step even on CUDA, for a member of a pack whose steps are captured together.
     """
     device = torch.device(device)
+    optim, collab, run = cfg.optim, cfg.collab, cfg.run
     trained, weight = model, 1.0
     if world.parallel:
         trained = data_parallel(model, device)
         weight = loss_weight(batch_size, world)
     optimizer = SGD(
         model.parameters(),
-        lr=opts.lr,
-        momentum=opts.momentum,
-        nesterov=opts.nesterov,
-        weight_decay=opts.weight_decay,
+        lr=optim.lr,
+        momentum=optim.momentum,
+        nesterov=optim.nesterov,
+        weight_decay=optim.weight_decay,
     )
     scheduler = build_scheduler(
         optimizer,
         steps_per_epoch=steps_per_epoch,
-        epochs=opts.epochs,
-        schedule=opts.schedule,
-        milestones=opts.milestones,
-        gamma=opts.gamma,
-        warmup_epochs=opts.warmup_epochs,
+        epochs=optim.epochs,
+        schedule=optim.schedule,
+        milestones=optim.milestones,
+        gamma=optim.gamma,
+        warmup_epochs=optim.warmup_epochs,
     )
-    ramp_steps = opts.soft_rampup_epochs * steps_per_epoch
+    ramp_steps = collab.soft_rampup_epochs * steps_per_epoch
     soft_weight: float | torch.Tensor = torch.tensor(0.0, device=device) if ramp_steps else 1.0
-    scale = loss_scale(opts.rescale, model.heads) * weight
+    scale = loss_scale(collab.rescale, model.heads) * weight
     label_loss = make_label_loss(
-        opts.label_loss,
-        label_smoothing=opts.label_smoothing,
-        gce_q=opts.gce_q,
-        sce_alpha=opts.sce_alpha,
-        sce_beta=opts.sce_beta,
+        optim.label_loss,
+        label_smoothing=optim.label_smoothing,
+        gce_q=optim.gce_q,
+        sce_alpha=optim.sce_alpha,
+        sce_beta=optim.sce_beta,
     )
-    loss = dict(T=opts.T, beta=opts.beta, loss_scale=scale, soft_weight=soft_weight, label_loss=label_loss)
-    if opts.update == "alternating":
+    loss = dict(
+        T=collab.T, beta=collab.beta, loss_scale=scale, soft_weight=soft_weight, label_loss=label_loss
+    )
+    if collab.update == "alternating":
         # one step per head in turn; each head's loss only, so only its path is updated
         steps = [
-            EagerStep(trained, optimizer, make_loss_fn(**loss, head=h), device=device, amp=opts.amp)
+            EagerStep(trained, optimizer, make_loss_fn(**loss, head=h), device=device, amp=run.amp)
             for h in range(model.heads)
         ]
         step = _alternate(steps)
@@ -136,8 +109,8 @@ def setup_training(
             optimizer,
             make_loss_fn(**loss),
             device=device,
-            amp=opts.amp,
-            cuda_graph=opts.cuda_graph and own_graph and not world.parallel,
+            amp=run.amp,
+            cuda_graph=run.cuda_graph and own_graph and not world.parallel,
             batch_size=batch_size,
         )
     training = Training(optimizer, scheduler, step, ramp_steps, soft_weight, weight)
