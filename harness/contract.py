@@ -5,7 +5,7 @@ summaries, the tests) import these names from here, so a name changes in one pla
 never defines what the writer writes. Standard library only: `harness run` imports it on machines
 with torch alone, and reports/ imports it without pulling in the trainer.
 
-Runs (DESIGN.md, "Public names"):
+Runs (docs/architecture.md, "What the harness promises"):
 - parent run (one per sweep): name = sweep name; tags RUN_KIND_TAG = SWEEP_RUN, SWEEP_NAME_TAG,
   SWEEP_FILE_TAG; param SWEEP_TRIALS_PARAM (how many trials the sweep launches).
 - child run (one per trial): name = the trial's readable name; tags PARENT_TAG, RUN_KIND_TAG =

@@ -1,6 +1,6 @@
 """The trial params a report reads, as MLflow stores them (strings): names, parsing, recipe defaults.
 
-A trial's params are its resolved config flattened with dots (DESIGN.md, "Trial config"); these are
+A trial's params are its resolved config flattened with dots (docs/config.md); these are
 the keys the report itself reads. (harness.contract names the metrics and tags; the config keys are
 the trial config's own contract.)
 """

@@ -121,3 +121,18 @@ def test_the_old_rescale_spelling_is_accepted_with_a_deprecation_warning():
     with pytest.warns(FutureWarning, match="false is the old spelling of none"):
         assert C.build_config({"collab": {"rescale": False}}).collab.rescale == "none"
     assert C.build_config({}).collab.rescale == "backprop"
+
+
+def test_the_config_reference_in_docs_is_the_one_the_declarations_give():
+    """docs/config.md is generated from the keys' declarations: rewrite it with
+    `harness validate --keys > docs/config.md` after declaring a key."""
+    from pathlib import Path
+
+    from harness.config.reference import reference
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert docs.read_text() == reference(), (
+        "docs/config.md is stale: harness validate --keys > docs/config.md"
+    )
+    for key in C.all_keys():
+        assert f"`{key}`" in docs.read_text(), key

@@ -68,7 +68,7 @@ def _max_overlap(runs) -> int:
 def test_eight_concurrent_trials_on_a_fresh_store_lose_nothing(tmp_path, monkeypatch, capsys, ray_cluster):
     """Eight trials at once on a store that does not exist yet: every run, epoch and artifact lands.
 
-    (A store that each trial process created and wrote itself would fail here; DESIGN.md.)
+    (A store that each trial process created and wrote itself would fail here: docs/architecture.md.)
     """
     _clean_env(monkeypatch, tmp_path)
     assert not (tmp_path / "mlflow.db").exists()

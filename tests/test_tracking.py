@@ -348,8 +348,8 @@ def test_trial_error_is_read_locally_when_storage_has_not_synced_it(tmp_path):
             return None  # storage not synced yet: the race seen in CI
 
     trial = FakeTrial()
-    assert tune_callback._trial_error(trial) == "unknown error (see the trial's error.txt)"
+    assert tune_callback.trial_error(trial) == "unknown error (see the trial's error.txt)"
     (tmp_path / "error.txt").write_text("Failure # 1\nTraceback ...\nRuntimeError: NaN loss at epoch 3\n")
-    assert tune_callback._trial_error(trial) == "RuntimeError: NaN loss at epoch 3"
+    assert tune_callback.trial_error(trial) == "RuntimeError: NaN loss at epoch 3"
     (tmp_path / "error.pkl").write_bytes(cloudpickle.dumps(RuntimeError("deliberate failure after epoch 1")))
-    assert tune_callback._trial_error(trial) == "RuntimeError: deliberate failure after epoch 1"
+    assert tune_callback.trial_error(trial) == "RuntimeError: deliberate failure after epoch 1"

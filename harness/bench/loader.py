@@ -16,6 +16,7 @@ import torch
 
 from harness.bench.jpeg_tree import write_jpeg_tree
 from harness.bench.table import write_records
+from harness.data.loaders import FolderLoader
 
 
 def bench_loader_pass(
@@ -33,7 +34,6 @@ def bench_loader_pass(
     The first `max(1, workers)` batches are untimed: they include the workers' start, and each
     worker has finished about one batch when they arrive, so what follows is the steady state.
     """
-    from harness.data.loaders import FolderLoader
 
     labels = [c for _, c in files]
     loader = FolderLoader(

@@ -52,30 +52,92 @@ def bench_one(
 ) -> dict:
     """Time `steps` training steps of one topology, or of a pack of `members` trials of it trained
     as one step (each its own graph, seed, data order and optimizer); a record of the JSON schema in
-    the README. A step is one step of every member: img/s counts the images of all of them."""
+    docs/performance.md. A step is one step of every member: img/s counts the images of all of them."""
     heads = 1 if topology == "individual" else heads
-    channels, size = INPUT_SHAPES.get(arch, (3, 32))
-    baseline_mb = 0.0
-    if device.type == "cuda":
-        # measure this topology alone: whatever earlier measurements left behind is not its cost
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        baseline_mb = torch.cuda.memory_allocated(device) / 2**20
-    channels_last = device.type == "cuda"
+    baseline_mb = _start_peak(device)  # this topology alone: what earlier measurements left is not its cost
+    shape = INPUT_SHAPES.get(arch, (3, 32))
+    graphs = _graphs(arch, topology, heads, num_classes, shape[0], device, members, branch_streams)
+    loaders = _loaders(batch_size, num_classes, shape, device, members)
+    cfg = bench_options(amp=amp, cuda_graph=cuda_graph)
+    own_graph = members == 1  # one trial: its own CUDAGraphStep; a pack: one graph for all
+    trainings = [
+        setup_training(g, cfg, device=device, steps_per_epoch=4, batch_size=batch_size, own_graph=own_graph)
+        for g in graphs
+    ]
+    step = make_pack_step(
+        [t.step for t in trainings],
+        graph=members > 1 and device.type == "cuda" and cuda_graph,
+        batch_size=batch_size,
+    )
+    streams = [_endless(loader) for loader in loaders]
+
+    def next_step():
+        return step([(b.x, b.y) for b in (next(s) for s in streams)])
+
+    static_mb = _allocated_mb(device) - baseline_mb  # weights and data, before any step
+    elapsed, outputs = _timed(next_step, steps=steps, warmup=warmup, device=device, barrier=barrier)
+    if not all(torch.isfinite(loss).item() for loss, _ in outputs):
+        raise RuntimeError(f"{topology}: the loss is not finite; the benchmark step is broken")
+    cuda = device.type == "cuda"
+    return {
+        "topology": topology,
+        "heads": heads,
+        "arch": arch,
+        "batch_size": batch_size,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "ms_per_step": 1000 * elapsed / steps,
+        "img_per_s": members * batch_size * steps / elapsed,
+        "img_per_s_per_trial": batch_size * steps / elapsed,
+        # everything this run allocated at its peak: weights, gradients, SGD buffers, data, activations
+        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 - baseline_mb if cuda else None,
+        "static_mem_mb": static_mb if cuda else None,
+        "params": count_parameters(graphs[0]),
+        "amp": amp and cuda,
+        "cuda_graph": cuda_graph and cuda,
+        "pack": members,
+        "branch_streams": branch_streams,
+        "concurrent": 1,
+        "t_start": time.time() - elapsed,
+        "t_end": time.time(),
+    }
+
+
+def _start_peak(device: torch.device) -> float:
+    """Free what earlier measurements left and start the peak-memory count anew (CUDA); the memory
+    still allocated (MB), the baseline of this measurement."""
+    if device.type != "cuda":
+        return 0.0
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    return _allocated_mb(device)
+
+
+def _allocated_mb(device: torch.device) -> float:
+    return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+
+
+def _graphs(arch, topology, heads, num_classes, channels, device, members, branch_streams) -> list:
+    """One training graph per member, each from its own seed, on the device (channels-last on CUDA)."""
+    memory = torch.channels_last if device.type == "cuda" else torch.preserve_format
     graphs = []
     for member in range(members):
         torch.manual_seed(member)
         graph = build_training_graph(arch, num_classes, topology, heads, in_channels=channels)
         graph.use_branch_streams(branch_streams)
-        graphs.append(
-            graph.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        )
-    # enough synthetic images for a few batches; on the device once, shared by the members' loaders
+        graphs.append(graph.to(device, memory_format=memory))
+    return graphs
+
+
+def _loaders(batch_size: int, num_classes: int, shape: tuple[int, int], device, members: int) -> list:
+    """A loader per member over enough synthetic images for a few batches, on the device once and shared
+    by the members' loaders; augmented on the device as a trial's are, each member its own order."""
+    channels, size = shape
     n = batch_size * 4
     images = torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8).to(device)
     labels = torch.randint(0, num_classes, (n,))
-    loaders = [
+    return [
         TensorLoader(
             images,
             labels,
@@ -90,44 +152,29 @@ def bench_one(
             drop_last=True,
             device=device,
             seed=member,
-            channels_last=channels_last,
+            channels_last=device.type == "cuda",
         )
         for member in range(members)
     ]
-    opts = bench_options(amp=amp, cuda_graph=cuda_graph)
-    trainings = [
-        setup_training(
-            g, opts, device=device, steps_per_epoch=4, batch_size=batch_size, own_graph=members == 1
-        )
-        for g in graphs
-    ]
-    step = make_pack_step(
-        [t.step for t in trainings],
-        graph=members > 1 and device.type == "cuda" and cuda_graph,  # one trial: its own CUDAGraphStep
-        batch_size=batch_size,
-    )
 
-    def batches(loader):
-        epoch = 0
-        while True:
-            loader.set_epoch(epoch)
-            yield from loader
-            epoch += 1
 
-    streams = [batches(loader) for loader in loaders]
+def _endless(loader):
+    """The loader's batches, epoch after epoch."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
 
-    def next_step():
-        return step([(b.x, b.y) for b in (next(s) for s in streams)])
 
-    if device.type == "cuda":
-        static_mb = (
-            torch.cuda.memory_allocated(device) / 2**20 - baseline_mb
-        )  # weights and data, before any step
+def _timed(next_step, *, steps: int, warmup: int, device: torch.device, barrier: Path | None):
+    """(seconds of `steps` steps after `warmup` untimed ones, the last step's outputs). A --concurrent
+    worker (`barrier`) says it is ready and starts its timed steps when every worker is."""
     for _ in range(warmup):
         next_step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    if barrier is not None:  # concurrent workers: say ready, start the timed steps together
+    if barrier is not None:
         (barrier / f"ready-{os.getpid()}").touch()
         while not (barrier / "go").exists():
             if not barrier.exists():  # the parent is gone
@@ -138,33 +185,7 @@ def bench_one(
         outputs = next_step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - t0
-    if not all(torch.isfinite(loss).item() for loss, _ in outputs):
-        raise RuntimeError(f"{topology}: the loss is not finite; the benchmark step is broken")
-    return {
-        "topology": topology,
-        "heads": heads,
-        "arch": arch,
-        "batch_size": batch_size,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "ms_per_step": 1000 * elapsed / steps,
-        "img_per_s": members * batch_size * steps / elapsed,
-        "img_per_s_per_trial": batch_size * steps / elapsed,
-        # everything this run allocated at its peak: weights, gradients, SGD buffers, data, activations
-        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 - baseline_mb
-        if device.type == "cuda"
-        else None,
-        "static_mem_mb": static_mb if device.type == "cuda" else None,
-        "params": count_parameters(graphs[0]),
-        "amp": amp and device.type == "cuda",
-        "cuda_graph": cuda_graph and device.type == "cuda",
-        "pack": members,
-        "branch_streams": branch_streams,
-        "concurrent": 1,
-        "t_start": time.time() - elapsed,
-        "t_end": time.time(),
-    }
+    return time.perf_counter() - t0, outputs
 
 
 def init_cuda(device: torch.device) -> None:

@@ -17,7 +17,12 @@ from harness.run.outcome import print_problems
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     if name == "validate":
-        parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="sweep file(s) to check")
+        parser.add_argument("files", nargs="*", type=Path, metavar="FILE", help="sweep file(s) to check")
+        parser.add_argument(
+            "--keys",
+            action="store_true",
+            help="print the config reference: every key, its default and what it allows",
+        )
     else:
         parser.add_argument("file", type=Path, metavar="FILE", help="sweep file, e.g. sweeps/quickstart.yaml")
     C.add_overrides_option(
@@ -146,6 +151,16 @@ def _listing(sweep: Sweep) -> list[str]:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    if args.keys:
+        from harness.config.reference import reference
+
+        print(reference(), end="")
+    elif not args.files:
+        print(
+            "harness validate: give sweep file(s) to check, or --keys for the config reference",
+            file=sys.stderr,
+        )
+        return 2
     status = 0
     for path in args.files:
         sweep = _load(path, args.overrides)

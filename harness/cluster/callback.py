@@ -66,7 +66,7 @@ def error_message(exc: BaseException | None) -> str:
     return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
-def _trial_error(trial) -> str:
+def trial_error(trial) -> str:
     """The trial's last error, as error_message words it. Ray writes the exception to the trial's
     local folder first and syncs it to storage later, so read the local files when storage lags."""
     from ray import cloudpickle  # Ray's own copy, the one it pickled the error with
@@ -211,7 +211,7 @@ class MlflowTuneCallback(_TuneCallback):
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._guard(
-            trial, lambda: self._end(trial, status=TrialState.FAILED.run_status, error=_trial_error(trial))
+            trial, lambda: self._end(trial, status=TrialState.FAILED.run_status, error=trial_error(trial))
         )
 
     def _end(self, trial, *, status: str, error: str | None = None) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from harness.cluster.raytrain import DRIVER_CPU
 from harness.config.sweepfile import Sweep
+from harness.run.mps import CONTROL
+from harness.tracking import read_sweep_state
 
 
 def experiment_dir(storage: Path, sweep: Sweep) -> Path:
@@ -42,8 +44,6 @@ def check_launch(
             "--num-cpus/--num-gpus declare the resources of a local Ray; a cluster (--address) has its own"
         )
     if resume:
-        from harness.tracking import read_sweep_state
-
         state = read_sweep_state(exp_dir)
         if state is None:
             problems.append(
@@ -75,7 +75,6 @@ def _mps_problems(sweep: Sweep, address: str | None) -> list[str]:
             f"--mps lets trials share a GPU, but resources.gpu is {sweep.resources['gpu']:g}: "
             "give each trial a fraction, e.g. 0.25"
         )
-    from harness.run.mps import CONTROL
 
     if shutil.which(CONTROL) is None:
         problems.append(f"--mps needs {CONTROL} (the NVIDIA driver's compute utilities) on PATH")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.cluster.callback import error_message
 from harness.cluster.report import ERROR_KEY, entry_metrics, entry_state, trial_entry
 from harness.cluster.transport import SPEC_KEY, PackSpec
 from harness.config.sweepfile import Sweep
@@ -41,8 +42,6 @@ def trial_outcomes(sweep: Sweep, results, exp_dir: Path) -> list[TrialOutcome]:
     (interrupted before they started) are pending.
     """
     from ray.tune import ExperimentAnalysis
-
-    from harness.cluster.callback import error_message
 
     statuses = {t.config[SPEC_KEY]["dirname"]: t.status for t in ExperimentAnalysis(str(exp_dir)).trials}
     outcomes: dict[str, TrialOutcome] = {}

@@ -33,7 +33,10 @@ from harness import config as C
 from harness.cluster.report import TrialsReport, entry_metrics, trial_entry
 from harness.cluster.transport import TrialSpec
 from harness.run.layout import TrialFolder, member_folder
+from harness.run.lifecycle import TrialResult, TrialRun, train_trials
+from harness.run.runtime import runtime_tags
 from harness.train.checkpoint import load_checkpoint
+from harness.train.device import resolve_device
 
 DRIVER_CPU = 0.01  # the Tune trial that drives a TorchTrainer only waits for it
 
@@ -77,10 +80,6 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     import torch
-
-    from harness.run.lifecycle import TrialResult, TrialRun, train_trials
-    from harness.run.runtime import runtime_tags
-    from harness.train.device import resolve_device
 
     _quiet_reports()
     spec = TrialSpec(**loop_config["trial"])
@@ -159,8 +158,6 @@ def local_resources(cfg: C.TrialConfig) -> tuple[dict[str, float], list[str]]:
     CPU workers share the machine's cores (at most one each); GPU workers take one card each.
     """
     import torch
-
-    from harness.train.device import resolve_device
 
     workers = cfg.run.workers
     per_worker = {"cpu": min(1.0, (os.cpu_count() or 1) / workers), "gpu": 0.0}

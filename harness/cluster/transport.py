@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import config as C
+from harness.config.grid import Trial
 from harness.config.packs import pack_tag
-from harness.config.sweepfile import Sweep, Trial
+from harness.config.sweepfile import Sweep
 
 SPEC_KEY = "trial"  # where a Tune trial's config holds its PackSpec (as a plain mapping)
 

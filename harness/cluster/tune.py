@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from harness import config as C
+from harness import tracking
+from harness.cluster.callback import MlflowTuneCallback, reconcile
 from harness.cluster.launch import check_resources, concurrent_trials, experiment_dir
 from harness.cluster.outcomes import SweepOutcome, trial_outcomes
-from harness.cluster.raytrain import DRIVER_CPU
+from harness.cluster.raytrain import DRIVER_CPU, run_under_tune
 from harness.cluster.report import TrialsReport, raise_failures
 from harness.cluster.transport import SPEC_KEY, PackSpec, tune_units
 from harness.config.sweepfile import Sweep
@@ -44,6 +46,9 @@ from harness.contract import (
     TRAIN_LOSS,
     TRAIN_MEMORIZED,
 )
+from harness.run.lifecycle import TrialRun, train_trials, trial_log
+from harness.run.mps import shared_by_children
+from harness.run.runtime import runtime_tags
 
 LAUNCH_KEY = "launch"  # a data-parallel sweep's Ray Train settings, in every Tune trial's config
 # The live table's columns: result key -> heading
@@ -63,13 +68,8 @@ def trainable(config: dict[str, Any]) -> None:
     A data-parallel trial's Tune trial drives a Ray Train run of it instead (harness.cluster.raytrain)."""
     from ray import tune
 
-    from harness.run.lifecycle import TrialRun, train_trials, trial_log
-    from harness.run.runtime import runtime_tags
-
     unit = PackSpec.from_config(config)
     if LAUNCH_KEY in config:  # data-parallel: this trial drives a Ray Train run
-        from harness.cluster.raytrain import run_under_tune
-
         run_under_tune(unit.members[0], config[LAUNCH_KEY], name=unit.dirname)
         return
     configs = [C.build_config(m.config) for m in unit.members]
@@ -111,6 +111,21 @@ def trial_dirname(trial) -> str:
     return trial.config[SPEC_KEY]["dirname"]
 
 
+# Ray's settings for a sweep (a local Ray started here inherits them)
+RAY_ENVIRONMENT = {
+    # our columns in the live table need Tune's classic reporter (the new one ignores reporters)
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # keeping the last two checkpoints forces a state snapshot every other epoch; with epochs of a
+    # second (the CPU quickstart) Tune warns about it each time. It is cheap: silence the warning
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Ray Train workers' print() once, not also through its logging
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # a Tune trial whose trials all failed in their first epoch reports their failure without any
+    # metric (the sweep file's metric was checked when it was read): Tune must accept that report
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+}
+
+
 def run_sweep(
     sweep: Sweep,
     *,
@@ -129,43 +144,21 @@ def run_sweep(
     Ray or connects to the cluster at `address` / RAY_ADDRESS. With `mps` the local Ray it
     starts, and so every trial, runs under a private CUDA MPS daemon (harness.run.mps).
     """
-    # Our columns in the live table need Tune's classic reporter (the new one ignores reporters).
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Keeping the last two checkpoints forces a state snapshot every other epoch; with epochs of a
-    # second (the CPU quickstart) Tune warns about it each time. It is cheap: silence the warning.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Ray Train workers' print() once, not also through its logging (a local Ray inherits these)
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    # A Tune trial whose trials all failed in their first epoch reports their failure without any
-    # metric (the sweep file's metric was checked when it was read): Tune must accept that report
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    for name, value in RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     import ray
-    from ray import tune
-
-    from harness import tracking
-    from harness.cluster.callback import MlflowTuneCallback, reconcile
 
     exp_dir = experiment_dir(storage, sweep)
     started_ray = not ray.is_initialized()
-    shared_gpu = contextlib.ExitStack()
-    if mps:
-        if not started_ray:
-            raise ValueError("--mps must start the local Ray itself, but this process has one running")
-        from harness.run.mps import shared_by_children
-
-        daemon = shared_gpu.enter_context(shared_by_children())
-        print(f"CUDA MPS: trials sharing a GPU run their kernels at once (daemon in {daemon.root})")
-    try:
+    with contextlib.ExitStack() as cleanup:
+        if mps:
+            if not started_ray:
+                raise ValueError("--mps must start the local Ray itself, but this process has one running")
+            daemon = cleanup.enter_context(shared_by_children())
+            print(f"CUDA MPS: trials sharing a GPU run their kernels at once (daemon in {daemon.root})")
         if started_ray:
-            address = address or os.environ.get("RAY_ADDRESS") or "local"
-            local = address == "local"
-            ray.init(
-                address=address,
-                num_cpus=num_cpus if local else None,
-                num_gpus=num_gpus if local else None,
-                include_dashboard=False,
-                logging_level="WARNING",
-            )
+            address = _start_ray(address, num_cpus, num_gpus)
+            cleanup.callback(ray.shutdown)
         fitting = check_resources(sweep, ray.cluster_resources(), local=started_ray and address == "local")
         if overwrite and exp_dir.exists():
             shutil.rmtree(exp_dir)
@@ -173,33 +166,7 @@ def run_sweep(
         print(
             f"MLflow: experiment {sweep.experiment!r}, sweep run {sweep_run.run_id} ({sweep_run.tracking_uri})"
         )
-        units = tune_units(sweep)
-        param_space = {SPEC_KEY: tune.grid_search(units)}
-        if sweep.workers > 1:
-            fn = tune.with_resources(trainable, {"cpu": DRIVER_CPU})
-            param_space[LAUNCH_KEY] = {
-                "storage": str(exp_dir / "ray_train"),
-                "cpu": sweep.resources["cpu"],
-                "gpu": sweep.resources["gpu"],
-                "max_failures": sweep.max_failures if max_failures is None else max_failures,
-            }
-        else:
-            fn = tune.with_resources(
-                trainable, {"cpu": sweep.resources["cpu"], "gpu": sweep.resources["gpu"]}
-            )
-        if resume and tune.Tuner.can_restore(str(exp_dir)):
-            # Finished trials stay finished; unfinished and errored ones go on from their last checkpoint.
-            tuner = tune.Tuner.restore(
-                str(exp_dir),
-                trainable=fn,
-                param_space=param_space,
-                resume_unfinished=True,
-                resume_errored=True,
-            )
-        else:
-            tuner = _new_tuner(
-                sweep, fn, param_space, exp_dir, MlflowTuneCallback(sweep_run), max_failures, fitting
-            )
+        tuner = _tuner(sweep, exp_dir, sweep_run, resume=resume, max_failures=max_failures, fitting=fitting)
         try:
             results = tuner.fit()
         except BaseException as exc:  # a second Ctrl-C, or Tune itself failing: close the sweep run
@@ -212,10 +179,45 @@ def run_sweep(
         return SweepOutcome(
             outcomes, exp_dir, sweep_run.run_id, sweep_run.tracking_uri, sweep_run.problems, runs_url
         )
-    finally:
-        if started_ray:
-            ray.shutdown()
-        shared_gpu.close()
+
+
+def _start_ray(address: str | None, num_cpus: float | None, num_gpus: float | None) -> str:
+    """Start a local Ray, or connect to the cluster at `address` / RAY_ADDRESS; the address."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    local = address == "local"
+    ray.init(
+        address=address,
+        num_cpus=num_cpus if local else None,
+        num_gpus=num_gpus if local else None,
+        include_dashboard=False,
+        logging_level="WARNING",
+    )
+    return address
+
+
+def _tuner(sweep: Sweep, exp_dir: Path, sweep_run, *, resume: bool, max_failures: int | None, fitting):
+    """The Tuner of the sweep's Tune trials: restored on --resume (finished trials stay finished;
+    unfinished and errored ones go on from their last checkpoint), else new."""
+    from ray import tune
+
+    param_space = {SPEC_KEY: tune.grid_search(tune_units(sweep))}
+    if sweep.workers > 1:  # a Tune trial drives a Ray Train run of the trial's workers
+        fn = tune.with_resources(trainable, {"cpu": DRIVER_CPU})
+        param_space[LAUNCH_KEY] = {
+            "storage": str(exp_dir / "ray_train"),
+            "cpu": sweep.resources["cpu"],
+            "gpu": sweep.resources["gpu"],
+            "max_failures": sweep.max_failures if max_failures is None else max_failures,
+        }
+    else:
+        fn = tune.with_resources(trainable, {"cpu": sweep.resources["cpu"], "gpu": sweep.resources["gpu"]})
+    if resume and tune.Tuner.can_restore(str(exp_dir)):
+        return tune.Tuner.restore(
+            str(exp_dir), trainable=fn, param_space=param_space, resume_unfinished=True, resume_errored=True
+        )
+    return _new_tuner(sweep, fn, param_space, exp_dir, MlflowTuneCallback(sweep_run), max_failures, fitting)
 
 
 def _new_tuner(

@@ -51,7 +51,7 @@ def _cifar_folder(root: Path, layout: _CifarLayout, download: bool) -> Path:
     if download:
         import torchvision
 
-        # torchvision only fetches and unpacks; its md5-checked reader is not used (see DESIGN.md).
+        # torchvision only fetches and unpacks: its reader checks md5 sums that re-made files fail
         parent = root.parent if root.name == layout.folder else root
         for train in (True, False):
             getattr(torchvision.datasets, layout.torchvision_class)(str(parent), train=train, download=True)

@@ -39,7 +39,8 @@ from typing import Any
 import yaml
 
 from harness import config as C
-from harness.config.sweepfile import PATH_KEYS, Sweep
+from harness.config.grid import PATH_KEYS
+from harness.config.sweepfile import Sweep
 from harness.contract import TRAIN_COLLAPSED
 from harness.run.layout import (
     CONFIG_FILE,

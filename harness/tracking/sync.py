@@ -51,6 +51,7 @@ from harness.contract import (
 from harness.run import export as X
 from harness.run.layout import TrialFolder
 from harness.run.state import TrialState
+from harness.tracking import SweepRun, experiment_id
 
 ACTIONS = ("logged", "updated", "up to date", "kept", "not started")  # what a sync does with a trial folder
 
@@ -75,7 +76,6 @@ def read_export(root: Path):
 
 def open_sweep_run(client, export: X.Export, keys: set[str]):
     """The parent run to log under (the rule in the module docstring), open, and how it was found."""
-    from harness.tracking import SweepRun, experiment_id
 
     exp_id = experiment_id(client, export.experiment)
     parents = client.search_runs(
