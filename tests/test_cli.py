@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from harness.collab import build_training_graph
+from harness.collab.methods import CollaborativeLearning
+from harness.train.objective import Objective
 from harness.train.optim import SGD
-from harness.train.step import CUDAGraphStep, EagerStep, make_loss_fn, make_train_step
+from harness.train.step import CUDAGraphStep, EagerStep, make_train_step
 
 BENCH_KEYS = {
     "topology",
@@ -197,17 +199,19 @@ def test_cuda_graph_request_falls_back_to_eager_on_cpu():
     step = make_train_step(
         graph,
         opt,
-        make_loss_fn(T=2.0, beta=0.5),
+        Objective(CollaborativeLearning(heads=2)),
         device=torch.device("cpu"),
         amp=True,
         cuda_graph=True,
         batch_size=4,
     )
     assert type(step) is EagerStep
-    loss, logits = step(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))
-    assert torch.isfinite(loss) and len(logits) == 2
+    loss, logits, kept = step(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))
+    assert torch.isfinite(loss) and len(logits) == 2 and kept is None  # cl trains on every sample
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        CUDAGraphStep(graph, opt, make_loss_fn(T=2.0, beta=0.5), device="cpu", amp=True, batch_size=4)
+        CUDAGraphStep(
+            graph, opt, Objective(CollaborativeLearning(heads=2)), device="cpu", amp=True, batch_size=4
+        )
 
 
 def test_train_names_the_missing_data_file(harness_here, tmp_path):

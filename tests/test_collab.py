@@ -455,8 +455,10 @@ def test_soft_weight_moves_from_plain_cross_entropy_to_the_papers_objective():
 
 
 def test_an_alternating_step_changes_only_the_parameters_on_that_heads_path():
+    from harness.collab.methods import CollaborativeLearning
+    from harness.train.objective import Objective
     from harness.train.optim import SGD
-    from harness.train.step import EagerStep, make_loss_fn
+    from harness.train.step import EagerStep
 
     torch.manual_seed(0)
     graph = build_training_graph("cnn_small", 4, "hierarchical", 4, in_channels=1)
@@ -465,7 +467,8 @@ def test_an_alternating_step_changes_only_the_parameters_on_that_heads_path():
     for head in (2, 0):
         before = {name: p.detach().clone() for name, p in graph.named_parameters()}
         on_path = {id(p) for p in graph.head_parameters(head)}
-        EagerStep(graph, opt, make_loss_fn(T=2.0, beta=0.5, head=head), device="cpu", amp=False)(x, y)
+        objective = Objective(CollaborativeLearning(heads=4, head=head))
+        EagerStep(graph, opt, objective, device="cpu", amp=False)(x, y)
         for name, p in graph.named_parameters():
             moved = not torch.equal(p.detach(), before[name])
             assert moved == (id(p) in on_path), f"head {head}: {name} moved={moved}"

@@ -17,14 +17,16 @@ import torch
 
 from harness import config as C
 from harness.collab import build_training_graph
+from harness.collab.methods import CollaborativeLearning
 from harness.models import build_backbone, zero_init_residual_
 from harness.run.layout import TrialFolder
 from harness.train import evaluate as engine_evaluate
 from harness.train.device import Place
 from harness.train.evaluate import COLLAPSE_SHARE, class_counts, is_collapsed
 from harness.train.loop import train_one_epoch
+from harness.train.objective import Objective
 from harness.train.optim import SGD
-from harness.train.step import EagerPack, EagerStep, make_loss_fn
+from harness.train.step import EagerPack, EagerStep, StepOutput
 
 CPU = Place(torch.device("cpu"))
 K = 10
@@ -74,7 +76,7 @@ class FakeLoader:
 
 def fake_step(predictions):
     def step(x, y):
-        return torch.tensor(2.3), [one_hot_logits(predictions[int(x[0])])]
+        return StepOutput(torch.tensor(2.3), [one_hot_logits(predictions[int(x[0])])], None)
 
     return step
 
@@ -254,11 +256,11 @@ def first_steps(batches, *, zero_init_residual: bool, steps: int, batch: int = 3
     torch.manual_seed(0)
     graph = build_training_graph("resnet32", K, "hierarchical", 4, zero_init_residual=zero_init_residual)
     opt = SGD(graph.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    step = EagerStep(graph, opt, make_loss_fn(T=2.0, beta=0.5), device="cpu", amp=False)
+    step = EagerStep(graph, opt, Objective(CollaborativeLearning(heads=4)), device="cpu", amp=False)
     losses, scales = [], []
     for i in range(steps):
         j = (i * batch) % (len(y) - batch)
-        loss, logits = step(x[j : j + batch], y[j : j + batch])
+        loss, logits, _ = step(x[j : j + batch], y[j : j + batch])
         losses.append(loss.item())
         scales.append(logits[0].std().item())
     return losses, scales

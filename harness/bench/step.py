@@ -76,7 +76,7 @@ def bench_one(
 
     static_mb = _allocated_mb(device) - baseline_mb  # weights and data, before any step
     elapsed, outputs = _timed(next_step, steps=steps, warmup=warmup, device=device, barrier=barrier)
-    if not all(torch.isfinite(loss).item() for loss, _ in outputs):
+    if not all(torch.isfinite(out.loss).item() for out in outputs):
         raise RuntimeError(f"{topology}: the loss is not finite; the benchmark step is broken")
     cuda = device.type == "cuda"
     return {

@@ -16,6 +16,7 @@ from typing import Any, Union
 
 import noise
 from harness.collab.graph import graph_problems
+from harness.collab.methods.rules import method_problems
 from harness.collab.rescale import RESCALE_MODES, rescale_mode
 from harness.config.schema import SECTIONS, TrialConfig, all_keys, declaration, field_type, known_keys
 from harness.config.tree import ConfigError, Problem, flatten
@@ -110,6 +111,7 @@ def check_config(cfg: TrialConfig) -> list[tuple[str, str]]:
     """The rules that involve several keys, as (dotted key, message) pairs."""
     return [
         *_graph_problems(cfg),
+        *method_problems(cfg.collab, cfg.noise),
         *_data_problems(cfg),
         *_noise_problems(cfg),
         *_optim_problems(cfg),

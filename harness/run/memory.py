@@ -12,8 +12,9 @@ import torch
 
 from harness.collab import loss_scale
 from harness.run.trial import TrialJob
+from harness.train.objective import build_objective
 from harness.train.optim import SGD
-from harness.train.step import EagerStep, make_loss_fn
+from harness.train.step import EagerStep
 
 
 class PackTooLarge(RuntimeError):
@@ -63,9 +64,10 @@ def measure_step_bytes(job: TrialJob, device: torch.device) -> int:
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     optimizer = SGD(model.parameters(), lr=0.0, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
-    collab = cfg.collab
-    loss = make_loss_fn(T=collab.T, beta=collab.beta, loss_scale=loss_scale(collab.rescale, model.heads))
-    EagerStep(model, optimizer, loss, device=device, amp=cfg.run.amp)(x, y)
+    objective = build_objective(
+        cfg, model.heads, device=device, scale=loss_scale(cfg.collab.rescale, model.heads)
+    )
+    EagerStep(model, optimizer, objective, device=device, amp=cfg.run.amp)(x, y)
     torch.cuda.synchronize(device)
     used = torch.cuda.max_memory_allocated(device) - before
     del model, optimizer, x, y

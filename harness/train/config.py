@@ -11,6 +11,7 @@ from typing import Protocol
 
 from harness.collab.config import CollabConfig
 from harness.collab.losses import LABEL_LOSSES
+from harness.data.config import NoiseConfig
 from harness.keys import at_least, described, in_range, key, shown
 from harness.train.optim import SCHEDULES
 
@@ -117,9 +118,10 @@ class RunConfig:
 
 
 class Recipe(Protocol):
-    """What the engine reads of a trial config: its optim, collab and run sections (a
-    harness.config.TrialConfig is one)."""
+    """What the engine reads of a trial config: its optim, collab and run sections, and its noise
+    section for a forget rate `auto` (a harness.config.TrialConfig is one)."""
 
     optim: OptimConfig
     collab: CollabConfig
     run: RunConfig
+    noise: NoiseConfig

@@ -15,6 +15,8 @@ from harness.contract import (
     TRAIN_DETECT_AUROC,
     TRAIN_DETECT_AUROC_CONSENSUS,
     TRAIN_DETECT_PRECISION,
+    TRAIN_KEPT,
+    TRAIN_KEPT_PRECISION,
     TRAIN_LOSS,
     TRAIN_MEMORIZED,
     VAL_ACC_NOISY,
@@ -37,9 +39,15 @@ def format_epoch(epoch: int, epochs: int, m: dict[str, float]) -> str:
     mem += "  COLLAPSED" if m.get(TRAIN_COLLAPSED) else ""
     val = f"  val noisy {m[VAL_ACC_NOISY]:.4f}" if VAL_ACC_NOISY in m else ""
     memorized = f"{m[TRAIN_MEMORIZED]:.3f}" if TRAIN_MEMORIZED in m else "n/a"  # no flipped labels
+    # a method that selects samples: the share kept, and the share of those with their true label
+    kept = (
+        f", kept {m[TRAIN_KEPT]:.3f} at precision {m[TRAIN_KEPT_PRECISION]:.3f}"
+        if TRAIN_KEPT_PRECISION in m
+        else ""
+    )
     line = (
         f"epoch {epoch:>3}/{epochs}  loss {m[TRAIN_LOSS]:.4f}  train {m[TRAIN_ACC_NOISY]:.3f} "
-        f"(clean {m[TRAIN_ACC_CLEAN]:.3f}, memorized {memorized})  "
+        f"(clean {m[TRAIN_ACC_CLEAN]:.3f}, memorized {memorized}{kept})  "
         f"test {m[TEST_ACC]:.4f} (ens {m[TEST_ACC_ENSEMBLE]:.4f}, ece {m[TEST_ECE]:.3f}){val}  "
         f"{m[TIME_EPOCH_S]:.1f}s  {m[PERF_IMG_PER_S]:.0f} img/s{mem}"
     )

@@ -30,6 +30,8 @@ from harness.contract import (
     TRAIN_COLLAPSED,
     TRAIN_COLLAPSED_EPOCHS,
     TRAIN_IMAGES,
+    TRAIN_KEPT,
+    TRAIN_KEPT_PRECISION,
     TRAIN_LOSS,
     TRAIN_MEMORIZED,
     TRAIN_PRED_TOP_SHARE,
@@ -83,7 +85,7 @@ def train_one_epoch(
     progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, float] | TrainingDiverged]:
     """One pass over each member's training loader, the members stepping together: `step` takes one
-    batch per member and returns each member's (loss, logits) (harness.train.step's pack steps; a pack
+    batch per member and returns each member's StepOutput (harness.train.step's pack steps; a pack
     of one for a lone trial). The members' loaders have the same number of batches of the same sizes.
 
     Returns each member's metrics, or the TrainingDiverged that ends it. Counters stay on the device,
@@ -95,6 +97,7 @@ def train_one_epoch(
     n_members = len(trainings)
     zeros = lambda: torch.zeros(n_members, device=device, dtype=torch.float64)  # noqa: E731
     loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top = (zeros() for _ in range(7))
+    kept_n, kept_of, kept_clean = zeros(), zeros(), zeros()  # sample selection: kept, out of, clean kept
     weights = torch.tensor([t.loss_weight for t in trainings], device=device, dtype=torch.float64)
     steps = 0
     for batches in zip(*loaders, strict=True):
@@ -102,8 +105,8 @@ def train_one_epoch(
         for training in trainings:
             training.scheduler.step()
             training.after_step()
-        loss = torch.stack([member_loss for member_loss, _ in outputs]).double()
-        kept = torch.stack([logits[h] for (_, logits), h in zip(outputs, kept_heads)])  # (members, B, K)
+        loss = torch.stack([out.loss for out in outputs]).double()
+        kept = torch.stack([out.logits[h] for out, h in zip(outputs, kept_heads)])  # (members, B, K)
         y = torch.stack([batch.y for batch in batches])
         clean = torch.stack([batch.clean for batch in batches])
         pred = kept.argmax(2)
@@ -115,13 +118,30 @@ def train_one_epoch(
         flipped += is_flipped.sum(1)
         memorized += (is_flipped & (pred == y)).sum(1)
         top += F.one_hot(pred, kept.shape[2]).sum(1).max(1).values  # per member, as class_counts
+        for i, out in enumerate(outputs):
+            if out.kept is not None:  # (H, B): the samples each head trained on
+                kept_n[i] += out.kept.sum()
+                kept_of[i] += out.kept.numel()
+                kept_clean[i] += (out.kept & ~is_flipped[i]).sum()
         steps += 1
         if progress is not None:
             progress(y.numel())
-    totals = place.world.sum(torch.stack([loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top]))
+    counters = [loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top, kept_n, kept_of, kept_clean]
+    totals = place.world.sum(torch.stack(counters))
     # one sync per epoch: this is where a diverged loss is caught (by every process at once)
     results: list[dict[str, float] | TrainingDiverged] = []
-    for loss_sum, n, hit_noisy, hit_clean, flipped, memorized, top in totals.T.tolist():
+    for (
+        loss_sum,
+        n,
+        hit_noisy,
+        hit_clean,
+        flipped,
+        memorized,
+        top,
+        kept_n,
+        kept_of,
+        kept_clean,
+    ) in totals.T.tolist():
         loss_mean = loss_sum / n
         try:
             check_finite(loss_mean)
@@ -140,6 +160,10 @@ def train_one_epoch(
                 TRAIN_PRED_TOP_SHARE: top / n,
                 TRAIN_IMAGES: n,
                 TRAIN_STEPS: steps,
+                # a method that selects samples: the share each head trained on, and how many of those
+                # carried their true label (Co-teaching's label precision); not logged by the others
+                **({TRAIN_KEPT: kept_n / kept_of} if kept_of else {}),
+                **({TRAIN_KEPT_PRECISION: kept_clean / kept_n} if kept_n else {}),
             }
         )
     return results
@@ -252,6 +276,7 @@ def _train_round(step: Callable, members: Sequence[Member], place: Place, *, pro
     """One epoch of every member: train them together, then evaluate and call back each on its own."""
     for member in members:
         member.train_loader.set_epoch(member.epoch + 1)
+        member.training.start_epoch(member.epoch + 1)
     bar = _progress_bar(members) if progress else None
     place.synchronize()
     t0 = time.perf_counter()

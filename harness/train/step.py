@@ -1,5 +1,5 @@
 """One training step of a collaborative graph: eager, or captured in a CUDA graph; and the step
-of a pack of members (several trials trained together, harness.run.pack).
+of a pack of members (several trials trained together, harness.run.lifecycle).
 
 ResNet-32-sized networks are launch-bound on a modern GPU: the step is hundreds of small
 kernels, and Python launches them slower than the GPU runs them. Capturing forward,
@@ -7,7 +7,7 @@ backward and the SGD update once and replaying the graph removes that overhead. 
 captured step reads its batch from static tensors, so every replay copies the batch in
 first; a batch of another size (the last, partial one) runs eagerly on the same weights.
 
-A pack step takes one batch per member and returns each member's (loss, logits). Each member
+A pack step takes one batch per member and returns each member's `StepOutput`. Each member
 keeps its own modules and optimizer, so a member's step is exactly its step alone:
 `EagerPack` takes the members' own steps one after another (the CPU, alternating updates, or
 `run.cuda_graph: false`); `GraphedPack` captures every member's step into one CUDA graph, each
@@ -19,40 +19,26 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
-from harness.collab import collaborative_loss
+# objective(logits of every head, target) -> (the loss to backpropagate, the (H, B) bool mask of the
+# samples each head trained on, or None for a method that trains on every sample): harness.train.objective
+Objective = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
-LossFn = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]
+
+class StepOutput(NamedTuple):
+    """What one step of one member gives back, still on the device: its loss, the logits of every
+    head, and the samples each head trained on ((H, B) bool; None when it trained on all)."""
+
+    loss: torch.Tensor
+    logits: list[torch.Tensor]
+    kept: torch.Tensor | None
 
 
-def make_loss_fn(
-    *,
-    T: float,
-    beta: float,
-    loss_scale: float = 1.0,
-    head: int | None = None,
-    soft_weight: float | torch.Tensor = 1.0,
-    label_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> LossFn:
-    """The summed collaborative loss (or one head's share of it, for alternating updates).
-
-    ``label_loss``: each head's label term (``harness.collab.losses.make_label_loss``); None: cross-entropy.
-
-    A ramped ``soft_weight`` is a device tensor that the engine refills between steps: a captured
-    step reads the tensor, so every replay sees the current weight.
-    """
-
-    def loss_fn(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        return (
-            collaborative_loss(
-                logits, target, T=T, beta=beta, soft_weight=soft_weight, head=head, label_loss=label_loss
-            )
-            * loss_scale
-        )
-
-    return loss_fn
+def _detached(loss: torch.Tensor, logits: list[torch.Tensor], kept: torch.Tensor | None) -> StepOutput:
+    return StepOutput(loss.detach(), [z.detach() for z in logits], None if kept is None else kept.detach())
 
 
 def autocast(device: torch.device, amp: bool):
@@ -67,24 +53,28 @@ class EagerStep:
     """forward, loss, backward, SGD update; returns (loss, logits), both still on the device."""
 
     def __init__(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, *, device, amp: bool
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        objective: Objective,
+        *,
+        device,
+        amp: bool,
     ):
-        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.model, self.optimizer, self.objective = model, optimizer, objective
         self.device, self.amp = torch.device(device), amp
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         return self.eager_step(x, y, set_to_none=True)
 
-    def eager_step(
-        self, x: torch.Tensor, y: torch.Tensor, *, set_to_none: bool
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def eager_step(self, x: torch.Tensor, y: torch.Tensor, *, set_to_none: bool) -> StepOutput:
         self.optimizer.zero_grad(set_to_none=set_to_none)
         with autocast(self.device, self.amp):
             logits = self.model(x)
-            loss = self.loss_fn(logits, y)
+            loss, kept = self.objective(logits, y)
         loss.backward()
         self.optimizer.step()
-        return loss.detach(), [z.detach() for z in logits]
+        return _detached(loss, logits, kept)
 
 
 class CUDAGraphStep(EagerStep):
@@ -114,13 +104,12 @@ class CUDAGraphStep(EagerStep):
             with torch.cuda.graph(self.graph):
                 with autocast(self.device, self.amp):
                     logits = self.model(self.static_x)
-                    loss = self.loss_fn(logits, self.static_y)
+                    loss, kept = self.objective(logits, self.static_y)
                 loss.backward()
                 self.optimizer.step()
-        self.static_loss = loss.detach()
-        self.static_logits = [z.detach() for z in logits]
+        self.static_output = _detached(loss, logits, kept)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
         if x.shape[0] != self.batch_size:
             # the partial last batch: eager on the same weights; zero the graph's grad buffers
             # in place rather than freeing them, since the graph writes into them
@@ -131,7 +120,7 @@ class CUDAGraphStep(EagerStep):
         self.static_y.copy_(y)
         self.optimizer.sync_lr()
         self.graph.replay()
-        return self.static_loss, self.static_logits
+        return self.static_output
 
 
 @contextlib.contextmanager
@@ -185,7 +174,7 @@ def _restore_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> N
 def make_train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    loss_fn: LossFn,
+    objective: Objective,
     *,
     device: torch.device,
     amp: bool,
@@ -194,13 +183,13 @@ def make_train_step(
 ) -> EagerStep:
     """The fastest step the device allows: a CUDA graph on CUDA when asked for, else eager."""
     if cuda_graph and torch.device(device).type == "cuda":
-        return CUDAGraphStep(model, optimizer, loss_fn, device=device, amp=amp, batch_size=batch_size)
-    return EagerStep(model, optimizer, loss_fn, device=device, amp=amp)
+        return CUDAGraphStep(model, optimizer, objective, device=device, amp=amp, batch_size=batch_size)
+    return EagerStep(model, optimizer, objective, device=device, amp=amp)
 
 
 # --- packs: the steps of several members at once -------------------------------------------------
 
-Outputs = list[tuple[torch.Tensor, list[torch.Tensor]]]  # per member: (loss, logits of every head)
+Outputs = list[StepOutput]  # per member
 
 
 class EagerPack:
@@ -245,10 +234,10 @@ class GraphedPack:
                     with torch.cuda.stream(stream):
                         with autocast(step.device, step.amp):
                             logits = step.model(x)
-                            loss = step.loss_fn(logits, y)
+                            loss, kept = step.objective(logits, y)
                         loss.backward()  # autograd runs each backward op on its forward op's stream
                         step.optimizer.step()
-                    outputs.append((loss.detach(), [z.detach() for z in logits]))
+                    outputs.append(_detached(loss, logits, kept))
                 for stream in self.streams:
                     capturing.wait_stream(stream)
         self.outputs = outputs

@@ -5,16 +5,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from harness.collab import loss_scale
-from harness.collab.losses import make_label_loss
 from harness.train.config import Recipe
 from harness.train.ddp import ALONE, World, data_parallel, loss_weight
+from harness.train.objective import Objective, build_objective
 from harness.train.optim import SGD, build_scheduler, ramp_factor
-from harness.train.step import EagerStep, make_loss_fn, make_train_step
+from harness.train.step import EagerStep, make_train_step
 
 
 @dataclass
@@ -30,10 +30,16 @@ class Training:
     ramp_steps: int
     soft_weight: float | torch.Tensor
     loss_weight: float = 1.0  # data-parallel: the step's loss is the process's mean loss times this
+    objectives: list[Objective] = field(default_factory=list)  # the step's (one per head when alternating)
 
     def current_soft_weight(self) -> float:
         """The soft target's weight for the next step, from the scheduler's step count."""
         return ramp_factor(self.scheduler.last_epoch, self.ramp_steps)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Before 1-based `epoch`: the method's schedule for it (a forget rate, a start epoch)."""
+        for objective in self.objectives:
+            objective.set_epoch(epoch)
 
     def after_step(self) -> None:
         """Refill the ramped soft weight from the scheduler's step count (also after a resume)."""
@@ -53,10 +59,10 @@ def setup_training(
 ) -> Training:
     """SGD, its schedule and the fastest step the device allows, for `fit`, `harness bench` and the GPU checks.
 
-    The loss is built here: the collaborative objective at collab.T and collab.beta with the optim
-    section's label loss as every head's label term, scaled by 1/H for rescale "loss". The soft
-    target's weight is 1 (the paper), or ramped in from 0 over the first collab.soft_rampup_epochs as a
-    device tensor refilled outside any captured graph (`Training.after_step`).
+    The loss is the trial's objective (harness.train.objective: its method with the optim section's
+    label loss as every head's label term), scaled by 1/H for rescale "loss". Collaborative learning's
+    soft target has weight 1 (the paper), or is ramped in from 0 over the first
+    collab.soft_rampup_epochs as a device tensor refilled outside any captured graph (`Training.after_step`).
     Data-parallel (`world`): the steps run the graph wrapped in DDP (harness.train.ddp), eagerly (DDP's
     all-reduce is not captured in a CUDA graph); `batch_size` is the global batch. `own_graph`
     False: an eager step even on CUDA, for a member of a pack whose steps are captured together.
@@ -85,35 +91,26 @@ def setup_training(
     )
     ramp_steps = collab.soft_rampup_epochs * steps_per_epoch
     soft_weight: float | torch.Tensor = torch.tensor(0.0, device=device) if ramp_steps else 1.0
-    scale = loss_scale(collab.rescale, model.heads) * weight
-    label_loss = make_label_loss(
-        optim.label_loss,
-        label_smoothing=optim.label_smoothing,
-        gce_q=optim.gce_q,
-        sce_alpha=optim.sce_alpha,
-        sce_beta=optim.sce_beta,
-    )
-    loss = dict(
-        T=collab.T, beta=collab.beta, loss_scale=scale, soft_weight=soft_weight, label_loss=label_loss
+    objective = dict(
+        device=device, scale=loss_scale(collab.rescale, model.heads) * weight, soft_weight=soft_weight
     )
     if collab.update == "alternating":
         # one step per head in turn; each head's loss only, so only its path is updated
-        steps = [
-            EagerStep(trained, optimizer, make_loss_fn(**loss, head=h), device=device, amp=run.amp)
-            for h in range(model.heads)
-        ]
+        objectives = [build_objective(cfg, model.heads, **objective, head=h) for h in range(model.heads)]
+        steps = [EagerStep(trained, optimizer, o, device=device, amp=run.amp) for o in objectives]
         step = _alternate(steps)
     else:
+        objectives = [build_objective(cfg, model.heads, **objective)]
         step = make_train_step(
             trained,
             optimizer,
-            make_loss_fn(**loss),
+            objectives[0],
             device=device,
             amp=run.amp,
             cuda_graph=run.cuda_graph and own_graph and not world.parallel,
             batch_size=batch_size,
         )
-    training = Training(optimizer, scheduler, step, ramp_steps, soft_weight, weight)
+    training = Training(optimizer, scheduler, step, ramp_steps, soft_weight, weight, objectives)
     training.after_step()
     return training
 
