@@ -163,8 +163,10 @@ TRAIN_KEPT_PRECISION = "train/kept_precision"
 COST_STEP_GFLOPS = "cost/step_gflops"
 COST_STEP_MEM_MB = "cost/step_mem_mb"
 COST_INFER_GFLOPS = "cost/infer_gflops"
-# step FLOPs x steps per second of the epoch's training (TFLOP/s; a pack member: its own share)
+# step FLOPs x steps per second of the epoch's training (TFLOP/s; a pack member: its own share), and
+# a pack member's whole pack's (every member's steps over the pack's training time)
 PERF_TFLOPS = "perf/tflops"
+PERF_PACK_TFLOPS = "perf/pack_tflops"
 
 
 def head_acc(head: int, split: str = "test") -> str:

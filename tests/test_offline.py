@@ -154,8 +154,16 @@ def test_run_fills_each_trial_folder_and_skips_finished_trials(ran, tmp_path, ca
         last = json.loads((folder / X.HISTORY_FILE).read_text().splitlines()[-1])
         assert final["epoch"] == 2 and {k: final[k] for k in last} == last
         assert {"model/train_params", "noise/realized_rate"} <= set(final)
+        # what a step costs, counted once, logged with the first epoch (harness.train.cost)
+        first = json.loads((folder / X.HISTORY_FILE).read_text().splitlines()[0])
+        assert (
+            first["cost/step_gflops"] > 0 and first["cost/step_mem_mb"] > 0 and first["cost/infer_gflops"] > 0
+        )
+        assert all(
+            json.loads(line)["perf/tflops"] > 0 for line in (folder / X.HISTORY_FILE).read_text().splitlines()
+        )
         assert sorted(p.name for p in TrialFolder(folder).artifacts.iterdir()) == ARTIFACTS
-        assert (folder / "checkpoint" / "state.pt").is_file()
+        assert TrialFolder(folder).has_checkpoint
         runtime = json.loads((folder / X.RUNTIME_FILE).read_text())
         assert runtime["tags"]["harness.device"] == "cpu" and runtime["overrides"] == {}
     out = copy_of(ran, tmp_path)
@@ -513,7 +521,7 @@ def test_export_run_sync_report_equals_a_ray_sweep_of_the_same_file(
     for table in ("accuracy", "gains", "memorization", "collapsed", "failed"):
         ray_table, offline_table = ((r / f"{table}.csv").read_text() for r in reports)
         assert ray_table == offline_table, table
-    timing = ["peak_mem_mb", "time_epoch_s", "img_per_s"]
+    timing = ["peak_mem_mb", "time_epoch_s", "img_per_s", "tflops"]
     ray_cost, offline_cost = (pd.read_csv(r / "cost.csv").drop(columns=timing) for r in reports)
     assert ray_cost.equals(offline_cost), (
         "setups and parameter counts (the timing columns differ, as they must)"

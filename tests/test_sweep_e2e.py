@@ -359,7 +359,8 @@ def test_sweep_tracks_every_trial_shares_a_gpu_and_reports_failures(
         assert p["collab.topology"] in ("individual", "simple") and p["run.device"] == "cpu"
         assert tags["harness.device"] == "cpu" and tags["harness.torch"] and tags["harness.ray_trial_id"]
         assert tags["harness.mps_pipe"] == pipe, "every trial ran with the daemon's pipe in its environment"
-        for key in ("test/acc", "train/loss", "train/memorized", "time/epoch_s"):
+        assert {"cost/step_gflops", "cost/step_mem_mb", "cost/infer_gflops"} <= set(run.data.metrics)
+        for key in ("test/acc", "train/loss", "train/memorized", "time/epoch_s", "perf/tflops"):
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in history] == [1, 2], (key, history)
         assert 0.0 <= run.data.metrics["test/acc"] <= 1.0

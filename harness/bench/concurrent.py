@@ -82,6 +82,10 @@ def run_concurrent(
         peak_mem_mb=sum(r["peak_mem_mb"] for r in records) if records[0]["peak_mem_mb"] is not None else None,
         per_process_img_per_s=[r["img_per_s"] for r in records],
     )
+    steps = total / records[0]["batch_size"]  # every process's steps, over the common wall time
+    merged["tflops"] = steps * records[0]["step_gflops"] * 1e9 / wall / 1e12
+    peak = records[0].get("peak_tflops")
+    merged["peak_fraction"] = merged["tflops"] / peak if peak else None
     return merged
 
 

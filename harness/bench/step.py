@@ -22,6 +22,7 @@ from harness.collab import build_training_graph
 from harness.config import TrialConfig, build_config
 from harness.data.loaders import TensorLoader
 from harness.models import count_parameters
+from harness.train.cost import measure_step_cost, peak_tflops
 from harness.train.step import make_pack_step
 from harness.train.training import setup_training
 
@@ -75,18 +76,34 @@ def bench_one(
         return step([(b.x, b.y) for b in (next(s) for s in streams)])
 
     static_mb = _allocated_mb(device) - baseline_mb  # weights and data, before any step
+    cost = measure_step_cost(
+        graphs[0],
+        trainings[0].objectives[0],
+        torch.empty(batch_size, *loaders[0].sample_shape, device="meta"),
+        torch.empty(batch_size, dtype=torch.long, device="meta"),
+        amp=amp,
+        device=device,
+    )
     elapsed, outputs = _timed(next_step, steps=steps, warmup=warmup, device=device, barrier=barrier)
     if not all(torch.isfinite(out.loss).item() for out in outputs):
         raise RuntimeError(f"{topology}: the loss is not finite; the benchmark step is broken")
     cuda = device.type == "cuda"
+    device_name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    tflops = members * cost.step_flops * steps / elapsed / 1e12
+    peak = peak_tflops(device_name) if cuda else None
     return {
         "topology": topology,
         "heads": heads,
         "arch": arch,
         "batch_size": batch_size,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "device_name": device_name,
         "ms_per_step": 1000 * elapsed / steps,
+        # counted FLOPs of a step (harness.train.cost) times steps per second; a pack: all its members'
+        "step_gflops": cost.step_flops / 1e9,
+        "tflops": tflops,
+        "peak_tflops": peak,  # the card's dense bf16 peak, where known
+        "peak_fraction": tflops / peak if peak else None,
         "img_per_s": members * batch_size * steps / elapsed,
         "img_per_s_per_trial": batch_size * steps / elapsed,
         # everything this run allocated at its peak: weights, gradients, SGD buffers, data, activations

@@ -11,10 +11,11 @@ import torch
 
 def format_table(records: list[dict]) -> str:
     """One row per measurement; `x one` is img/s over the same topology's and batch's one trial, when
-    timed in the same run (pack 1)."""
+    timed in the same run (pack 1); TFLOP/s are counted step FLOPs (harness.train.cost) per second, all
+    trials', and `% peak` their share of the card's dense bf16 peak where the card is known."""
     head = (
         f"{'topology':<13} {'heads':>5} {'batch':>5} {'trials':>13} {'ms/step':>9} {'img/s':>10} "
-        f"{'per trial':>10} {'x one':>6} {'peak MB':>9} {'params':>11}"
+        f"{'per trial':>10} {'x one':>6} {'TFLOP/s':>8} {'% peak':>7} {'peak MB':>9} {'params':>11}"
     )
     lines = [head, "-" * len(head)]
     one = {
@@ -31,9 +32,11 @@ def format_table(records: list[dict]) -> str:
         base = one.get((r["topology"], r["batch_size"]))
         ratio = f"{r['img_per_s'] / base:.2f}" if base else "-"
         per = r.get("img_per_s_per_trial", r["img_per_s"])
+        tflops = f"{r['tflops']:.2f}" if r.get("tflops") is not None else "n/a"
+        share = f"{100 * r['peak_fraction']:.1f}" if r.get("peak_fraction") is not None else "unknown"
         lines.append(
             f"{r['topology']:<13} {r['heads']:>5} {r['batch_size']:>5} {how:>13} {r['ms_per_step']:>9.2f} "
-            f"{r['img_per_s']:>10,.0f} {per:>10,.0f} {ratio:>6} {mem:>9} {r['params']:>11,}"
+            f"{r['img_per_s']:>10,.0f} {per:>10,.0f} {ratio:>6} {tflops:>8} {share:>7} {mem:>9} {r['params']:>11,}"
         )
     return "\n".join(lines)
 

@@ -194,6 +194,11 @@ class TensorLoader(_LabelsMixin):
     def __len__(self) -> int:
         return _num_batches(self.num_samples, self.batch_size, self.drop_last)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one image of its batches."""
+        return tuple(self.images.shape[1:])
+
     def unaugmented(self) -> TensorLoader:
         """The same images and labels (shared, not copied) in their order, every sample once and
         without augmentation: a pass to score the training set with (harness.train.evaluate.detect_noise)."""
@@ -361,6 +366,11 @@ class FolderLoader(_LabelsMixin):
 
     def __len__(self) -> int:
         return _num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one image of its batches: RGB at image_size."""
+        return (3, self.image_size, self.image_size)
 
     def unaugmented(self) -> FolderLoader:
         """The same files and labels in their order, every sample once, with the evaluation transform

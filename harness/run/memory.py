@@ -64,9 +64,8 @@ def measure_step_bytes(job: TrialJob, device: torch.device) -> int:
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     optimizer = SGD(model.parameters(), lr=0.0, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
-    objective = build_objective(
-        cfg, model.heads, device=device, scale=loss_scale(cfg.collab.rescale, model.heads)
-    )
+    scale = loss_scale(cfg.collab.rescale, model.heads)
+    objective = build_objective(cfg, model.heads, device=device, scale=scale, labels_rate=job.noisy.rate)
     EagerStep(model, optimizer, objective, device=device, amp=cfg.run.amp)(x, y)
     torch.cuda.synchronize(device)
     used = torch.cuda.max_memory_allocated(device) - before

@@ -26,9 +26,11 @@ from harness.data.loaders import make_loaders
 from harness.models import count_parameters
 from harness.run.layout import TrialFolder
 from harness.train.checkpoint import load_checkpoint, save_checkpoint
+from harness.train.cost import StepCost, measure_step_cost
 from harness.train.ddp import sync_batchnorm
 from harness.train.device import Place, seed_everything
 from harness.train.loop import Member, is_last_epoch
+from harness.train.objective import build_objective
 
 # on_epoch(epoch, metrics, checkpoint folder or None): the trial's epoch ended; its checkpoint folder
 # when this epoch's checkpoint was written (a runner reports it: Ray Tune copies it to storage)
@@ -61,7 +63,8 @@ class TrialJob:
     noisy: noise.NoisyLabels
     train_loader: object
     eval_loaders: dict
-    sizes: dict[str, float]  # logged with the first epoch: parameter counts, realized noise rates
+    sizes: dict[str, float]  # logged with the first epoch: parameter counts, noise rates, step cost
+    cost: StepCost  # what one training step costs (harness.train.cost)
     resume: dict | None  # the checkpoint to go on from
     rng: torch.Tensor  # torch's CPU generator state after the graph was built (checkpoints carry it)
     place: Place
@@ -105,18 +108,31 @@ class TrialJob:
             shard=place.world.shard,
             val_labels=None if val_noisy is None else val_noisy.labels,
         )
+        cost = step_cost(cfg, graph, train_loader, place, labels_rate=noisy.rate)
         sizes = {
             TRAIN_PARAMS: count_parameters(graph),
             INFERENCE_PARAMS: count_parameters(graph.export_head(cfg.collab.kept_head)),
             NOISE_REALIZED_RATE: noisy.rate,
+            **cost.metrics(),
         }
         if val_noisy is not None:
             sizes[NOISE_VAL_REALIZED_RATE] = val_noisy.rate
         state = load_checkpoint(folder.state_file) if resume and folder.has_checkpoint else None
-        job = cls(
-            cfg, folder, graph, noisy, train_loader, eval_loaders, sizes, state, rng, place, on_epoch, log
+        return cls(
+            cfg,
+            folder,
+            graph,
+            noisy,
+            train_loader,
+            eval_loaders,
+            sizes,
+            cost,
+            state,
+            rng,
+            place,
+            on_epoch,
+            log,
         )
-        return job
 
     @property
     def checkpoint_is_last(self) -> bool:
@@ -139,6 +155,8 @@ class TrialJob:
             after_epoch=self.after_epoch,
             log=self.log,
             rng=self.rng,
+            step_flops=self.cost.step_flops,
+            labels_rate=self.noisy.rate,
         )
 
     def after_epoch(self, epoch: int, metrics: dict[str, float], state: dict) -> None:
@@ -208,6 +226,30 @@ def _graph(cfg: TrialConfig, data: ImageData, place: Place) -> tuple[torch.nn.Mo
         graph = sync_batchnorm(graph, place.device)
     memory = torch.channels_last if _channels_last(cfg, place) else torch.preserve_format
     return graph.to(place.device, memory_format=memory), rng
+
+
+def step_cost(
+    cfg: TrialConfig, graph: torch.nn.Module, loader, place: Place, *, labels_rate: float | None = None
+) -> StepCost:
+    """What one training step of the trial costs (FLOPs, memory; harness.train.cost), counted on a
+    fake copy of its graph at its (global) batch size, with its objective and, on CUDA, its autocast:
+    nothing of the trial changes. Alternating updates: the step of the first head's loss."""
+    head = 0 if cfg.collab.update == "alternating" else None
+    objective = build_objective(cfg, graph.heads, device=place.device, head=head, labels_rate=labels_rate)
+    batch = cfg.optim.batch_size
+    x = torch.empty(batch, *loader.sample_shape, device="meta")
+    y = torch.empty(batch, dtype=torch.long, device="meta")
+    momentum = 1 if cfg.optim.momentum else 0  # SGD's momentum buffer, one per parameter
+    return measure_step_cost(
+        graph,
+        objective,
+        x,
+        y,
+        kept_head=cfg.collab.kept_head,
+        optimizer_buffers=momentum,
+        amp=cfg.run.amp,
+        device=place.device,
+    )
 
 
 def _channels_last(cfg: TrialConfig, place: Place) -> bool:

@@ -23,6 +23,8 @@ from harness.contract import (
     GPU_PEAK_MEM_MB,
     LEARNING_RATE,
     PERF_IMG_PER_S,
+    PERF_PACK_TFLOPS,
+    PERF_TFLOPS,
     TIME_EPOCH_S,
     TIME_TRAIN_S,
     TRAIN_ACC_CLEAN,
@@ -192,6 +194,8 @@ class Member:
     after_epoch: AfterEpoch | None = None
     log: Callable[[str], None] = print
     rng: torch.Tensor | None = None
+    step_flops: int | None = None  # of one training step (harness.train.cost): perf/tflops
+    labels_rate: float | None = None  # the share of its training labels that are wrong (a forget rate auto)
     # filled in by fit
     training: Training | None = None
     epoch: int = 0  # the last epoch trained
@@ -255,6 +259,7 @@ def _start(member: Member, place: Place, *, packed: bool) -> None:
         batch_size=loader.batch_size,
         world=place.world,
         own_graph=not packed,
+        labels_rate=member.labels_rate,
     )
     if member.rng is None:
         member.rng = torch.get_rng_state()
@@ -294,15 +299,31 @@ def _train_round(step: Callable, members: Sequence[Member], place: Place, *, pro
             bar.close()
     place.synchronize()
     train_s = time.perf_counter() - t0
+    pack_tflops = _tflops(members, results, train_s) if len(members) > 1 else None
     for member, result in zip(members, results):
         member.epoch += 1
         if isinstance(result, Exception):
             member.error = result
             continue
+        if member.step_flops is not None:
+            result[PERF_TFLOPS] = _tflops([member], [result], train_s)
+            if pack_tflops is not None:
+                result[PERF_PACK_TFLOPS] = pack_tflops
         try:
             _end_epoch(member, result, place, t0=t0, train_s=train_s)
         except Exception as exc:  # noqa: BLE001 - a member's failure is its own; the pack goes on
             member.error = exc
+
+
+def _tflops(members: Sequence[Member], results: Sequence, train_s: float) -> float:
+    """TFLOP/s of these members' training steps over the round's training time (their step FLOPs
+    times the steps each took); a member that failed this round counts no steps."""
+    flops = sum(
+        m.step_flops * r[TRAIN_STEPS]
+        for m, r in zip(members, results)
+        if m.step_flops is not None and not isinstance(r, Exception)
+    )
+    return flops / train_s / 1e12
 
 
 def _progress_bar(members: Sequence[Member]) -> EpochProgress:

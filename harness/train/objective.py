@@ -43,10 +43,12 @@ def build_objective(
     scale: float = 1.0,
     soft_weight: float | torch.Tensor = 1.0,
     head: int | None = None,
+    labels_rate: float | None = None,
 ) -> Objective:
     """The objective of a trial whose graph has `heads` heads. `soft_weight` and `head`: collaborative
     learning's soft-target weight (a float, or a device tensor a ramp refills) and one head's loss alone
-    (alternating updates)."""
+    (alternating updates). `labels_rate`: the share of its training labels that are wrong (a forget
+    rate `auto` of human or matrix noise)."""
     name, optim = cfg.collab.method, cfg.optim
     label_loss = make_label_loss(
         optim.label_loss,
@@ -56,7 +58,7 @@ def build_objective(
         sce_beta=optim.sce_beta,
         per_sample=METHODS[name].per_sample_labels,
     )
-    knobs = method_knobs(cfg.collab, cfg.noise)
+    knobs = method_knobs(cfg.collab, cfg.noise, labels_rate)
     if name == "cl":
         knobs.update(soft_weight=soft_weight, head=head)
     method = build_method(name, heads=heads, label_loss=label_loss, device=device, **knobs)

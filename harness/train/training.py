@@ -56,6 +56,7 @@ def setup_training(
     batch_size: int,
     world: World = ALONE,
     own_graph: bool = True,
+    labels_rate: float | None = None,
 ) -> Training:
     """SGD, its schedule and the fastest step the device allows, for `fit`, `harness bench` and the GPU checks.
 
@@ -66,6 +67,7 @@ def setup_training(
     Data-parallel (`world`): the steps run the graph wrapped in DDP (harness.train.ddp), eagerly (DDP's
     all-reduce is not captured in a CUDA graph); `batch_size` is the global batch. `own_graph`
     False: an eager step even on CUDA, for a member of a pack whose steps are captured together.
+    `labels_rate`: the share of the training labels that are wrong (harness.train.objective).
     """
     device = torch.device(device)
     optim, collab, run = cfg.optim, cfg.collab, cfg.run
@@ -92,7 +94,10 @@ def setup_training(
     ramp_steps = collab.soft_rampup_epochs * steps_per_epoch
     soft_weight: float | torch.Tensor = torch.tensor(0.0, device=device) if ramp_steps else 1.0
     objective = dict(
-        device=device, scale=loss_scale(collab.rescale, model.heads) * weight, soft_weight=soft_weight
+        device=device,
+        scale=loss_scale(collab.rescale, model.heads) * weight,
+        soft_weight=soft_weight,
+        labels_rate=labels_rate,
     )
     if collab.update == "alternating":
         # one step per head in turn; each head's loss only, so only its path is updated

@@ -5,7 +5,7 @@ Not collected by pytest (the device machine has torch but no pytest, Ray or MLfl
 It checks that the CUDA-graph step matches the eager one, prints the `harness bench`
 table (batch 128 and 512, eager and graph at 128), four concurrent individual trials
 (time-sliced and under CUDA MPS, graph and eager), times real CIFAR-10 epochs of
-hierarchical 4-head ResNet-32 through run_trial, and for ImageNet scale (issue 12): ResNet-50
+hierarchical 4-head ResNet-32 through a trial (harness.run.lifecycle), and for ImageNet scale (issue 12): ResNet-50
 training img/s on synthetic 224x224 data (`--only resnet50`) and the ImageFolder loader's
 images/s with JPEGs decoded on the GPU and by PIL workers (`--only jpeg`).
 Every section runs even if an earlier one fails; a failed section prints its traceback.
@@ -68,7 +68,7 @@ def check_equivalence(device, steps=30):
         for i in range(steps):
             for g in opt.param_groups:  # a changing learning rate must reach the captured step
                 g["lr"] = 0.05 * (1 - i / steps)
-            loss, _ = step(x[i].contiguous(memory_format=torch.channels_last), y[i])
+            loss = step(x[i].contiguous(memory_format=torch.channels_last), y[i]).loss
             out.append(loss.item())
         losses[mode] = out
         finals[mode] = torch.cat([p.detach().float().flatten() for p in graph.parameters()])
@@ -134,7 +134,7 @@ def concurrent(out: Path, device: str, steps: int):
         print(f"{name:<12} {r['img_per_s']:>10,.0f} img/s  mps={r.get('mps', False)!s:<5}  {ratio}")
 
 
-@section("real CIFAR-10: hierarchical 4-head ResNet-32, 2 epochs through run_trial")
+@section("real CIFAR-10: hierarchical 4-head ResNet-32, 2 epochs through a trial")
 def cifar_epoch(root: Path, out: Path, device):
     cfg = C.build_config(
         {},
@@ -152,13 +152,21 @@ def cifar_epoch(root: Path, out: Path, device):
             "run.device": str(device),
         },
     )
-    from harness.run.trial import run_trial
-
-    final = run_trial(cfg, out_dir=out / "cifar-run")
+    final = train_alone(cfg, out / "cifar-run")
     print(
         f"epoch 2: {final['time/epoch_s']:.2f} s for the epoch (train {final['time/train_s']:.2f} s + eval), "
         f"{final['perf/img_per_s']:.0f} img/s, test acc {final['test/acc']:.4f}"
     )
+
+
+def train_alone(cfg, folder: Path, log=print) -> dict:
+    """One trial trained alone (harness.run.lifecycle); its final metrics, or its error raised."""
+    from harness.run.lifecycle import TrialRun, train_trials
+
+    (result,) = train_trials([TrialRun(cfg, folder, log=log)])
+    if result.error is not None:
+        raise result.error
+    return result.metrics
 
 
 def _harness(args: list[str]) -> int:

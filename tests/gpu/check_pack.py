@@ -3,7 +3,7 @@
 Not collected by pytest (the device machine has torch but no pytest, Ray or MLflow):
     PYTHONPATH=. python tests/gpu/check_pack.py --cifar-root DIR --out DIR [--only equiv,bench,sweep]
 - equiv: a pack of 3 ResNet-20 members (seed, lr differ) trained as one CUDA graph on streams
-  (harness.step.GraphedPack) vs each member's own captured step alone, fp32 and bf16, and
+  (harness.train.step.GraphedPack) vs each member's own captured step alone, fp32 and bf16, and
   hierarchical-4 with its sibling branches on streams (run.branch_streams) vs without: the loss of
   every step and the final weights.
 - bench: `harness bench --pack 1 2 4 8 16` on ResNet-32 batch 128 for individual and hierarchical-4,
@@ -43,7 +43,7 @@ def _train(members, x, y, *, lrs, amp: bool, packed: bool, device, branch_stream
         graph.use_branch_streams(branch_streams)
         graphs.append(graph.to(device, memory_format=torch.channels_last))
         opts = bench_options(amp=amp, cuda_graph=True)
-        opts.lr = lrs[m]
+        opts.optim.lr = lrs[m]
         trainings.append(
             setup_training(
                 graphs[-1], opts, device=device, steps_per_epoch=steps, batch_size=batch, own_graph=not packed
@@ -53,12 +53,12 @@ def _train(members, x, y, *, lrs, amp: bool, packed: bool, device, branch_stream
     if packed:
         step = make_pack_step([t.step for t in trainings], graph=device.type == "cuda", batch_size=batch)
         for i in range(steps):
-            for m, (loss, _) in enumerate(step([(x[i], y[i])] * len(graphs))):
-                losses[m].append(loss.item())
+            for m, out in enumerate(step([(x[i], y[i])] * len(graphs))):
+                losses[m].append(out.loss.item())
     else:
         for m, t in enumerate(trainings):
             for i in range(steps):
-                loss, _ = t.step(x[i], y[i])
+                loss = t.step(x[i], y[i]).loss
                 losses[m].append(loss.item())
     weights = [torch.cat([p.detach().float().flatten() for p in g.parameters()]) for g in graphs]
     return losses, weights

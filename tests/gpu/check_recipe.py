@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 import torch
+from check_gpu import train_alone
 
 from harness import config as C
-from harness.run.trial import run_trial
 from harness.train.device import resolve_device
 
 TOPOLOGIES = [("individual", 1), ("instances", 4), ("simple", 4), ("hierarchical", 4)]
@@ -58,7 +58,7 @@ def trial(args, out: Path, name: str, overrides: dict, *, log=quiet) -> dict:
     }
     cfg = C.build_config({}, {**base, **overrides})
     t0 = time.time()
-    final = run_trial(cfg, out_dir=out / name, log=log)
+    final = train_alone(cfg, out / name, log=log)
     final["wall_s"] = time.time() - t0
     return final
 
@@ -168,7 +168,6 @@ def ramp(args, out: Path) -> None:
 
 def ramp_graph(args, out: Path, steps: int = 20) -> None:
     print("\n=== CUDA-graph step vs eager step under a ramping soft weight (hierarchical-4, bf16) ===")
-    import dataclasses
 
     from harness.bench.step import bench_options
     from harness.collab import build_training_graph
@@ -182,11 +181,12 @@ def ramp_graph(args, out: Path, steps: int = 20) -> None:
     for mode in ("eager", "graph"):
         torch.manual_seed(1)
         graph = build_training_graph("resnet32", 10, "hierarchical", 4).to(device)
-        opts = dataclasses.replace(bench_options(amp=True, cuda_graph=mode == "graph"), soft_rampup_epochs=1)
+        opts = bench_options(amp=True, cuda_graph=mode == "graph")
+        opts.collab.soft_rampup_epochs = 1
         training = setup_training(graph, opts, device=device, steps_per_epoch=steps // 2, batch_size=128)
         losses[mode] = []
         for i in range(steps):  # the weight ramps from 0 to 1 over the first half, as fit drives it
-            loss, _ = training.step(x[i], y[i])
+            loss = training.step(x[i], y[i]).loss
             losses[mode].append(loss.item())
             training.scheduler.step()
             training.after_step()
