@@ -90,7 +90,7 @@ def test_a_pack_of_method_trials_ends_as_its_members_do_alone(tmp_path):
         ({"collab.topology": "individual", "collab.heads": 1}, "collab.heads: coteaching trains exactly two"),
         (
             {"noise.kind": "none", "noise.rate": 0.0},
-            "collab.forget_rate: auto takes the trial's nominal noise rate",
+            "collab.forget_rate: auto takes the trial's noise rate, but noise kind none at rate 0 has none",
         ),
         ({"collab.update": "alternating"}, "collab.update: alternating updates are collaborative learning's"),
     ],
@@ -105,3 +105,20 @@ def test_a_config_the_method_cannot_train_is_refused_naming_its_key(
     done = harness_here(*args, cwd=tmp_path)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert not (tmp_path / "run").exists(), "nothing is written"
+
+
+def test_forget_rate_auto_is_the_noise_rate_and_for_given_labels_their_own_rate(tmp_path):
+    from harness.collab.methods.rules import resolve_forget_rate
+
+    assert resolve_forget_rate("auto", "symmetric", 0.5) == 0.5
+    assert resolve_forget_rate("auto", "asymmetric", 0.4) == 0.2  # JoCoR's rule, for every method
+    assert resolve_forget_rate(0.2, "human", 0.0, labels_rate=0.4) == 0.2
+    # matrix noise: the share of the drawn training labels that are wrong (CIFAR-N's label sets alike)
+    k, off = 10, 0.3
+    matrix = [[1 - off if i == j else (off if j == (i + 1) % k else 0.0) for j in range(k)] for i in range(k)]
+    overrides = {**PAIR, **NOISY, "noise.kind": "matrix", "noise.rate": 0.0, "noise.matrix": matrix}
+    overrides |= {"collab.method": "coteaching", "collab.forget_epochs": 1, "optim.epochs": 2}
+    epochs = epochs_of(C.build_config({}, {**overrides, "data.train_subset": 30}), tmp_path)
+    realized = epochs[0]["noise/realized_rate"]
+    assert realized == pytest.approx(off, abs=0.02)
+    assert epochs[1]["train/kept"] == math.floor((1 - realized) * 64) / 64

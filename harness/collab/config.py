@@ -75,7 +75,8 @@ class CollabConfig:
     forget_rate: float | str = key(
         "auto",
         "coteaching, coteaching_plus, jocor: the share of each batch left out at full strength; auto: "
-        "the trial's nominal noise rate (halved for asymmetric noise)",
+        "the trial's noise rate (noise.rate, halved for asymmetric noise; human and matrix noise: the "
+        "share of its training labels that are wrong)",
         check=described(_forget_rate, "auto or in [0, 1)"),
         packs=True,
     )
