@@ -5,7 +5,9 @@ their low layers, backpropagation rescaling at its forks, and the objectives the
   instances, simple, hierarchical) and `TrainingGraph.export_head(h)`, the original network;
 - `rescale`: `GradScale` and the rescale modes;
 - `objective`: `collaborative_loss`, the paper's objective;
-- `losses`: the label losses every head's objective may use (cross-entropy, GCE, SCE).
+- `losses`: the label losses every head's objective may use (cross-entropy, GCE, SCE);
+- `methods`: the objectives as methods (`collab.method`): cl, dml, coteaching, coteaching_plus, jocor
+  (docs/methods.md), one module each in a registry.
 
 Imports torch and harness.models (the backbones); nothing above them.
 """
