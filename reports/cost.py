@@ -45,7 +45,7 @@ def cost_table(frame: pd.DataFrame, *, pairs: dict[str, str]) -> pd.DataFrame:
     each with ``<col>_x``, its ratio to the method's individual-training baseline (1.0 for that
     baseline itself; ``pairs`` says which); measured: peak_mem_mb (mean of per-run maxima; NaN on
     CPU-only runs), time_epoch_s, img_per_s and tflops (mean of per-run medians over epochs; TFLOP/s
-    on GPU runs only), train_params, inference_params (median over runs), individual_inference_params
+    where the runs logged perf/tflops), train_params, inference_params (median over runs), individual_inference_params
     (of the method's baseline), inference_matches_individual ("yes", "no" or "n/a"). NaN (never 0)
     where no run logged it, e.g. runs from before the cost metrics existed.
     """

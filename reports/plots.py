@@ -267,7 +267,7 @@ COST_PANELS = [
     ("infer_gflops", "infer_gflops_x", "Inference GFLOPs per image", "n/a (not logged)"),
     ("time_epoch_s", None, "Time per epoch (s)", "n/a (not logged)"),
     ("img_per_s", None, "Training throughput (images/s)", "n/a (not logged)"),
-    ("tflops", None, "Achieved TFLOP/s", "n/a (GPU runs only)"),
+    ("tflops", None, "Achieved TFLOP/s", "n/a (not logged)"),
 ]
 
 

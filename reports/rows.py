@@ -167,8 +167,8 @@ def relative(v: float, ratio: float) -> str:
 
 
 def cost_rows(cost: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Computed cost with its ratio to individual training, then measured time (and, where any run
-    had a GPU, peak GPU memory beside the computed step memory, and TFLOP/s), then parameter counts."""
+    """Computed cost with its ratio to individual training, then measured time and TFLOP/s (where
+    logged; and, where any run had a GPU, peak GPU memory beside the computed step memory), then parameter counts."""
     gpu = bool(cost.peak_mem_mb.notna().any())
     tflops = bool(cost.tflops.notna().any())
     headers = [
@@ -199,7 +199,7 @@ def cost_rows(cost: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
             relative(r.infer_gflops, r.infer_gflops_x),
             _num(r.time_epoch_s, 2),
             _count(r.img_per_s),
-            *([_num(r.tflops, 1)] if tflops else []),
+            *([amount(r.tflops)] if tflops else []),
             _count(r.train_params),
             _count(r.inference_params),
             r.inference_matches_individual,

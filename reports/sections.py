@@ -174,7 +174,8 @@ def cost_section(cost: pd.DataFrame, image: Path) -> Section:
         "kept head. (xN.NN): the ratio to the individual-training method it is paired with (x1.00 for "
         "that method itself); compare ratios only between runs of the same batch size. n/a where no run "
         "logged it (runs from before these metrics existed).",
-        "Measured: time per epoch, images/s and TFLOP/s (GPU runs): median over epochs, mean over runs; "
+        "Measured: time per epoch, images/s and TFLOP/s (the step's counted FLOPs over the measured training "
+        "time, on any device): median over epochs, mean over runs; "
         "peak GPU memory: maximum over epochs (GPU runs), beside the computed step memory (the allocator's "
         "cache, workspaces and the data on the device come on top). Last column: whether the exported "
         "inference network has the same parameter count as individual training's.",
