@@ -8,7 +8,8 @@ anything else is refused with `UnsafeFileError` before any of it is called.
 
 This module is the one source of that rule. It lives in ``noise`` (the bottom layer, numpy at
 its core) so that ``noise.human`` can read CIFAR-N label files without importing ``harness``;
-``harness.data.safeload`` builds the CIFAR-batch reader and the checkpoint reader on it. torch is
+``harness.data.cifar`` builds the CIFAR-batch reader on it and ``harness.train.checkpoint`` the
+checkpoint reader. torch is
 imported only when a ``.pt`` file is read.
 """
 

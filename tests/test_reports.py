@@ -285,7 +285,7 @@ def test_cost_memorization_and_files(main_report, store):
 
 def test_cost_table_keeps_each_setup_of_workers_and_pack_apart(tmp_path, new_mlflow_store):
     """Times and memory depend on how a run trained: data-parallel processes (harness.world_size) and
-    trials packed into one step (harness.run.pack = "<pack id>:<pack size>"; absent or empty: alone).
+    trials packed into one step (harness.pack = "<pack id>:<pack size>"; absent or empty: alone).
     The cost table gives each (method, workers, pack) a row of its own and says so in every format."""
     uri = new_mlflow_store(tmp_path)
     client = MlflowClient(tracking_uri=uri)

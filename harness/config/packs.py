@@ -1,7 +1,7 @@
 """Which trials may train together as one pack (`pack: N` in a sweep file), and the packs of a sweep.
 
 A pack trains its members in lockstep on one device, one step of all of them at a time
-(harness.run.pack, harness.train.engine.fit_pack), so its members must agree on everything that shapes the
+(harness.run.lifecycle.train_trials, harness.train.loop.fit), so its members must agree on everything that shapes the
 computation: the data set (loaded once for all), the arch and training graph, batch size,
 epochs and schedule, augmentation, device, precision. They may differ in what is only a number
 in the update or the loss, or only their own data: the keys declared with `packs=True`

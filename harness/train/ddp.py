@@ -2,7 +2,7 @@
 
 Torch only. The processes are started, and torch.distributed initialized, by Ray Train
 (harness.cluster.raytrain); the engine sees them through a `World` (rank, size). What holds
-(README, "Data-parallel trials"):
+(docs/offline-and-cluster.md, "Data-parallel trials"):
 
 - `optim.batch_size` is the global batch. Each process takes its part of every batch
   (harness.data.loaders.shard_positions: B // W or B // W + 1 samples) of the same pass, drawn from

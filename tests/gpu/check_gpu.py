@@ -177,7 +177,7 @@ def _harness(args: list[str]) -> int:
 
 @section("ResNet-50 training on one GPU (synthetic 224x224, 1000 classes, bf16)")
 def resnet50(out: Path, device: str, steps: int):
-    """img/s of one card: with the loader's rate, the time per ImageNet epoch per GPU count (README)."""
+    """img/s of one card: with the loader's rate, the time per ImageNet epoch per GPU count (docs/offline-and-cluster.md)."""
     _harness(
         [
             *("bench", "--device", device, "--arch", "resnet50", "--num-classes", "1000"),
