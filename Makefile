@@ -21,10 +21,10 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra -n 2 --dist worksteal
 
 test-fast: install
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m "not slow" -n 2 --dist worksteal
 
 lint: install
 	$(VENV)/bin/ruff check .

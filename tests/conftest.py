@@ -13,6 +13,17 @@ from types import SimpleNamespace
 import pytest
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (`make test` runs two workers), one thread per worker and per process it
+    starts: two workers on two cores, each with torch's default of a thread per core, would
+    oversubscribe the machine and run slower than one."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The ``shared`` folder beside the checkout (real CIFAR-10 images, CIFAR-N label files).
