@@ -14,14 +14,23 @@ import pytest
 
 
 def pytest_configure(config) -> None:
-    """Under pytest-xdist (`make test` runs two workers), one thread per worker and per process it
-    starts: two workers on two cores, each with torch's default of a thread per core, would
-    oversubscribe the machine and run slower than one."""
+    """The tests' processes on a small machine. Under pytest-xdist (`make test` runs two workers), one
+    thread per worker and per process it starts: two workers on two cores, each with torch's default
+    of a thread per core, would oversubscribe the machine and run slower than one."""
+    # the Rays the tests start spawn their workers when a task needs one, not four idle ones at start
+    os.environ.setdefault("RAY_enable_worker_prestart", "0")
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         import torch
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The slow tests first: two workers then start on the long ones at once, and the many short
+    ones fill in around them, instead of one long test running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

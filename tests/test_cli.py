@@ -53,6 +53,7 @@ def test_bench_writes_one_record_per_topology(harness_here, tmp_path):
     assert "hierarchical" in proc.stdout and "img/s" in proc.stdout
 
 
+@pytest.mark.slow
 def test_bench_concurrent_sums_the_processes_throughput(harness_here, tmp_path):
     out = tmp_path / "bench.json"
     proc = harness_here(

@@ -80,6 +80,7 @@ def test_digits_test_set_fixed_across_seeds_and_val_split_follows_seed():
 # --- CIFAR-10 on real images ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cifar10_loads_real_images(cifar10_root):
     d = load_dataset("cifar10", root=cifar10_root)
     assert d.classes == CIFAR10_CLASSES and d.num_classes == 10
@@ -98,12 +99,14 @@ def test_cifar10_loads_real_images(cifar10_root):
     assert np.array_equal(d.train_x[:n1].reshape(n1, -1).numpy(), first[b"data"])
 
 
+@pytest.mark.slow
 def test_cifar10_root_may_be_the_batches_folder(cifar10_root):
     a = load_dataset("cifar10", root=cifar10_root)
     b = load_dataset("cifar10", root=cifar10_root / "cifar-10-batches-py")
     assert torch.equal(a.train_x, b.train_x) and np.array_equal(a.test_y, b.test_y)
 
 
+@pytest.mark.slow
 def test_cifar10_train_subset_and_val_fraction(cifar10_root):
     full = load_dataset("cifar10", root=cifar10_root)
     d = load_dataset("cifar10", root=cifar10_root, train_subset=5)

@@ -43,6 +43,7 @@ def max_difference(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "topology, heads, batch_size",
     [("individual", 1, 32), ("hierarchical", 4, 33)],  # 33: parts of 17 and 16 samples

@@ -132,6 +132,7 @@ def test_every_shipped_sweep_validates_at_home(path, at_home):
     assert code == 0, err
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_odd_values_anywhere_in_a_sweep_file_end_in_a_message_not_a_traceback(data, at_home, tmp_path):

@@ -108,6 +108,7 @@ def record_all(tmp: Path) -> dict[str, list[dict]]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_the_recorded_trials_give_exactly_the_recorded_metrics(tmp_path):
     recorded = json.loads(RECORD.read_text())

@@ -384,6 +384,7 @@ def test_best_mode_takes_the_best_epoch(store):
         trial_frame(sweep.trials, metric="test/acc", mode="oracle")
 
 
+@pytest.mark.slow
 def test_mode_final_is_the_deprecated_name_of_last(store, tmp_path, capsys):
     """`--mode final` (the old spelling) still works, says it is deprecated and reports the last epoch."""
     parser = add_report_arguments(argparse.ArgumentParser())
