@@ -270,7 +270,7 @@ def first_steps(batches, *, zero_init_residual: bool, steps: int, batch: int = 3
 CONSTANT_LOSS = 4 * (0.5 + 0.5 * 4) * math.log(K)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=41)
 def test_hierarchical_graph_learns_at_lr_0_1_from_its_first_steps(cifar_batches):
     """Regression: with the plain He init this graph's logits blew up within a few steps and it ended
     at a constant output (loss pinned at CONSTANT_LOSS); zero-init residual keeps it learning."""
@@ -280,7 +280,7 @@ def test_hierarchical_graph_learns_at_lr_0_1_from_its_first_steps(cifar_batches)
     assert late < CONSTANT_LOSS - 0.2, (late, losses)  # measured: 22.69 (He init: 23.13)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=9)
 def test_plain_he_init_blows_the_logits_up_in_its_first_steps(cifar_batches):
     """The cause, kept as evidence: without zero-init the same steps push the logit scale past 3."""
     _, scales = first_steps(cifar_batches, zero_init_residual=False, steps=6)

@@ -82,7 +82,7 @@ def bench_args(**kw) -> argparse.Namespace:
     return argparse.Namespace(**{**base, **kw})
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=13)
 def test_concurrent_workers_report_whether_an_mps_server_ran(fake_mps_control, monkeypatch, capsys):
     with MPSDaemon() as mps:  # no client connects on a CPU: the record must not claim MPS
         record = run_concurrent(bench_args(), "individual", 16, mps)

@@ -235,7 +235,7 @@ sys.exit(code)
 SLOW = "import time, harness.train.log as E; f = E.format_epoch; E.format_epoch = lambda *a: (time.sleep(0.5), f(*a))[1]"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=14)
 def test_run_resumes_after_sigkill_with_the_same_final_metrics_without_ray_or_mlflow(tmp_path):
     """`harness run` in subprocesses where `import ray` and `import mlflow` fail (blocked in sys.modules:
     quicker than a second venv): SIGKILL in the second trial, run again, and every trial ends with
@@ -495,7 +495,7 @@ def metric_histories(client, run) -> dict[str, list[tuple[int, float]]]:
     }
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=28)
 def test_export_run_sync_report_equals_a_ray_sweep_of_the_same_file(
     tmp_path, monkeypatch, capsys, ray_cluster, new_mlflow_store
 ):

@@ -25,6 +25,7 @@ BASE = {
 }
 
 
+@pytest.mark.slow(seconds=15)
 def test_a_packed_sweep_gives_each_trial_its_own_run_and_retries_only_the_failed_member(
     tmp_path, monkeypatch, capsys, ray_cluster, alone
 ):

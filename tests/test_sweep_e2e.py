@@ -99,6 +99,7 @@ def _stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
     proc.wait()
 
 
+@pytest.mark.slow(seconds=42)
 def test_resume_after_ctrl_c_finishes_from_checkpoints_with_one_run_per_trial(
     tmp_path, monkeypatch, capsys, ray_cluster
 ):
@@ -196,6 +197,7 @@ def _pids_using(text: str) -> list[int]:
     return pids
 
 
+@pytest.mark.slow(seconds=45)
 def test_data_parallel_sweep_on_a_running_ray_cluster_survives_a_killed_worker(
     tmp_path, monkeypatch, capsys, ray_cluster, gloo_trial
 ):
@@ -262,6 +264,7 @@ def test_data_parallel_sweep_on_a_running_ray_cluster_survives_a_killed_worker(
         assert run.data.metrics[key] == pytest.approx(reference[key], abs=1e-6), key
 
 
+@pytest.mark.slow(seconds=20)
 def test_sweep_tracks_every_trial_shares_a_gpu_and_reports_failures(
     tmp_path, monkeypatch, capsys, fake_mps_control, no_ray_in_this_process
 ):

@@ -252,7 +252,7 @@ MODEL_TRAINING_NAV = ("Model registry",)
 GENAI_NAV = ("Judges", "Sessions", "Evaluation runs", "Agent versions", "Token usage", "MCP registry")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_ui_serves_the_store_until_ctrl_c(store, tmp_path, chromium_dom):
     """`harness ui` on loopback: the printed runs link and the bare address render in a real browser
     (headless Chromium) in Model training mode, the runs table with the sweep's run and the model
