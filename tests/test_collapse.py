@@ -305,6 +305,7 @@ def test_sweep_summary_names_collapsed_trials():
     assert "1 trial(s) ended collapsed" in text and "2 of 2 trials succeeded" in text
 
 
+@pytest.mark.slow(seconds=3)
 def test_soft_target_ramp_grows_over_its_epochs_and_survives_a_resume(
     alone, tmp_path, interrupted_and_resumed
 ):

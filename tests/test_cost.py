@@ -79,6 +79,7 @@ def test_resnet32_step_flops_match_the_analytic_count():
     assert cost.infer_flops_per_image == 2 * macs
 
 
+@pytest.mark.slow(seconds=3)
 @pytest.mark.parametrize("heads", [4, 2])
 def test_topologies_order_by_flops_and_memory(heads):
     costs = {t: _cost(t, heads) for t in ("instances", "simple", "hierarchical")}

@@ -30,6 +30,7 @@ def epochs_of(cfg, folder):
     return epochs
 
 
+@pytest.mark.slow(seconds=3)
 def test_coteaching_keeps_its_scheduled_share_and_selects_clean_labels_on_noisy_digits(tmp_path):
     cfg = C.build_config(
         {}, {**PAIR, **NOISY, "collab.method": "coteaching", "collab.forget_epochs": 2, "optim.epochs": 6}

@@ -190,6 +190,7 @@ class Killed(BaseException):
     """Stands for the process being stopped: not an Exception, so nothing catches it as a member's failure."""
 
 
+@pytest.mark.slow(seconds=3)
 def test_a_pack_killed_mid_round_resumes_to_the_metrics_of_an_uninterrupted_pack(tmp_path, lone_runs):
     configs = [config("hierarchical", **m) for m in MEMBERS]
 
