@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.collab.methods.base import PerSampleLoss, register_method
+from harness.collab.methods.base import register_method
 from harness.collab.methods.coteaching import exchange
 from harness.collab.methods.selection import SelectingMethod, keep_count
 
@@ -28,25 +28,10 @@ class CoTeachingPlus(SelectingMethod):
     name = "coteaching_plus"
     knobs = (*SelectingMethod.knobs, "init_epoch")
 
-    def __init__(
-        self,
-        *,
-        heads: int,
-        forget_rate: float,
-        T_k: int = 10,
-        exponent: float = 1.0,
-        init_epoch: int = CIFAR10_INIT_EPOCH,
-        label_loss: PerSampleLoss | None = None,
-        device="cpu",
-    ):
-        super().__init__(
-            heads=heads,
-            forget_rate=forget_rate,
-            T_k=T_k,
-            exponent=exponent,
-            label_loss=label_loss,
-            device=device,
-        )
+    def __init__(self, *, init_epoch: int = CIFAR10_INIT_EPOCH, **selection):
+        """``selection``: `SelectingMethod`'s arguments (heads, forget_rate, T_k, exponent,
+        label_loss, device)."""
+        super().__init__(**selection)
         if not isinstance(init_epoch, int) or isinstance(init_epoch, bool) or init_epoch < 0:
             raise ValueError(f"{self.name}: init_epoch must be an int >= 0, got {init_epoch!r}")
         self.init_epoch = init_epoch

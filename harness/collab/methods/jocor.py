@@ -16,7 +16,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from harness.collab.methods.base import PerSampleLoss, register_method
+from harness.collab.methods.base import register_method
 from harness.collab.methods.selection import SelectingMethod, keep_count, masked_mean, small_loss_mask
 
 CIFAR10_LAMBDA = 0.9  # the README's best lambda for CIFAR-10 at 20 %, 50 % and asymmetric 40 % noise
@@ -40,25 +40,10 @@ class JoCoR(SelectingMethod):
     name = "jocor"
     knobs = (*SelectingMethod.knobs, "lambda_")
 
-    def __init__(
-        self,
-        *,
-        heads: int,
-        forget_rate: float,
-        T_k: int = 10,
-        exponent: float = 1.0,
-        lambda_: float = CIFAR10_LAMBDA,
-        label_loss: PerSampleLoss | None = None,
-        device="cpu",
-    ):
-        super().__init__(
-            heads=heads,
-            forget_rate=forget_rate,
-            T_k=T_k,
-            exponent=exponent,
-            label_loss=label_loss,
-            device=device,
-        )
+    def __init__(self, *, lambda_: float = CIFAR10_LAMBDA, **selection):
+        """``selection``: `SelectingMethod`'s arguments (heads, forget_rate, T_k, exponent,
+        label_loss, device)."""
+        super().__init__(**selection)
         if not isinstance(lambda_, numbers.Real) or isinstance(lambda_, bool) or not 0.0 <= lambda_ <= 1.0:
             raise ValueError(f"{self.name}: lambda_ must be a number in [0, 1], got {lambda_!r}")
         self.lambda_ = float(lambda_)
