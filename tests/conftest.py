@@ -33,7 +33,9 @@ def pytest_collection_modifyitems(config, items) -> None:
     worker's queue to an idle one. So the slow tests are dealt out first, longest first, each to the
     share with the least slow work so far, at the head of its share; the many short tests fill the
     shares behind them. A slow test may say how long it takes on two loaded cores:
-    `@pytest.mark.slow(seconds=45)` (5 where it does not say)."""
+    `@pytest.mark.slow(seconds=45)` (5 where it does not say). Within a share the tests on the shared
+    Ray come first, one after another: the Ray stops after the last of them (`pytest_runtest_teardown`)
+    instead of idling beside the rest."""
     workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     slow = sorted((i for i in items if i.get_closest_marker("slow")), key=_slow_seconds, reverse=True)
     fast = [i for i in items if not i.get_closest_marker("slow")]
@@ -50,10 +52,20 @@ def pytest_collection_modifyitems(config, items) -> None:
         loads[k] += _slow_seconds(item)
     ordered = []
     for k in range(workers):
+        heads[k].sort(key=lambda item: "ray_cluster" not in item.fixturenames)  # stable: longest first
         take = sizes[k] - len(heads[k])
         ordered += heads[k] + fast[:take]
         fast = fast[take:]
     items[:] = ordered + fast
+
+
+def pytest_runtest_teardown(item, nextitem) -> None:
+    """The shared Ray stops once this worker's next test does not use it (its processes would take a
+    share of the two cores to the end of the session; a later test that wants it starts it again)."""
+    if "ray_cluster" in item.fixturenames and (
+        nextitem is None or "ray_cluster" not in nextitem.fixturenames
+    ):
+        item.session.config.stash.get(_SHARED_RAY, SharedRay()).stop()
 
 
 def _slow_seconds(item) -> float:
@@ -288,9 +300,12 @@ class SharedRay:
             self.temp = None
 
 
+_SHARED_RAY = pytest.StashKey["SharedRay"]()
+
+
 @pytest.fixture(scope="session")
-def _shared_ray():
-    shared = SharedRay()
+def _shared_ray(pytestconfig):
+    shared = pytestconfig.stash.setdefault(_SHARED_RAY, SharedRay())
     yield shared
     shared.stop()
 
