@@ -30,12 +30,12 @@ def pytest_configure(config) -> None:
 def pytest_collection_modifyitems(config, items) -> None:
     """The order that keeps two xdist workers busy to the end. pytest-xdist's worksteal scheduler
     hands each worker a contiguous share of this list and later moves tests from the tail of one
-    worker's queue to an idle one. So the slow tests are dealt out first, longest first, each to the
-    share with the least slow work so far, at the head of its share; the many short tests fill the
-    shares behind them. A slow test may say how long it takes on two loaded cores:
-    `@pytest.mark.slow(seconds=45)` (5 where it does not say). Within a share the tests on the shared
-    Ray come first, one after another: the Ray stops after the last of them (`pytest_runtest_teardown`)
-    instead of idling beside the rest."""
+    worker's queue to an idle one. The Ray sweeps head the first share, one after another: one Ray
+    serves them and stops after the last (`pytest_runtest_teardown`), and their many waits (processes
+    starting, trials reporting) leave the core to the other worker's arithmetic. The other slow tests
+    are dealt out longest first, each to the share with the least slow work so far; the many short
+    tests fill the shares behind them. A slow test may say how long it takes on two loaded cores:
+    `@pytest.mark.slow(seconds=45)` (5 where it does not say)."""
     workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     slow = sorted((i for i in items if i.get_closest_marker("slow")), key=_slow_seconds, reverse=True)
     fast = [i for i in items if not i.get_closest_marker("slow")]
@@ -44,15 +44,17 @@ def pytest_collection_modifyitems(config, items) -> None:
     for k in range(workers):
         sizes.append(left // (workers - k))
         left -= sizes[-1]
-    heads: list[list] = [[] for _ in range(workers)]
-    loads = [0.0] * workers
-    for item in slow:
+    # the shared Ray's tests, then those that start a Ray of their own (they stop the shared one)
+    on_ray = [i for i in slow if "ray_cluster" in i.fixturenames]
+    on_ray += [i for i in slow if "no_ray_in_this_process" in i.fixturenames]
+    heads: list[list] = [on_ray] + [[] for _ in range(workers - 1)]
+    loads = [sum(map(_slow_seconds, on_ray))] + [0.0] * (workers - 1)
+    for item in (i for i in slow if i not in on_ray):
         k = min((k for k in range(workers) if len(heads[k]) < sizes[k]), key=loads.__getitem__)
         heads[k].append(item)
         loads[k] += _slow_seconds(item)
     ordered = []
     for k in range(workers):
-        heads[k].sort(key=lambda item: "ray_cluster" not in item.fixturenames)  # stable: longest first
         take = sizes[k] - len(heads[k])
         ordered += heads[k] + fast[:take]
         fast = fast[take:]
