@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -17,6 +19,13 @@ def pytest_configure(config) -> None:
     """The tests' processes on a small machine. Under pytest-xdist (`make test` runs two workers), one
     thread per worker and per process it starts: two workers on two cores, each with torch's default
     of a thread per core, would oversubscribe the machine and run slower than one."""
+    # Tests press Ctrl-C on the commands they start. A command started from a script in the background
+    # (`bash .ci/run &`) inherits an ignored SIGINT (POSIX shells ignore it in asynchronous commands),
+    # and Python then keeps ignoring Ctrl-C, as a program should there; a user's terminal does not.
+    # Python's own handler here is reset to the default in every process a test starts.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        with contextlib.suppress(ValueError):  # not the main thread: leave it
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     # the Rays the tests start spawn their workers when a task needs one, not four idle ones at start
     os.environ.setdefault("RAY_enable_worker_prestart", "0")
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
