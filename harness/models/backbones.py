@@ -46,17 +46,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "ARCHS",
-    "Backbone",
-    "build_backbone",
-    "count_parameters",
-    "list_archs",
-    "num_stages",
-    "register_model",
-    "zero_init_residual_",
-]
-
 # name -> factory(num_classes, in_channels) -> Backbone; filled by @register_model below.
 ARCHS: dict[str, Callable[..., Backbone]] = {}
 
