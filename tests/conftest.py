@@ -76,7 +76,7 @@ def pytest_runtest_teardown(item, nextitem) -> None:
     if "ray_cluster" in item.fixturenames and (
         nextitem is None or "ray_cluster" not in nextitem.fixturenames
     ):
-        item.session.config.stash.get(_SHARED_RAY, SharedRay()).stop()
+        item.config.stash[_SHARED_RAY].stop()  # set by _shared_ray, which ray_cluster uses
 
 
 def _slow_seconds(item) -> float:
