@@ -165,13 +165,13 @@ def test_harness_train_refuses_a_batch_smaller_than_the_workers(tmp_path, capsys
 
 
 def test_more_gpu_workers_than_there_are_gpus_is_said_before_anything_starts(monkeypatch):
-    from harness.cluster import raytrain
+    from harness.cluster import local
     from harness.cluster.launch import check_resources
     from harness.config.sweepfile import parse_sweep
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    _, problems = raytrain.local_resources(C.build_config(None, {"run.workers": 2, "run.device": "cuda"}))
+    _, problems = local.local_resources(C.build_config(None, {"run.workers": 2, "run.device": "cuda"}))
     assert problems == ["run.workers 2 asks for 2 GPUs (one per worker); this machine has 1"]
     with pytest.raises(C.ConfigError, match="cuda:1 names one card"):
         C.build_config(None, {"run.workers": 2, "run.device": "cuda:1"})
@@ -217,11 +217,11 @@ def test_data_parallel_resources_show_the_drivers_cpu_in_the_sum_and_the_fix(cap
 
 def test_harness_train_logs_the_workers_epochs_once_through_the_train_controller(tmp_path, new_mlflow_store):
     """`harness train --set run.workers=N` logs its MLflow run from Ray Train's controller
-    (harness.cluster.raytrain.log_epochs, given each report of the workers) and closes it from the driver,
+    (harness.cluster.local.log_epochs, given each report of the workers) and closes it from the driver,
     which first learns what the controller logged (TrialLogger.catch_up): each epoch once, the
     runtime tags, world_size N. A report lost before a restart (epoch 2 here) comes back in the
     history the resumed run replays with its first report. (The Ray wiring: tests/test_sweep_e2e.py.)"""
-    from harness.cluster.raytrain import LOCAL_TRIAL_DIR, LOCAL_TRIAL_KEY, log_epochs
+    from harness.cluster.local import LOCAL_TRIAL_DIR, LOCAL_TRIAL_KEY, log_epochs
     from harness.cluster.report import TrialsReport
     from harness.cluster.transport import TrialSpec
     from harness.tracking import TrialLogger

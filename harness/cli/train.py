@@ -126,7 +126,7 @@ def _data_parallel(cfg: C.TrialConfig, out: Path, args: argparse.Namespace) -> i
     if importlib.util.find_spec("ray") is None:
         print("harness train: run.workers > 1 needs Ray Train: pip install 'ray[train]'", file=sys.stderr)
         return 2
-    from harness.cluster.raytrain import local_resources, train_locally
+    from harness.cluster.local import local_resources, train_locally
 
     resources, problems = local_resources(cfg)
     if args.max_failures < 0:

@@ -4,7 +4,8 @@ a pack of one), each trial of the sweep a grid point with a seed.
 - Ray: a local instance by default (`address="local"`, whatever else runs on the machine),
   an existing cluster with `address` (or RAY_ADDRESS). On a cluster every node needs this
   package installed, the data under the same paths, and `storage` on a shared file system.
-- Trials: `trainable` trains its trials with harness.run.lifecycle.train_trials and reports every
+- Trials: `trainable` (harness.cluster.trainable, the one module of ours a trial's process
+  imports: no MLflow there) trains its trials with harness.run.lifecycle.train_trials and reports every
   round of epochs with `ray.tune.report(result, checkpoint=...)` (harness.cluster.report: every
   trial's metrics and state, the trials' folders as the checkpoint). It fails when one of its
   trials failed, and Ray retries it from its last checkpoint `max_failures` times: the trials that
@@ -28,16 +29,14 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
-from harness import config as C
 from harness import tracking
 from harness.cluster.callback import MlflowTuneCallback, reconcile
 from harness.cluster.launch import check_resources, concurrent_trials, experiment_dir
 from harness.cluster.outcomes import SweepOutcome, trial_outcomes
-from harness.cluster.raytrain import DRIVER_CPU, run_under_tune
-from harness.cluster.report import TrialsReport, raise_failures
-from harness.cluster.transport import SPEC_KEY, PackSpec, tune_units
+from harness.cluster.raytrain import DRIVER_CPU
+from harness.cluster.trainable import LAUNCH_KEY, trainable
+from harness.cluster.transport import SPEC_KEY, tune_units
 from harness.config.sweepfile import Sweep
 from harness.contract import (
     TEST_ACC,
@@ -46,11 +45,8 @@ from harness.contract import (
     TRAIN_LOSS,
     TRAIN_MEMORIZED,
 )
-from harness.run.lifecycle import TrialRun, train_trials, trial_log
 from harness.run.mps import shared_by_children
-from harness.run.runtime import runtime_tags
 
-LAUNCH_KEY = "launch"  # a data-parallel sweep's Ray Train settings, in every Tune trial's config
 # The live table's columns: result key -> heading
 PROGRESS_COLUMNS = {
     "epoch": "epoch",
@@ -60,47 +56,6 @@ PROGRESS_COLUMNS = {
     TRAIN_MEMORIZED: "memorized",
     TIME_EPOCH_S: "s/epoch",
 }
-
-
-def trainable(config: dict[str, Any]) -> None:
-    """The Tune function trainable: the trials of one Tune trial (a pack, or one alone) trained as one
-    step (harness.run.lifecycle.train_trials), every trial's state in each report (harness.cluster.report).
-    A data-parallel trial's Tune trial drives a Ray Train run of it instead (harness.cluster.raytrain)."""
-    from ray import tune
-
-    unit = PackSpec.from_config(config)
-    if LAUNCH_KEY in config:  # data-parallel: this trial drives a Ray Train run
-        run_under_tune(unit.members[0], config[LAUNCH_KEY], name=unit.dirname)
-        return
-    configs = [C.build_config(m.config) for m in unit.members]
-    # Ray gives each trial a working folder of its own; this folder (a subfolder per trial) is the
-    # Tune trial's checkpoint, copied to storage on report
-    root = Path.cwd() / "harness_trials"
-    shutil.rmtree(root, ignore_errors=True)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        checkpoint.to_directory(str(root))
-        print(f"resuming {unit.name} from {checkpoint.path}")
-
-    def report(result: dict[str, Any], folder: Path | None) -> None:
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder else None)
-
-    reporter = TrialsReport(unit.members, root, runtime_tags(configs[0].run.device), report)
-    runs = [
-        TrialRun(
-            cfg,
-            root / spec.dirname,
-            reporter.on_epoch(spec, cfg),
-            resume=True,
-            log=trial_log(spec.name) if unit.packed else print,
-        )
-        for spec, cfg in zip(unit.members, configs)
-    ]
-    try:  # each round of epochs is reported, the trials that ended in it with their end
-        results = train_trials(runs, on_ended=reporter.on_ended)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)  # reported: Tune copied it to storage
-    raise_failures(unit.members, results, unit.name)
 
 
 def trial_name(trial) -> str:

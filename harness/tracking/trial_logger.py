@@ -135,7 +135,7 @@ class TrialLogger:
         self.log_epoch(result.get("epoch"), result)
 
     def catch_up(self) -> None:
-        """Learn which epochs the run holds when another process logged them (harness.cluster.raytrain.log_epochs)."""
+        """Learn which epochs the run holds when another process logged them (harness.cluster.local.log_epochs)."""
         self.last_step, self._last_keys = _last_logged(self.client, self.client.get_run(self.run_id))
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
