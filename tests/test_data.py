@@ -77,6 +77,30 @@ def test_digits_test_set_fixed_across_seeds_and_val_split_follows_seed():
     assert np.array_equal(a.val_indices, c.val_indices)
 
 
+def test_digits_are_scikit_learns_digits_and_split_read_without_importing_it(monkeypatch):
+    """The images, labels and fixed split that load_digits and train_test_split give, in the same
+    layout (the channel axis a view of stride 1: the convolutions' summation order follows it), read
+    with scikit-learn unimportable."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from harness.data.digits import DIGITS_SPLIT_SEED, DIGITS_TEST_SIZE
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    y = bunch.target.astype(np.int64)
+    train_pos, test_pos = train_test_split(
+        np.arange(len(y)), test_size=DIGITS_TEST_SIZE, stratify=y, random_state=DIGITS_SPLIT_SEED
+    )
+    train_pos, test_pos = np.sort(train_pos), np.sort(test_pos)
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # any import of it raises ImportError
+    d = load_dataset("digits")
+    for ours, theirs in ((d.train_x, images[train_pos]), (d.test_x, images[test_pos])):
+        theirs = torch.from_numpy(theirs)
+        assert torch.equal(ours, theirs) and ours.stride() == theirs.stride()
+    assert np.array_equal(d.train_y, y[train_pos]) and np.array_equal(d.test_y, y[test_pos])
+
+
 # --- CIFAR-10 on real images ------------------------------------------------------------------------
 
 
