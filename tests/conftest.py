@@ -274,7 +274,7 @@ class SharedRay:
     saves them. Loopback only, in a temp folder of its own (Ray's socket paths must stay short).
     """
 
-    CPUS = 4  # more than the cores: the trials of these tests mostly wait, and 8 x 0.25 must fit
+    CPUS = 2  # the cores: a sweep of four 1-cpu trials runs two at a time, each Tune actor reused (its start costs seconds)
 
     def __init__(self) -> None:
         self.temp: Path | None = None
