@@ -18,12 +18,19 @@ demo: install
 	$(VENV)/bin/harness sweep sweeps/quickstart.yaml --overwrite
 	$(VENV)/bin/harness report --experiment quickstart
 
+# The tests start dozens of Python processes (trials, workers, commands), each importing the harness:
+# its bytecode is written once here, also where PYTHONDONTWRITEBYTECODE is set (then each process
+# would compile every module again)
+BYTECODE := $(PY) -m compileall -q harness noise reports
+
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(BYTECODE)
 	$(VENV)/bin/pytest -q -ra -n 2 --dist worksteal
 
 test-fast: install
+	$(BYTECODE)
 	$(VENV)/bin/pytest -q -m "not slow" -n 2 --dist worksteal
 
 lint: install
