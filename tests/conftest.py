@@ -96,6 +96,29 @@ def shared_dir() -> Path:
     return path
 
 
+CIFAR10_TRAIN_PER_CLASS = 100  # 1,000 training and 200 test images
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(shared_dir, tmp_path_factory) -> Path:
+    """Real CIFAR-10 in the python-version layout, the first CIFAR10_TRAIN_PER_CLASS training images
+    of each class (and a fifth as many test images), unpacked from ../shared/data once per test
+    process: the unpack reads the whole archive (seconds), whatever the size kept.
+    ``HARNESS_DATA_CACHE`` keeps it in a folder of one's choosing across sessions."""
+    script = shared_dir / "data" / "make_cifar10.py"
+    if not script.is_file():
+        pytest.skip(f"real CIFAR-10 images not available: {script} missing (set HARNESS_SHARED)")
+    cache = os.environ.get("HARNESS_DATA_CACHE")
+    base = Path(cache) if cache else tmp_path_factory.mktemp("data")
+    out = base / f"cifar10-tpc{CIFAR10_TRAIN_PER_CLASS}"
+    subprocess.run(
+        [sys.executable, str(script), "--out", str(out), "--train-per-class", str(CIFAR10_TRAIN_PER_CLASS)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
 FAKE_CONTROL = """\
 #!{python}
 import os, sys

@@ -223,26 +223,13 @@ def test_zero_init_residual_is_a_config_key_that_reaches_the_graph(tmp_path):
     assert C.build_config({}, {}).model.zero_init_residual is True
 
 
-@pytest.fixture(scope="module")
-def cifar_batches(tmp_path_factory):
-    """1,000 real CIFAR-10 training images (clean labels) in a fixed order, normalized like the loaders do."""
-    import os
-    import subprocess
-    import sys
-
-    shared = Path(os.environ.get("HARNESS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-    script = shared / "data" / "make_cifar10.py"
-    if not script.is_file():
-        pytest.skip(f"real CIFAR-10 images not available: {script} missing (set HARNESS_SHARED)")
-    out = tmp_path_factory.mktemp("cifar") / "cifar10"
-    subprocess.run(
-        [sys.executable, str(script), "--out", str(out), "--train-per-class", "100"],
-        check=True,
-        capture_output=True,
-    )
+@pytest.fixture(scope="session")
+def cifar_batches(cifar10_root):
+    """conftest's 1,000 real CIFAR-10 training images (clean labels) in a fixed order, normalized like
+    the loaders do; once per test process, as both tests that use it may be run apart."""
     from harness.data import load_dataset
 
-    data = load_dataset("cifar10", root=str(out))
+    data = load_dataset("cifar10", root=str(cifar10_root))
     x = data.train_x.float() / 255.0
     x = (x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)
     y = torch.as_tensor(data.train_y)

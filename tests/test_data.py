@@ -1,8 +1,6 @@
 """Datasets: digits, CIFAR-10 (real images), CIFAR-100 (files in the official format), imagefolder, synthetic."""
 
-import os
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,28 +12,8 @@ from harness.data import ImageData, load_dataset
 from harness.data.datasets import first_per_class, stratified_holdout
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-TRAIN_PER_CLASS = 20
-
-
-def _shared_path() -> Path:
-    return Path(os.environ.get("HARNESS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-
-
-@pytest.fixture(scope="session")
-def cifar10_root(tmp_path_factory) -> Path:
-    """A 200 + 40 image CIFAR-10 in the python-version layout, unpacked once from ../shared/data."""
-    script = _shared_path() / "data" / "make_cifar10.py"
-    if not script.is_file():
-        pytest.skip(f"real CIFAR-10 images not available: {script} missing (set HARNESS_SHARED)")
-    cache = os.environ.get("HARNESS_DATA_CACHE")
-    base = Path(cache) if cache else tmp_path_factory.mktemp("data")
-    out = base / f"cifar10-tpc{TRAIN_PER_CLASS}"
-    subprocess.run(
-        [sys.executable, str(script), "--out", str(out), "--train-per-class", str(TRAIN_PER_CLASS)],
-        check=True,
-        capture_output=True,
-    )
-    return out
+TRAIN_PER_CLASS = 100  # of conftest's cifar10_root, with a fifth as many test images
+TEST_PER_CLASS = TRAIN_PER_CLASS // 5
 
 
 def _write_pickle(path: Path, obj) -> None:
@@ -108,10 +86,10 @@ def test_digits_are_scikit_learns_digits_and_split_read_without_importing_it(mon
 def test_cifar10_loads_real_images(cifar10_root):
     d = load_dataset("cifar10", root=cifar10_root)
     assert d.classes == CIFAR10_CLASSES and d.num_classes == 10
-    assert d.train_x.shape == (200, 3, 32, 32) and d.train_x.dtype == torch.uint8
-    assert d.test_x.shape == (40, 3, 32, 32)
-    assert np.array_equal(np.bincount(d.train_y), np.full(10, 20))
-    assert np.array_equal(d.test_y, np.repeat(np.arange(10), 4))
+    assert d.train_x.shape == (10 * TRAIN_PER_CLASS, 3, 32, 32) and d.train_x.dtype == torch.uint8
+    assert d.test_x.shape == (10 * TEST_PER_CLASS, 3, 32, 32)
+    assert np.array_equal(np.bincount(d.train_y), np.full(10, TRAIN_PER_CLASS))
+    assert np.array_equal(d.test_y, np.repeat(np.arange(10), TEST_PER_CLASS))
     assert (d.pad, d.flip, d.image_size) == (4, True, 32)
     # real photographs: varied content, not constant or noise-free
     assert d.train_x.float().std() > 30
@@ -144,10 +122,12 @@ def test_cifar10_train_subset_and_val_fraction(cifar10_root):
     assert torch.equal(d.test_x, full.test_x)
 
     v = load_dataset("cifar10", root=cifar10_root, val_fraction=0.25, seed=3)
-    assert np.array_equal(np.bincount(v.val_y), np.full(10, 5))  # stratified: 25 % of 20 per class
-    assert np.array_equal(np.bincount(v.train_y), np.full(10, 15))
+    assert np.array_equal(np.bincount(v.val_y), np.full(10, 25))  # stratified: 25 % of 100 per class
+    assert np.array_equal(np.bincount(v.train_y), np.full(10, 75))
     assert len(np.intersect1d(v.train_indices, v.val_indices)) == 0
-    assert np.array_equal(np.sort(np.concatenate([v.train_indices, v.val_indices])), np.arange(200))
+    assert np.array_equal(
+        np.sort(np.concatenate([v.train_indices, v.val_indices])), np.arange(10 * TRAIN_PER_CLASS)
+    )
     assert torch.equal(v.val_x, full.train_x[torch.from_numpy(v.val_indices)])
     assert np.array_equal(v.val_y, full.train_y[v.val_indices])
 

@@ -95,7 +95,7 @@ def assert_same_checkpoint(a: Path, b: Path) -> None:
     assert all(torch.equal(ha[k], hb[k]) for k in ha)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: the slow tests that use it run apart from the rest
 def lone_runs(tmp_path_factory):
     """Every member of MEMBERS trained alone, per topology: (final metrics, recorder, folder)."""
     root = tmp_path_factory.mktemp("alone")
