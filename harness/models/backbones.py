@@ -171,6 +171,10 @@ def _last_residual_weight(block: nn.Module) -> nn.Parameter | None:
 
 
 def _kaiming_init(module: nn.Module) -> None:
+    if next(module.parameters()).is_meta:
+        # built on the meta device (num_stages): no values to set, and torch's meta `normal_` imports
+        # torch._dynamo, a second of every process that validates a config
+        return
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
