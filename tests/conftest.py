@@ -29,6 +29,9 @@ def pytest_configure(config) -> None:
     # the Rays the tests start spawn their workers when a task needs one, not four idle ones at start
     os.environ.setdefault("RAY_enable_worker_prestart", "0")
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+    # nor an actor per Ray Train run that watches for the node's preemption (a cloud's spot
+    # instances); a process start costs seconds on two loaded cores
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         import torch
