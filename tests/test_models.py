@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision
 
 from harness.models import ARCHS, Backbone, build_backbone, count_parameters, list_archs, register_model
 
@@ -89,6 +88,8 @@ def test_cifar_resnet_uses_parameter_free_option_a_shortcuts():
 
 
 def test_resnet50_is_torchvisions_network_regrouped():
+    import torchvision  # here, not at the top: its import takes a second of every test process
+
     torch.manual_seed(0)
     net = build_backbone("resnet50", 10).eval()
     reference = torchvision.models.resnet50(weights=None, num_classes=10).eval()
