@@ -24,6 +24,7 @@ BENCH_KEYS = {
 }
 
 
+@pytest.mark.slow(seconds=4)  # four topologies, each counted and timed
 def test_bench_writes_one_record_per_topology(harness_here, tmp_path):
     out = tmp_path / "bench.json"
     proc = harness_here(
